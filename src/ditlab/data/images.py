@@ -1,0 +1,137 @@
+"""Sample exchange formats: model outputs -> uint8 images, ADM-style `.npz` files and PNG grids.
+
+Samples travel between ditlab and external evaluators (ADM's `evaluator.py`, clean-fid) as uint8 (N, H, W, C)
+arrays: `arr_0` in an `.npz`, with optional `labels` (N,) holding the class each sample was asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ditlab.data.atomic import atomic_write
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Model outputs in [-1, 1], (N, C, H, W) float -> uint8 (N, H, W, C) on the CPU.
+
+    Uses the official DiT quantisation `clamp(127.5 * x + 128, 0, 255)` followed by truncation: adding 128
+    instead of 127.5 makes the truncation round to nearest, so `to_uint8(u / 127.5 - 1) == u` for all uint8 u.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"to_uint8 expects a float tensor (N, C, H, W) in [-1, 1], got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"to_uint8 expects (N, C, H, W), got shape {tuple(x.shape)}")
+    y = torch.clamp(127.5 * x.float() + 128.0, 0.0, 255.0)  # (N, C, H, W)
+    return y.permute(0, 2, 3, 1).to("cpu", dtype=torch.uint8).contiguous()  # (N, H, W, C)
+
+
+def check_images(images, *, what: str = "images") -> np.ndarray:
+    """Validate uint8 images (N, H, W, C) with C in {1, 3} (numpy or torch) and return them as a numpy array.
+
+    Grey images given as (N, H, W) get a channel axis. The messages name the usual mistakes: float model
+    outputs (convert with `ditlab.data.to_uint8`) and channels-first arrays.
+    """
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if not isinstance(images, np.ndarray):
+        raise TypeError(f"{what} must be a uint8 array or tensor (N, H, W, C), got {type(images).__name__}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8:
+        if np.issubdtype(images.dtype, np.floating) and images.size:
+            lo, hi = float(np.nanmin(images)), float(np.nanmax(images))
+            hint = (
+                "they look like model outputs in [-1, 1]; convert with ditlab.data.to_uint8"
+                if lo >= -1.5 and hi <= 1.5
+                else "scale them to 0..255 and cast to uint8"
+            )
+            got = f"{images.dtype} with range [{lo:.3g}, {hi:.3g}]"
+            raise TypeError(f"{what} must be uint8 0..255, got {got}: {hint}")
+        raise TypeError(f"{what} must be uint8 0..255, got {images.dtype}; cast them to uint8")
+    if images.ndim != 4:
+        raise ValueError(f"{what} must have shape (N, H, W, C), got {images.shape}")
+    if images.shape[-1] not in (1, 3):
+        if images.shape[1] in (1, 3):
+            raise ValueError(
+                f"{what} have shape {images.shape}, which looks channels-first; "
+                "ditlab expects (N, H, W, C): transpose with .transpose(0, 2, 3, 1)"
+            )
+        raise ValueError(f"{what} must have 1 or 3 channels in the last axis, got shape {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{what} are empty (shape {images.shape})")
+    return images
+
+
+def save_npz(path: str | os.PathLike, images, labels=None) -> Path:
+    """Write samples as an ADM-style `.npz`: `arr_0` uint8 (N, H, W, C) and, if given, `labels` int64 (N,)."""
+    arr = check_images(images, what="samples")
+    arrays = {"arr_0": arr}
+    if labels is not None:
+        lab = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        if lab.shape != (arr.shape[0],) or not np.issubdtype(lab.dtype, np.integer):
+            raise ValueError(f"labels must be ints of shape ({arr.shape[0]},), got {lab.dtype} {lab.shape}")
+        arrays["labels"] = lab.astype(np.int64)
+    path = Path(path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    return path
+
+
+def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read an ADM-style samples `.npz` -> (images uint8 (N, H, W, C), labels int64 (N,) or None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"samples file not found: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy raises several types for a corrupt or foreign file
+        raise ValueError(f"cannot read {path} as .npz ({e}); write samples with ditlab.data.save_npz") from e
+    with data:
+        if "arr_0" not in data.files:
+            raise ValueError(
+                f"{path} has no 'arr_0' array (it has: {', '.join(data.files) or 'nothing'}); samples must "
+                "be stored as arr_0 uint8 (N, H, W, C) (ADM's evaluator and ditlab.data.save_npz write that)"
+            )
+        images = check_images(data["arr_0"], what=f"arr_0 of {path}")
+        labels = None
+        if "labels" in data.files:
+            labels = np.asarray(data["labels"])
+            if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+                want = f"integers of shape ({images.shape[0]},)"
+                raise ValueError(f"'labels' in {path} must be {want}, got {labels.dtype} {labels.shape}")
+            labels = labels.astype(np.int64)
+    return images, labels
+
+
+def make_grid(images, nrow: int = 8, padding: int = 2, pad_value: int = 0) -> np.ndarray:
+    """Tile images into one uint8 (H', W', C) array, `nrow` images per row.
+
+    `images` are uint8 (N, H, W, C) or float model outputs (N, C, H, W) in [-1, 1] (through `to_uint8`).
+    """
+    if isinstance(images, torch.Tensor) and images.is_floating_point():
+        images = to_uint8(images)
+    arr = check_images(images)
+    if nrow < 1 or padding < 0:
+        raise ValueError(f"nrow must be >= 1 and padding >= 0, got nrow={nrow}, padding={padding}")
+    n, h, w, c = arr.shape
+    cols = min(nrow, n)
+    rows = -(-n // cols)
+    grid = np.full((rows * h + (rows + 1) * padding, cols * w + (cols + 1) * padding, c), pad_value, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        top, left = padding + r * (h + padding), padding + q * (w + padding)
+        grid[top : top + h, left : left + w] = arr[i]
+    return grid
+
+
+def save_grid(images, path: str | os.PathLike, nrow: int = 8, padding: int = 2) -> Path:
+    """Save images as one PNG grid (see `make_grid` for the accepted inputs)."""
+    grid = make_grid(images, nrow=nrow, padding=padding)
+    picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    path = Path(path)
+    atomic_write(path, lambda f: picture.save(f, format="PNG"))
+    return path
