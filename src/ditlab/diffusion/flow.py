@@ -1,0 +1,164 @@
+"""Flow matching with the rectified-flow (linear) path of SD3 and SiT.
+
+x_t = (1 − t)·x_0 + t·ε, t ∈ [0, 1] (t = 0 data, t = 1 noise); the model predicts the velocity
+dx_t/dt = ε − x_0 and is trained with the MSE to it. Sampling integrates the ODE from t = 1 to t = 0.
+
+Time convention: the model receives ``t * time_scale`` (default 1000) as a floating tensor, so a DiT's
+sinusoidal timestep embedder sees the same 0..1000 range as under the DDPM objective and the same network
+can be trained with either objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ._util import check_sample_tensor, per_sample, randn_like
+from .losses import mean_flat
+
+__all__ = ["FlowMatching", "FLOW_TIMESTEP_SAMPLERS"]
+
+FLOW_TIMESTEP_SAMPLERS = ("uniform", "logit_normal")
+
+
+def time_dtype(x: torch.Tensor) -> torch.dtype:
+    """Floating dtype for times next to x: at least float32, so half-precision x does not quantise t·1000."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+class FlowMatching:
+    """Rectified-flow objective. ``timestep_sampler``: ``"uniform"`` on [0, 1) or ``"logit_normal"``
+    (t = sigmoid(u), u ~ N(logit_mean, logit_std²); SD3's best setting is m = 0, s = 1)."""
+
+    default_sampler = "euler"
+    learns_variance = False
+
+    def __init__(
+        self,
+        timestep_sampler: str = "uniform",
+        *,
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        time_scale: float = 1000.0,
+    ):
+        if timestep_sampler not in FLOW_TIMESTEP_SAMPLERS:
+            raise ValueError(
+                f"unknown timestep sampler {timestep_sampler!r}; valid: {', '.join(FLOW_TIMESTEP_SAMPLERS)}"
+            )
+        if logit_std <= 0:
+            raise ValueError(f"logit_std must be > 0, got {logit_std}")
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        self.timestep_sampler = timestep_sampler
+        self.logit_mean = float(logit_mean)
+        self.logit_std = float(logit_std)
+        self.time_scale = float(time_scale)
+
+    def __repr__(self) -> str:
+        extra = (
+            f", m={self.logit_mean}, s={self.logit_std}" if self.timestep_sampler == "logit_normal" else ""
+        )
+        return f"FlowMatching({self.timestep_sampler!r}{extra}, time_scale={self.time_scale})"
+
+    def model_out_channels(self, in_channels: int) -> int:
+        return in_channels
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """What the model receives for flow times t ∈ [0, 1]: t·time_scale."""
+        return t * self.time_scale
+
+    def check_output(self, model_output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(model_output, torch.Tensor):
+            raise TypeError(f"the model must return a tensor, got {type(model_output).__name__}")
+        if model_output.shape != x.shape:
+            hint = (
+                " (a learned-variance model outputs 2·C channels; flow matching predicts a velocity only, so "
+                "build the model with learn_sigma=False)"
+                if model_output.ndim == x.ndim and model_output.shape[1] == 2 * x.shape[1]
+                else ""
+            )
+            raise ValueError(
+                f"flow matching needs a velocity shaped like the input {tuple(x.shape)}, "
+                f"got {tuple(model_output.shape)}{hint}"
+            )
+        return model_output
+
+    # ------------------------------------------------------------------ path
+    def q_sample(self, x_start, t, noise=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_t = (1 − t)·x_0 + t·ε for per-sample times t (N,) in [0, 1]."""
+        check_sample_tensor(x_start, "x_start")
+        if noise is None:
+            noise = randn_like(x_start, generator)
+        t = per_sample(t, x_start)
+        return (1 - t) * x_start + t * noise
+
+    @staticmethod
+    def velocity_target(x_start, noise) -> torch.Tensor:
+        return noise - x_start
+
+    @staticmethod
+    def predict_xstart(x_t, t, velocity) -> torch.Tensor:
+        """x_0 = x_t − t·v (t a scalar or (N,) tensor)."""
+        return x_t - (per_sample(t, x_t) if isinstance(t, torch.Tensor) else t) * velocity
+
+    def sample_timesteps(
+        self,
+        n: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """n flow times in [0, 1] from the configured sampler."""
+        if self.timestep_sampler == "uniform":
+            return torch.rand((n,), device=device, generator=generator, dtype=dtype)
+        u = torch.randn((n,), device=device, generator=generator, dtype=dtype)
+        return torch.sigmoid(u * self.logit_std + self.logit_mean)
+
+    # ------------------------------------------------------------------ losses
+    def training_losses(
+        self, model: Callable[..., torch.Tensor], x_start, t, model_kwargs: dict | None = None, noise=None
+    ) -> dict:
+        """Per-sample velocity MSE at flow times t (N,): ``loss`` and ``mse`` (equal)."""
+        check_sample_tensor(x_start, "x_start")
+        if not isinstance(t, torch.Tensor) or t.shape != x_start.shape[:1] or not t.is_floating_point():
+            raise ValueError(
+                f"t must be a floating tensor of shape ({x_start.shape[0]},) with values in [0, 1]"
+            )
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        x_t = self.q_sample(x_start, t, noise=noise)
+        velocity = self.check_output(model(x_t, self.model_time(t), **(model_kwargs or {})), x_t)
+        mse = mean_flat((velocity - self.velocity_target(x_start, noise)) ** 2)
+        return {"loss": mse, "mse": mse}
+
+    def loss(
+        self,
+        model: Callable[..., torch.Tensor],
+        x0: torch.Tensor,
+        model_kwargs: dict | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
+    ) -> dict:
+        """Trainer entry point: draws t (then noise) from ``generator`` (or the global RNG); see
+        ``training_losses``."""
+        check_sample_tensor(x0, "x0")
+        if t is None:
+            t = self.sample_timesteps(x0.shape[0], x0.device, generator, dtype=time_dtype(x0))
+        if noise is None:
+            noise = randn_like(x0, generator)
+        return self.training_losses(model, x0, t, model_kwargs=model_kwargs, noise=noise)
+
+    # ------------------------------------------------------------------ sampling grid
+    @staticmethod
+    def sampling_times(steps: int, shift: float = 1.0) -> np.ndarray:
+        """steps + 1 times from 1 down to 0 (float64), uniform, optionally warped by SD3's resolution shift
+        t ↦ shift·t / (1 + (shift − 1)·t) (shift > 1 spends more steps at high noise)."""
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if shift <= 0:
+            raise ValueError(f"shift must be > 0, got {shift}")
+        t = np.linspace(1.0, 0.0, steps + 1)
+        return shift * t / (1 + (shift - 1) * t)
