@@ -1,7 +1,21 @@
 """ditlab: Diffusion Transformers conditioned through adaptive normalization.
 
-    import ditlab
-    model = ditlab.create_model("DiT-S/2", input_size=32, num_classes=10)
+import ditlab
+model = ditlab.create_model("DiT-S/2", input_size=32, num_classes=10)
+print(ditlab.flops(model), "Gflops")
+ditlab.save_model(model, "dit.safetensors"); model = ditlab.load_model("dit.safetensors")
 """
 
+from ditlab.models import (
+    DiT,
+    DiTConfig,
+    count_parameters,
+    create_model,
+    flops,
+    load_model,
+    save_model,
+)
+
 __version__ = "0.1.0"
+
+__all__ = ["DiT", "DiTConfig", "count_parameters", "create_model", "flops", "load_model", "save_model"]

@@ -1,1 +1,60 @@
-"""ditlab.nn."""
+"""Layers: token norms and the adaLN modulation family, embedders, attention, and the classical
+conditional norms (AdaIN, conditional BatchNorm / FiLM, SPADE, AdaGN)."""
+
+from ditlab.nn.attention import Attention, CrossAttention, Mlp
+from ditlab.nn.conditional_norms import (
+    SPADE,
+    AdaGN,
+    AdaIN,
+    ClassConditionalBatchNorm2d,
+    ConditionalBatchNorm2d,
+    FiLM,
+    StyleAdaIN,
+    adain,
+)
+from ditlab.nn.embed import (
+    LabelEmbedder,
+    PatchEmbed,
+    PooledEmbedder,
+    TimestepEmbedder,
+    sincos_2d,
+    timestep_sinusoid,
+)
+from ditlab.nn.modulation import (
+    AdaLNModulation,
+    AdaLNSingle,
+    AdaptiveNorm,
+    Modulation,
+    ScaleShiftTable,
+    split_modulation,
+)
+from ditlab.nn.norms import RMSNorm, make_norm, modulate
+
+__all__ = [
+    "SPADE",
+    "AdaGN",
+    "AdaIN",
+    "ClassConditionalBatchNorm2d",
+    "ConditionalBatchNorm2d",
+    "FiLM",
+    "StyleAdaIN",
+    "adain",
+    "AdaLNModulation",
+    "AdaLNSingle",
+    "AdaptiveNorm",
+    "Attention",
+    "CrossAttention",
+    "LabelEmbedder",
+    "Mlp",
+    "Modulation",
+    "PatchEmbed",
+    "PooledEmbedder",
+    "RMSNorm",
+    "ScaleShiftTable",
+    "TimestepEmbedder",
+    "make_norm",
+    "modulate",
+    "sincos_2d",
+    "split_modulation",
+    "timestep_sinusoid",
+]

@@ -1,0 +1,293 @@
+"""The Diffusion Transformer (Peebles & Xie, arXiv:2212.09748) and its one Block.
+
+    patchify → + fixed 2-D sin-cos positions → depth × DiTBlock → final adaptive layer → unpatchify
+
+Every conditioning the DiT paper compares (in-context, cross-attention, adaLN, adaLN-Zero), PixArt-α's
+adaLN-single and the RMSNorm / shift-free / tanh-gated variants of later models are choices inside the same
+DiTBlock (see DiTConfig), not copies of it. With the default config the parameter names, construction order,
+initialisation and numerics are the official DiT's, so its checkpoints load with `load_state_dict` as they are.
+
+    model = DiT(DiTConfig(input_size=8, in_channels=1, hidden_size=64, depth=2, num_heads=4, num_classes=10))
+    out = model(x, t, y)            # (N, 2C, H, W): ε and the variance interpolation v
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ditlab.models.config import MODULATED, DiTConfig
+from ditlab.nn.attention import Attention, CrossAttention, Mlp
+from ditlab.nn.embed import LabelEmbedder, PatchEmbed, PooledEmbedder, TimestepEmbedder, sincos_2d
+from ditlab.nn.modulation import AdaLNModulation, AdaLNSingle, Modulation, ScaleShiftTable
+from ditlab.nn.norms import RMSNorm, make_norm
+
+NO_MODULATION = Modulation(None, None, None)
+
+
+class DiTBlock(nn.Module):
+    """norm → modulate → attention → gate → residual, [cross-attention,] norm → modulate → MLP → gate → residual.
+
+    Which of these parts exist is decided by the config: adaLN variants own `adaLN_modulation` (per block)
+    or `adaLN_table` (adaLN-single); the cross-attention variant owns `cross_attn`; Lumina-style blocks own
+    `post_norm1/2`. Module creation order matches the official DiTBlock so seeded inits are identical.
+    """
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        D = cfg.hidden_size
+        self.gate_fn = cfg.gate_fn
+        self.norm1 = make_norm(cfg.norm, D, eps=cfg.norm_eps)
+        self.attn = Attention(D, cfg.num_heads, qkv_bias=True)
+        self.norm2 = make_norm(cfg.norm, D, eps=cfg.norm_eps)
+        self.mlp = Mlp(D, cfg.mlp_hidden)
+        if cfg.conditioning in ("adaln", "adaln-zero"):
+            self.adaLN_modulation = AdaLNModulation(
+                D, D, branches=2, shift=cfg.shift, gate=cfg.gated, zero_init=cfg.zero_init
+            )
+        elif cfg.conditioning == "adaln-single":
+            self.adaLN_table = ScaleShiftTable(D, branches=2, shift=cfg.shift, gate=True)
+        if cfg.conditioning == "cross-attention":
+            self.norm_cross = make_norm(cfg.norm, D, eps=cfg.norm_eps)
+            self.cross_attn = CrossAttention(D, cfg.num_heads)
+        if cfg.sandwich_norm:
+            self.post_norm1 = RMSNorm(D, eps=cfg.norm_eps)
+            self.post_norm2 = RMSNorm(D, eps=cfg.norm_eps)
+
+    def modulations(self, c: torch.Tensor, shared: torch.Tensor | None) -> list[Modulation]:
+        if hasattr(self, "adaLN_modulation"):
+            return self.adaLN_modulation(c)
+        if hasattr(self, "adaLN_table"):
+            return self.adaLN_table(shared)
+        return [NO_MODULATION, NO_MODULATION]
+
+    def forward(self, x, c, shared=None, context=None):
+        # x: (N, T, D) tokens; c: (N, D) condition; shared: (N, 6D) adaLN-single projection; context: (N, S, D)
+        m_attn, m_mlp = self.modulations(c, shared)
+        h = self.attn(m_attn.apply(self.norm1(x)))  # (N, T, D)
+        if hasattr(self, "post_norm1"):
+            h = self.post_norm1(h)
+        x = x + m_attn.gated(h, self.gate_fn)
+        if hasattr(self, "cross_attn"):
+            x = x + self.cross_attn(self.norm_cross(x), context)
+        h = self.mlp(m_mlp.apply(self.norm2(x)))  # (N, T, D)
+        if hasattr(self, "post_norm2"):
+            h = self.post_norm2(h)
+        return x + m_mlp.gated(h, self.gate_fn)
+
+
+class FinalLayer(nn.Module):
+    """norm → modulate(shift, scale from c) → Linear(D, p·p·out_channels)."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        D, p = cfg.hidden_size, cfg.patch_size
+        self.norm_final = make_norm(cfg.norm, D, eps=1e-6)
+        self.linear = nn.Linear(D, p * p * cfg.out_channels, bias=True)
+        if cfg.conditioning in ("adaln", "adaln-zero"):
+            self.adaLN_modulation = AdaLNModulation(
+                D, D, branches=1, shift=cfg.shift, gate=False, zero_init=True
+            )
+        elif cfg.conditioning == "adaln-single":  # PixArt: a (2, D) table plus the raw condition
+            self.adaLN_table = ScaleShiftTable(D, branches=1, shift=cfg.shift, gate=False)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # (N, T, D) -> (N, T, p·p·C_out)
+        if hasattr(self, "adaLN_modulation"):
+            (m,) = self.adaLN_modulation(c)
+        elif hasattr(self, "adaLN_table"):
+            (m,) = self.adaLN_table(c)
+        else:
+            m = NO_MODULATION
+        return self.linear(m.apply(self.norm_final(x)))
+
+
+class DiT(nn.Module):
+    """Diffusion Transformer. `forward(x, t, y=None, pooled=None)` -> (N, out_channels, H, W)."""
+
+    def __init__(self, config: DiTConfig | None = None, **overrides):
+        super().__init__()
+        cfg = (config or DiTConfig()).replace(**overrides) if overrides else (config or DiTConfig())
+        self.config = cfg
+        D = cfg.hidden_size
+        self.in_channels = cfg.in_channels
+        self.out_channels = cfg.out_channels
+        self.patch_size = cfg.patch_size
+        self.num_heads = cfg.num_heads
+        self.gradient_checkpointing = False
+
+        # Creation order = the official DiT's (x, t, y embedders, blocks, final layer): same seed, same init.
+        self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, D)
+        self.t_embedder = TimestepEmbedder(D, freq_shift=cfg.timestep_freq_shift)
+        self.y_embedder = (
+            LabelEmbedder(cfg.num_classes, D, cfg.class_dropout_prob) if cfg.num_classes else None
+        )
+        # Fixed positions for the configured grid; a checkpoint carries them (key `pos_embed`) but they are
+        # never trained. Other grid sizes get a table built on the fly.
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, D), requires_grad=False)
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
+        self.final_layer = FinalLayer(cfg)
+        self.pooled_embedder = (
+            PooledEmbedder(cfg.pooled_dim, D, cfg.class_dropout_prob) if cfg.pooled_dim else None
+        )
+        self.adaLN_single = (
+            AdaLNSingle(D, D, n=6 if cfg.shift else 4) if cfg.conditioning == "adaln-single" else None
+        )
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
+        self.initialize_weights()
+
+    # ------------------------------------------------------------------ init
+    def initialize_weights(self) -> None:
+        """The official DiT initialisation, in its order, made explicit."""
+
+        def _basic_init(module):  # xavier-uniform every Linear, zero its bias
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+        gh, gw = self.config.grid_hw
+        self.pos_embed.data.copy_(sincos_2d(self.config.hidden_size, gh, gw).unsqueeze(0))
+        w = self.x_embedder.proj.weight.data  # patch embed initialised like a Linear on its (D, C·p·p) view
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.pooled_embedder is not None:
+            nn.init.normal_(self.pooled_embedder.mlp[0].weight, std=0.02)
+            nn.init.normal_(self.pooled_embedder.mlp[2].weight, std=0.02)
+        if self.adaLN_single is not None:  # PixArt-α: shared projection N(0, 0.02)
+            nn.init.normal_(self.adaLN_single.t_block[1].weight, std=0.02)
+        # adaLN-Zero: every block's modulation outputs zeros, so every gate is 0 and each block is the identity.
+        for block in self.blocks:
+            if hasattr(block, "adaLN_modulation") and block.adaLN_modulation.zero_init:
+                block.adaLN_modulation.reset_to_zero()
+        # The output layer starts at zero: the model's first prediction is exactly 0.
+        if hasattr(self.final_layer, "adaLN_modulation"):
+            self.final_layer.adaLN_modulation.reset_to_zero()
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def null_class(self) -> int | None:
+        """The label that means "no class" (classifier-free guidance), or None if the model has none."""
+        return (
+            self.config.num_classes
+            if self.y_embedder is not None and self.y_embedder.has_null_class
+            else None
+        )
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def positions(self, gh: int, gw: int, ref: torch.Tensor) -> torch.Tensor:
+        """(1, gh·gw, D) positions: the stored table for the configured grid, else a cached fresh one."""
+        if (gh, gw) == self.config.grid_hw:
+            return self.pos_embed
+        key = (gh, gw, ref.device, ref.dtype)
+        if key not in self._pos_cache:
+            self._pos_cache[key] = sincos_2d(self.config.hidden_size, gh, gw).to(ref.device, ref.dtype)[None]
+        return self._pos_cache[key]
+
+    def unpatchify(self, x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+        """(N, T, p·p·C) -> (N, C, gh·p, gw·p); inside a token the channel varies fastest, as the official DiT."""
+        p, c = self.patch_size, self.out_channels
+        x = x.reshape(x.shape[0], gh, gw, p, p, c)
+        x = torch.einsum("nhwpqc->nchpwq", x)
+        return x.reshape(x.shape[0], c, gh * p, gw * p)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"DiT expects images/latents of shape (N, C, H, W); got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input has {x.shape[1]} channels but the model was built for in_channels={self.in_channels}"
+            )
+        p = self.patch_size
+        if x.shape[2] % p or x.shape[3] % p:
+            raise ValueError(
+                f"input size {tuple(x.shape[2:])} is not a multiple of the patch size {p}; resize or pad it"
+            )
+
+    # ------------------------------------------------------------------ conditioning
+    def embed_condition(self, t, y=None, pooled=None, force_drop_ids=None, batch: int = 1):
+        """-> (c (N, D), tokens [(N, D), ...]): the summed condition and its parts (for in-context/cross-attn)."""
+        if not torch.is_tensor(t):
+            t = torch.tensor(t, device=self.pos_embed.device)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        parts = [self.t_embedder(t)]  # (N, D)
+        if self.y_embedder is not None:
+            if y is None:
+                if self.null_class is None:
+                    raise ValueError(
+                        "this model is class-conditional without a null class (class_dropout_prob=0): pass labels y"
+                    )
+                y = torch.full((batch,), self.null_class, dtype=torch.long, device=t.device)
+            parts.append(self.y_embedder(y, self.training, force_drop_ids))
+        elif y is not None:
+            raise ValueError("this model has no label embedder (num_classes=0); call it without y")
+        if self.pooled_embedder is not None:
+            if pooled is None:  # the empty condition
+                pooled = torch.zeros(batch, self.config.pooled_dim, device=t.device, dtype=parts[0].dtype)
+            parts.append(self.pooled_embedder(pooled, self.training))
+        elif pooled is not None:
+            raise ValueError("this model takes no pooled condition (pooled_dim=0)")
+        c = parts[0]
+        for part in parts[1:]:
+            c = c + part
+        return c, parts
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x, t, y=None, pooled=None, force_drop_ids=None):
+        """x: (N, C, H, W) noisy input, t: (N,) timesteps (original 0…T-1 scale), y: (N,) labels, pooled: (N, P)."""
+        self._check_input(x)
+        N, _, H, W = x.shape
+        gh, gw = H // self.patch_size, W // self.patch_size
+        x = self.x_embedder(x) + self.positions(gh, gw, x)  # (N, T, D)
+        c, parts = self.embed_condition(t, y, pooled, force_drop_ids, batch=N)  # (N, D)
+        shared = self.adaLN_single(c) if self.adaLN_single is not None else None  # (N, 6D)
+        cond_tokens = torch.stack(parts, dim=1)  # (N, S, D): t, y, pooled embeddings as tokens
+        context = cond_tokens if self.config.conditioning == "cross-attention" else None
+        in_context = self.config.conditioning == "in-context"
+        if in_context:
+            x = torch.cat([x, cond_tokens], dim=1)  # (N, T + S, D)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, c, shared, context, use_reentrant=False)
+            else:
+                x = block(x, c, shared, context)  # (N, T, D)
+        if in_context:
+            x = x[:, : gh * gw]  # drop the condition tokens
+        x = self.final_layer(x, c)  # (N, T, p·p·C_out)
+        return self.unpatchify(x, gh, gw)  # (N, C_out, H, W)
+
+    def forward_with_cfg(self, x, t, y, cfg_scale: float, guidance_channels: int | None = None):
+        """The official DiT's guided forward: x and y hold [cond half; null half]; only x's first half is used.
+
+        Returns both halves set to uncond + s·(cond − uncond) on the first `guidance_channels` ε channels
+        (all ε channels by default; the official code uses 3 "for exact reproducibility"). The remaining
+        channels, including the learned variance, pass through unguided.
+        """
+        half = x[: len(x) // 2]
+        out = self(torch.cat([half, half], dim=0), t, y)
+        eps_channels = guidance_channels if guidance_channels is not None else self.in_channels
+        eps, rest = out[:, :eps_channels], out[:, eps_channels:]
+        cond, uncond = eps.chunk(2, dim=0)
+        guided = uncond + cfg_scale * (cond - uncond)
+        return torch.cat([torch.cat([guided, guided], dim=0), rest], dim=1)
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        return f"conditioning={cfg.conditioning}, norm={cfg.norm}, input_size={cfg.input_size}, patch={cfg.patch_size}"
+
+
+__all__ = ["DiT", "DiTBlock", "FinalLayer", "DiTConfig", "MODULATED"]

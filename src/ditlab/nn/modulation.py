@@ -1,0 +1,167 @@
+"""The adaptive-layer-norm family: how a condition vector c becomes per-sample shift, scale and gate.
+
+One mechanism covers the variants the DiT paper and later models compare:
+
+| variant                  | per branch            | gate      | where the parameters come from             |
+|--------------------------|-----------------------|-----------|--------------------------------------------|
+| adaLN (DiT)              | shift, scale          | none      | Linear(SiLU(c)) in every block             |
+| adaLN-Zero (DiT)         | shift, scale, gate    | identity  | same, zero-initialised: blocks start as id |
+| shift-free tanh (Lumina) | scale, gate           | tanh      | same, zero-initialised; RMSNorm sandwich   |
+| adaLN-single (PixArt-α)  | shift, scale, gate    | identity  | one shared Linear(SiLU(c)) + a per-block   |
+|                          |                       |           | learnable table                            |
+
+A block has two branches (attention, MLP); the final layer has one branch without a gate.
+Chunk order inside one projection is the official DiT's: for each branch, [shift,] scale[, gate].
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ditlab.nn.norms import make_norm, modulate
+
+GATES = ("none", "identity", "tanh")
+
+
+class Modulation(NamedTuple):
+    """Per-sample modulation of one residual branch; each field (N, D) or None when the variant lacks it."""
+
+    shift: torch.Tensor | None
+    scale: torch.Tensor | None
+    gate: torch.Tensor | None
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Modulate normalised tokens x (N, T, D)."""
+        return modulate(x, self.shift, self.scale)
+
+    def gated(self, h: torch.Tensor, gate_fn: str = "identity") -> torch.Tensor:
+        """Scale a branch output h (N, T, D) by its gate before the residual add (no gate: h itself)."""
+        if self.gate is None:
+            return h
+        gate = torch.tanh(self.gate) if gate_fn == "tanh" else self.gate
+        return gate.unsqueeze(1) * h
+
+
+def params_per_branch(shift: bool, gate: bool) -> int:
+    """How many D-vectors one branch needs: [shift,] scale[, gate]."""
+    return int(shift) + 1 + int(gate)
+
+
+def split_modulation(params: torch.Tensor, branches: int, shift: bool, gate: bool) -> list[Modulation]:
+    """Cut a (N, branches·k·D) projection (or (N, branches·k, D) table sum) into one Modulation per branch."""
+    k = params_per_branch(shift, gate)
+    chunks = list(params.chunk(branches * k, dim=1))
+    out = []
+    for b in range(branches):
+        part = chunks[b * k : (b + 1) * k]
+        if part[0].dim() == 3:  # (N, 1, D) rows of a table: drop the row axis
+            part = [p.squeeze(1) for p in part]
+        i = 0
+        sh = part[i] if shift else None
+        i += int(shift)
+        sc = part[i]
+        g = part[i + 1] if gate else None
+        out.append(Modulation(sh, sc, g))
+    return out
+
+
+class AdaLNModulation(nn.Sequential):
+    """SiLU → Linear(cond_dim, branches·k·D): the per-block adaLN projection of DiT.
+
+    A Sequential so that its weights keep the official names (`adaLN_modulation.1.weight`).
+    `zero_init=True` is the "Zero" of adaLN-Zero: every shift, scale and gate starts at 0, so with gates
+    the block starts as the identity, and without gates the norm starts unmodulated.
+    """
+
+    def __init__(
+        self,
+        cond_dim: int,
+        dim: int,
+        branches: int = 2,
+        shift: bool = True,
+        gate: bool = True,
+        zero_init: bool = True,
+    ):
+        k = params_per_branch(shift, gate)
+        super().__init__(nn.SiLU(), nn.Linear(cond_dim, branches * k * dim))
+        self.branches, self.shift, self.gate = branches, shift, gate
+        self.zero_init = zero_init
+        if zero_init:
+            self.reset_to_zero()
+
+    def reset_to_zero(self) -> None:
+        nn.init.zeros_(self[1].weight)
+        nn.init.zeros_(self[1].bias)
+
+    def forward(self, c: torch.Tensor) -> list[Modulation]:  # c: (N, cond_dim)
+        return split_modulation(super().forward(c), self.branches, self.shift, self.gate)
+
+
+class AdaLNSingle(nn.Module):
+    """adaLN-single (PixArt-α): ONE projection of the condition shared by all blocks.
+
+    `forward(c)` gives the shared (N, n·D) vector; each block adds its own learnable `ScaleShiftTable`.
+    PixArt initialises the shared projection with N(0, 0.02), not zero.
+    """
+
+    def __init__(self, cond_dim: int, dim: int, n: int = 6):
+        super().__init__()
+        self.n, self.dim = n, dim
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, n * dim))
+        nn.init.normal_(self.t_block[1].weight, std=0.02)
+        nn.init.zeros_(self.t_block[1].bias)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:  # (N, cond_dim) -> (N, n·D)
+        return self.t_block(c)
+
+
+class ScaleShiftTable(nn.Module):
+    """The per-block learnable (n, D) table of adaLN-single, added to the shared projection."""
+
+    def __init__(self, dim: int, branches: int = 2, shift: bool = True, gate: bool = True):
+        super().__init__()
+        self.branches, self.shift, self.gate = branches, shift, gate
+        n = branches * params_per_branch(shift, gate)
+        self.scale_shift_table = nn.Parameter(torch.randn(n, dim) / dim**0.5)
+
+    def forward(self, shared: torch.Tensor) -> list[Modulation]:  # shared: (N, n·D) or (N, D)
+        n, d = self.scale_shift_table.shape
+        if shared.shape[-1] == n * d:
+            shared = shared.view(-1, n, d)  # (N, n, D)
+        else:  # a single vector added to every row (PixArt's final layer adds the raw condition)
+            shared = shared.unsqueeze(1)  # (N, 1, D)
+        return split_modulation(self.scale_shift_table[None] + shared, self.branches, self.shift, self.gate)
+
+
+class AdaptiveNorm(nn.Module):
+    """A norm followed by condition-dependent modulation, as a stand-alone layer: y = norm(x)·(1+scale(c))+shift(c).
+
+    The building block of a DiT branch, useful outside a DiT (e.g. in your own transformer):
+      AdaptiveNorm(D, cond_dim)                                 adaLN (DiT paper, "adaLN")
+      AdaptiveNorm(D, cond_dim, gate=True, zero_init=True)      adaLN-Zero: also returns the gate
+      AdaptiveNorm(D, cond_dim, norm="rmsnorm", shift=False, gate=True, zero_init=True)   Lumina-style
+    `forward(x, c)` returns (y, gate) where gate is None when gate=False.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        cond_dim: int,
+        norm: str = "layernorm",
+        shift: bool = True,
+        gate: bool = False,
+        zero_init: bool = False,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.norm = make_norm(norm, dim, eps=eps)
+        self.modulation = AdaLNModulation(
+            cond_dim, dim, branches=1, shift=shift, gate=gate, zero_init=zero_init
+        )
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        (m,) = self.modulation(c)
+        return m.apply(self.norm(x)), m.gate
