@@ -397,6 +397,8 @@ class GaussianDiffusion:
         """
         check_sample_tensor(x_start, "x_start")
         t = self._check_t(t, x_start)
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
+            raise ValueError(f"t holds step indices outside 0..{self.num_timesteps - 1}")
         if noise is None:
             noise = torch.randn_like(x_start)
         x_t = self.q_sample(x_start, t, noise=noise)

@@ -1,0 +1,50 @@
+"""ObjectiveSpec: which training objective a model was trained with, saved beside its weights so that
+sampling a checkpoint never needs the user to repeat it (DDPM schedule and variance, or flow matching).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+from ditlab.diffusion.flow import FlowMatching
+from ditlab.diffusion.gaussian import GaussianDiffusion
+
+KINDS = ("ddpm", "flow")
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    kind: str = "ddpm"  # ddpm | flow
+    schedule: str = "linear"  # ddpm: β schedule
+    steps: int = 1000  # ddpm: trained chain length
+    learn_sigma: bool = True  # ddpm: learned-range variance + hybrid loss; else fixed variance, MSE on ε
+    timestep_sampling: str = "uniform"  # flow: uniform | logit_normal
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown objective {self.kind!r}; choose one of: {', '.join(KINDS)}")
+
+    def build(self) -> GaussianDiffusion | FlowMatching:
+        if self.kind == "flow":
+            return FlowMatching(timestep_sampler=self.timestep_sampling)
+        var_type = "learned_range" if self.learn_sigma else "fixed_large"  # as the official create_diffusion
+        return GaussianDiffusion.from_schedule(self.schedule, self.steps, var_type=var_type)
+
+    @property
+    def default_sampler(self) -> str:
+        """The fast default for previews and evaluation: DDIM for DDPM models, Euler for flow models."""
+        return "euler" if self.kind == "flow" else "ddim"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ObjectiveSpec:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def official_dit(cls) -> ObjectiveSpec:
+        """What the official DiT checkpoints were trained with: linear 1000-step DDPM, learned variance."""
+        return cls()
