@@ -16,6 +16,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("ditlab.models.flops_cli", "parameter counts and analytic Gflops of zoo models"),
+    "convert": ("ditlab.models.convert_cli", "convert checkpoints: official .pt, native .safetensors, diffusers"),
 }
 
 

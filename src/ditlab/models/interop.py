@@ -1,0 +1,540 @@
+"""Conversion between ditlab's DiT and diffusers' `DiTTransformer2DModel` (folders and in-memory models).
+
+What converts: the paper's DiT, i.e. adaLN-Zero conditioning, LayerNorm tokens, shift + identity gates, class
+labels with a null class, mlp_ratio 4 and a square latent, in both directions; diffusers folders written by
+`save_pretrained` (also the legacy `Transformer2DModel` with `norm_type="ada_norm_zero"`) or a `DiTPipeline`
+root with a `transformer/` subfolder. Weights map one to one except that diffusers keeps a copy of the
+timestep + label embedder in every block (`transformer_blocks.i.norm1.emb`) where ditlab has one: on import
+all copies must be equal (they are in every checkpoint converted from the official release), on export the
+one embedder is copied into every block. Reading a folder needs no diffusers install; building a diffusers
+model in memory (`to_diffusers`) needs `pip install "ditlab[diffusers]"`.
+
+Numerics: diffusers' DiT does not compute the official DiT's function. Its timestep sinusoid uses frequencies
+exp(-ln(10⁴)·i/127) where the official one uses i/128 (the 256-d embeddings differ by up to 1.94 in a
+component), and its MLP-branch LayerNorm uses `norm_eps` (default 1e-5) while its attention-branch and final
+norms are fixed at 1e-6 (the official model uses 1e-6 everywhere). Imports therefore set
+`timestep_freq_shift=1` and `norm_eps` from the folder, so ditlab reproduces the diffusers model; pass
+`timestep_freq_shift=0, norm_eps=1e-6` as overrides to read a hub checkpoint (official weights) as the
+official model instead. ditlab applies one `norm_eps` to both block norms, so a folder whose `norm_eps` is
+not 1e-6 cannot be matched bit for bit: the attention-branch norm is off by |Δeps|/(2·Var(x)) relative
+(~5e-6 for unit-variance tokens), which `load_diffusers` states in a warning. Exports of a model with the
+official sinusoid or `norm_eps` ≠ 1e-6 are written, but with a warning quantifying the change, since
+diffusers' own hub checkpoints carry exactly this deviation from the official model.
+
+    model = load_diffusers("DiT-XL-2-256/")                 # pipeline root or its transformer/ folder
+    save_diffusers(model, "out/transformer")                # DiTTransformer2DModel.from_pretrained loads it
+    transformer = to_diffusers(model); model2 = from_diffusers(transformer)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ditlab.models.checkpoint import atomic_write, load_state_dict_checked
+from ditlab.models.config import DiTConfig
+from ditlab.models.dit import DiT
+from ditlab.nn.embed import timestep_sinusoid
+
+DIFFUSERS_CLASS = "DiTTransformer2DModel"
+LEGACY_CLASS = "Transformer2DModel"  # diffusers' pre-0.28 generic class; DiT folders on the Hub still use it
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model"
+# diffusers' attention-branch (AdaLayerNormZero) and final norms have this eps hard-coded; `norm_eps` only
+# reaches the MLP-branch norm (BasicTransformerBlock.norm3).
+DIFFUSERS_FIXED_EPS = 1e-6
+# CombinedTimestepLabelEmbeddings always builds its label table with dropout 0.1 (hence a null row).
+DIFFUSERS_CLASS_DROPOUT = 0.1
+
+# Constructor defaults of the two diffusers classes, for the fields that decide the forward (a folder's
+# config.json may omit any field that keeps its default).
+_DEFAULTS = {
+    DIFFUSERS_CLASS: dict(
+        num_attention_heads=16,
+        attention_head_dim=72,
+        in_channels=4,
+        out_channels=None,
+        num_layers=28,
+        attention_bias=True,
+        sample_size=32,
+        patch_size=2,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_zero",
+        norm_elementwise_affine=False,
+        norm_eps=1e-5,
+    ),
+    LEGACY_CLASS: dict(
+        num_attention_heads=16,
+        attention_head_dim=88,
+        in_channels=None,
+        out_channels=None,
+        num_layers=1,
+        attention_bias=False,
+        sample_size=None,
+        patch_size=None,
+        activation_fn="geglu",
+        num_embeds_ada_norm=None,
+        norm_type="layer_norm",
+        norm_elementwise_affine=True,
+        norm_eps=1e-5,
+        cross_attention_dim=None,
+        num_vector_embeds=None,
+        only_cross_attention=False,
+        double_self_attention=False,
+        interpolation_scale=None,
+        attention_type="default",
+    ),
+}
+
+INSTALL_HINT = 'diffusers is not installed; install the optional extra with: pip install "ditlab[diffusers]"'
+
+
+def _import_diffusers_class():
+    try:
+        from diffusers import DiTTransformer2DModel
+    except ImportError as e:
+        raise ImportError(f"{INSTALL_HINT} ({e})") from e
+    return DiTTransformer2DModel
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def config_from_diffusers(dconf: Mapping, **overrides) -> DiTConfig:
+    """The DiTConfig that computes what a diffusers DiT config computes (see the module docstring)."""
+    cls = dconf.get("_class_name", DIFFUSERS_CLASS)
+    if cls not in _DEFAULTS:
+        raise ValueError(
+            f"diffusers class {cls!r} is not a DiT; expected {DIFFUSERS_CLASS} (or {LEGACY_CLASS} with "
+            "norm_type='ada_norm_zero')"
+        )
+    c = {**_DEFAULTS[cls], **{k: v for k, v in dconf.items() if not k.startswith("_")}}
+
+    def need(field, wanted, why):
+        if c.get(field) != wanted:
+            raise ValueError(
+                f"diffusers config has {field}={c.get(field)!r}; ditlab's DiT needs {field}={wanted!r} ({why})"
+            )
+
+    need("norm_type", "ada_norm_zero", "adaLN-Zero conditioning")
+    need("activation_fn", "gelu-approximate", "the MLP's tanh-approximate GELU")
+    need("attention_bias", True, "q/k/v projections with bias")
+    need("norm_elementwise_affine", False, "token norms without learned affine")
+    if cls == LEGACY_CLASS:
+        need("cross_attention_dim", None, "no text cross-attention")
+        need("num_vector_embeds", None, "continuous latents")
+        need("only_cross_attention", False, "self-attention blocks")
+        need("double_self_attention", False, "one attention per block")
+        need("attention_type", "default", "plain attention")
+        if c["patch_size"] is None or c["sample_size"] is None:
+            raise ValueError(
+                "diffusers Transformer2DModel config without patch_size/sample_size is not a DiT"
+            )
+        scale = (
+            c["interpolation_scale"]
+            if c["interpolation_scale"] is not None
+            else max(c["sample_size"] // 64, 1)
+        )
+        if scale != 1:
+            raise ValueError(
+                f"diffusers config has interpolation_scale={scale}: its position table is rescaled, which "
+                "ditlab's DiT does not support"
+            )
+    if c["num_embeds_ada_norm"] is None:
+        raise ValueError("diffusers config has num_embeds_ada_norm=None; a DiT needs a class count")
+    in_ch = int(c["in_channels"])
+    out_ch = in_ch if c["out_channels"] is None else int(c["out_channels"])
+    if out_ch not in (in_ch, 2 * in_ch):
+        raise ValueError(
+            f"diffusers config has out_channels={out_ch} with in_channels={in_ch}; ditlab supports out_channels "
+            "equal to in_channels (ε only) or twice it (ε and learned variance)"
+        )
+    fields = dict(
+        input_size=int(c["sample_size"]),
+        patch_size=int(c["patch_size"]),
+        in_channels=in_ch,
+        hidden_size=int(c["num_attention_heads"]) * int(c["attention_head_dim"]),
+        depth=int(c["num_layers"]),
+        num_heads=int(c["num_attention_heads"]),
+        mlp_ratio=4.0,  # diffusers' FeedForward default (DiTTransformer2DModel passes no inner dim)
+        class_dropout_prob=DIFFUSERS_CLASS_DROPOUT,
+        num_classes=int(c["num_embeds_ada_norm"]),
+        learn_sigma=out_ch == 2 * in_ch,
+        conditioning="adaln-zero",
+        norm="layernorm",
+        norm_eps=float(c["norm_eps"]),
+        timestep_freq_shift=1,  # diffusers' Timesteps(downscale_freq_shift=1)
+    )
+    return DiTConfig().replace(**{**fields, **overrides})
+
+
+def diffusers_config(cfg: DiTConfig) -> dict:
+    """The `DiTTransformer2DModel` constructor arguments for a ditlab config, or ValueError naming the field
+    that diffusers' DiT cannot express."""
+    required = dict(
+        conditioning="adaln-zero",
+        norm="layernorm",
+        shift=True,
+        gate_fn="identity",
+        sandwich_norm=False,
+        pooled_dim=0,
+    )
+    for field, wanted in required.items():
+        if getattr(cfg, field) != wanted:
+            raise ValueError(
+                f"cannot export to diffusers: {field}={getattr(cfg, field)!r}, but DiTTransformer2DModel only "
+                f"implements {field}={wanted!r} (the paper's adaLN-Zero DiT)"
+            )
+    if cfg.mlp_ratio != 4.0:
+        raise ValueError(
+            f"cannot export to diffusers: mlp_ratio={cfg.mlp_ratio}; DiTTransformer2DModel fixes it at 4"
+        )
+    h, w = cfg.image_hw
+    if h != w:
+        raise ValueError(
+            f"cannot export to diffusers: input_size={cfg.input_size} is not square (sample_size is one int)"
+        )
+    if cfg.num_classes < 1:
+        raise ValueError(
+            f"cannot export to diffusers: num_classes={cfg.num_classes}; DiTTransformer2DModel is class-conditional"
+        )
+    if cfg.class_dropout_prob <= 0:
+        raise ValueError(
+            f"cannot export to diffusers: class_dropout_prob={cfg.class_dropout_prob}, so the model has no null-class "
+            "row; DiTTransformer2DModel always has one (its label table has num_classes + 1 rows)"
+        )
+    return dict(
+        num_attention_heads=cfg.num_heads,
+        attention_head_dim=cfg.hidden_size // cfg.num_heads,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        num_layers=cfg.depth,
+        dropout=0.0,
+        norm_num_groups=32,
+        attention_bias=True,
+        sample_size=h,
+        patch_size=cfg.patch_size,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=cfg.num_classes,
+        upcast_attention=False,
+        norm_type="ada_norm_zero",
+        norm_elementwise_affine=False,
+        norm_eps=cfg.norm_eps,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- weights
+def _embedder_keys(i: int) -> dict[str, str]:
+    """ditlab key -> diffusers key of block i's copy of the timestep + label embedder."""
+    e = f"transformer_blocks.{i}.norm1.emb"
+    return {
+        "t_embedder.mlp.0.weight": f"{e}.timestep_embedder.linear_1.weight",
+        "t_embedder.mlp.0.bias": f"{e}.timestep_embedder.linear_1.bias",
+        "t_embedder.mlp.2.weight": f"{e}.timestep_embedder.linear_2.weight",
+        "t_embedder.mlp.2.bias": f"{e}.timestep_embedder.linear_2.bias",
+        "y_embedder.embedding_table.weight": f"{e}.class_embedder.embedding_table.weight",
+    }
+
+
+def _one_to_one_keys(depth: int) -> dict[str, str]:
+    """ditlab key -> diffusers key for every tensor that maps unchanged (all but qkv and the embedders)."""
+    keys = {
+        "x_embedder.proj": "pos_embed.proj",
+        "final_layer.linear": "proj_out_2",
+        "final_layer.adaLN_modulation.1": "proj_out_1",  # both chunk as (shift, scale)
+    }
+    for i in range(depth):
+        b, d = f"blocks.{i}", f"transformer_blocks.{i}"
+        keys[f"{b}.attn.proj"] = f"{d}.attn1.to_out.0"
+        keys[f"{b}.mlp.fc1"] = f"{d}.ff.net.0.proj"
+        keys[f"{b}.mlp.fc2"] = f"{d}.ff.net.2"
+        # Same chunk order on both sides: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
+        keys[f"{b}.adaLN_modulation.1"] = f"{d}.norm1.linear"
+    return {f"{k}.{s}": f"{v}.{s}" for k, v in keys.items() for s in ("weight", "bias")}
+
+
+def _check_embedder_copies(state: Mapping, depth: int) -> list[int]:
+    """Indices of the blocks whose embedder copy is not bitwise equal to block 0's."""
+    ref = _embedder_keys(0)
+    differ = []
+    for i in range(1, depth):
+        keys = _embedder_keys(i)
+        if any(not torch.equal(state[keys[k]], state[ref[k]]) for k in ref):
+            differ.append(i)
+    return differ
+
+
+def state_dict_from_diffusers(state: Mapping, depth: int, embedder_block: int | None = None) -> dict:
+    """A diffusers DiT state dict -> ditlab keys (without `pos_embed`, which diffusers computes, not stores).
+
+    diffusers keeps one timestep + label embedder per block; ditlab shares one. With `embedder_block=None`
+    all copies must be identical (else ValueError); `embedder_block=i` takes block i's copy for every block,
+    a lossy choice for a model trained in diffusers (the other copies are discarded).
+    """
+    missing = [k for k in [*_embedder_keys(0).values(), *_one_to_one_keys(depth).values()] if k not in state]
+    if missing:
+        raise ValueError(
+            f"diffusers state dict lacks {len(missing)} DiT tensor(s), e.g. {missing[:3]}; is it a "
+            f"DiTTransformer2DModel with num_layers={depth}?"
+        )
+    if embedder_block is None:
+        differ = _check_embedder_copies(state, depth)
+        if differ:
+            raise ValueError(
+                f"the timestep/label embedder copies of blocks {differ} differ from block 0's. diffusers keeps one "
+                "copy per block (all equal in checkpoints converted from the official DiT, so this model was "
+                "trained in diffusers); ditlab's DiT shares one embedder. To convert anyway pass embedder_block=i "
+                "(0 is the copy diffusers' final layer uses): every block then uses that copy, so the converted "
+                "model's outputs differ from the diffusers model's."
+            )
+        embedder_block = 0
+    elif not 0 <= embedder_block < depth:
+        raise ValueError(f"embedder_block={embedder_block} is out of range for a model with {depth} blocks")
+    out = {k: state[v] for k, v in _embedder_keys(embedder_block).items()}
+    out.update({k: state[v] for k, v in _one_to_one_keys(depth).items()})
+    for i in range(depth):
+        d = f"transformer_blocks.{i}.attn1"
+        for s in ("weight", "bias"):
+            # timm's fused projection: rows [q | k | v], each head-major, as diffusers' separate to_q/to_k/to_v.
+            out[f"blocks.{i}.attn.qkv.{s}"] = torch.cat([state[f"{d}.to_{n}.{s}"] for n in "qkv"], dim=0)
+    used = {*_one_to_one_keys(depth).values()}
+    used |= {v for i in range(depth) for v in _embedder_keys(i).values()}
+    used |= {
+        f"transformer_blocks.{i}.attn1.to_{n}.{s}"
+        for i in range(depth)
+        for n in "qkv"
+        for s in ("weight", "bias")
+    }
+    extra = sorted(set(state) - used - {"pos_embed.pos_embed"})
+    if extra:
+        raise ValueError(
+            f"diffusers state dict has tensors a DiT does not use: {extra[:5]} ({len(extra)} in all)"
+        )
+    return out
+
+
+def state_dict_to_diffusers(model: DiT) -> dict[str, torch.Tensor]:
+    """ditlab weights -> the `DiTTransformer2DModel` state dict (the embedder copied into every block)."""
+    diffusers_config(model.config)  # refuses what diffusers' DiT cannot express
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    depth = model.config.depth
+    out = {v: state[k] for k, v in _one_to_one_keys(depth).items()}
+    for i in range(depth):
+        # Separate tensors per block (safetensors refuses aliased storage, and diffusers may train them apart).
+        out.update({v: state[k].clone() for k, v in _embedder_keys(i).items()})
+        weights = state[f"blocks.{i}.attn.qkv.weight"].chunk(3, dim=0)  # rows [q | k | v]
+        biases = state[f"blocks.{i}.attn.qkv.bias"].chunk(3, dim=0)
+        for n, w, b in zip("qkv", weights, biases, strict=True):
+            out[f"transformer_blocks.{i}.attn1.to_{n}.weight"] = w.contiguous()
+            out[f"transformer_blocks.{i}.attn1.to_{n}.bias"] = b.contiguous()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- mismatch
+def timestep_embedding_change(model: DiT, num_timesteps: int = 1000) -> float:
+    """Largest relative change ‖Δe‖/‖e‖ of the model's timestep embedding e(t), t = 0…num_timesteps-1, when its
+    sinusoid is swapped between the official (shift 0) and diffusers' (shift 1) convention."""
+    mlp = model.t_embedder.mlp
+    t = torch.arange(num_timesteps, device=mlp[0].weight.device)
+    dim = model.t_embedder.frequency_embedding_size
+    with torch.no_grad():
+        a = mlp(timestep_sinusoid(t, dim, freq_shift=0).to(mlp[0].weight.dtype))
+        b = mlp(timestep_sinusoid(t, dim, freq_shift=1).to(mlp[0].weight.dtype))
+        rel = (a - b).norm(dim=1) / a.norm(dim=1).clamp_min(1e-12)
+    return float(rel.max())
+
+
+def _eps_note(eps: float) -> str:
+    return (
+        f"ditlab applies norm_eps={eps:g} to both block norms, diffusers fixes the attention-branch norm at "
+        f"{DIFFUSERS_FIXED_EPS:g}: that norm's output changes by |Δeps|/(2·Var(x)) relative "
+        f"(~{abs(eps - DIFFUSERS_FIXED_EPS) / 2:.1e} for unit-variance tokens, usually negligible)"
+    )
+
+
+def _warn_export_mismatch(model: DiT) -> None:
+    cfg = model.config
+    notes = []
+    if cfg.timestep_freq_shift != 1:
+        notes.append(
+            f"it uses the official timestep sinusoid (timestep_freq_shift={cfg.timestep_freq_shift}) but diffusers "
+            "hard-codes downscale_freq_shift=1; the 256-d sinusoids differ by up to 1.94 per component and this "
+            f"model's timestep embedding changes by up to {100 * timestep_embedding_change(model):.0f}% (relative "
+            "L2 over t=0…999), so samples will differ (diffusers' hub DiT checkpoints carry the same deviation)"
+        )
+    if cfg.norm_eps != DIFFUSERS_FIXED_EPS:
+        notes.append(_eps_note(cfg.norm_eps))
+    if cfg.class_dropout_prob != DIFFUSERS_CLASS_DROPOUT:
+        notes.append(
+            f"diffusers trains with label dropout {DIFFUSERS_CLASS_DROPOUT}, not {cfg.class_dropout_prob} "
+            "(inference is unaffected)"
+        )
+    if notes:
+        warnings.warn(
+            "the diffusers model will not compute exactly what this ditlab model computes: "
+            + "; ".join(notes),
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def from_diffusers(transformer, embedder_block: int | None = None, **overrides) -> DiT:
+    """A ditlab DiT with the weights of a diffusers `DiTTransformer2DModel` (same device and dtype, eval mode).
+
+    `overrides` replace DiTConfig fields (e.g. `timestep_freq_shift=0, norm_eps=1e-6` for official numerics);
+    `embedder_block` picks one block's embedder copy when they differ (lossy, see state_dict_from_diffusers).
+    """
+    dconf = dict(transformer.config)
+    dconf.setdefault("_class_name", type(transformer).__name__)
+    param = next(transformer.parameters())
+    model = _build(dconf, transformer.state_dict(), embedder_block, overrides, "the diffusers model")
+    return model.to(param.device, param.dtype)
+
+
+def _build(dconf: Mapping, dstate: Mapping, embedder_block, overrides: dict, source: str) -> DiT:
+    config = config_from_diffusers(dconf, **overrides)
+    if config.norm_eps != DIFFUSERS_FIXED_EPS and "norm_eps" not in overrides:
+        warnings.warn(
+            f"{source} cannot be reproduced exactly: {_eps_note(config.norm_eps)}. Pass norm_eps=... to choose "
+            "another value (1e-6 matches the attention-branch norm and the official DiT).",
+            UserWarning,
+            stacklevel=3,
+        )
+    state = state_dict_from_diffusers(dstate, config.depth, embedder_block)
+    model = DiT(config)
+    state["pos_embed"] = (
+        model.pos_embed.detach().clone()
+    )  # diffusers builds the same table (checked in tests)
+    load_state_dict_checked(model, state, source=source)
+    return model.eval()
+
+
+def _resolve_folder(path: Path) -> Path:
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if (path / "transformer" / CONFIG_NAME).is_file():
+        return path / "transformer"
+    raise FileNotFoundError(
+        f"{path} is not a diffusers model folder: expected {CONFIG_NAME} in it (a save_pretrained folder of "
+        "DiTTransformer2DModel) or in its transformer/ subfolder (a DiTPipeline root)"
+    )
+
+
+def _read_weights(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
+    stem = WEIGHTS_NAME if variant is None else f"{WEIGHTS_NAME}.{variant}"
+    single_st, single_bin = folder / f"{stem}.safetensors", folder / f"{stem}.bin"
+    index_st, index_bin = folder / f"{stem}.safetensors.index.json", folder / f"{stem}.bin.index.json"
+
+    def read(file: Path) -> dict:
+        if file.suffix == ".safetensors":
+            return load_file(str(file), device="cpu")
+        return torch.load(str(file), map_location="cpu", weights_only=True)
+
+    for single, index in ((single_st, index_st), (single_bin, index_bin)):
+        if single.is_file():
+            return read(single)
+        if index.is_file():  # sharded: {"weight_map": {tensor name: shard file}}
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: dict = {}
+            for shard in shards:
+                state.update(read(folder / shard))
+            return state
+    present = sorted(p.name for p in folder.glob(f"{WEIGHTS_NAME}*"))
+    hint = (
+        f"; files present: {present} (pass variant=... for e.g. {WEIGHTS_NAME}.fp16.safetensors)"
+        if present
+        else ""
+    )
+    raise FileNotFoundError(f"no {stem}.safetensors or .bin weights in {folder}{hint}")
+
+
+def load_diffusers(
+    path: str | os.PathLike,
+    device="cpu",
+    embedder_block: int | None = None,
+    variant: str | None = None,
+    **overrides,
+) -> DiT:
+    """Load a diffusers DiT folder (a `DiTTransformer2DModel.save_pretrained` folder or a `DiTPipeline` root)
+    as a ditlab DiT in eval mode. Does not need diffusers installed.
+
+    Args:
+        path: the folder.
+        device: where the weights land.
+        embedder_block: which block's embedder copy to use when the copies differ (lossy; see
+            `state_dict_from_diffusers`). Leave None for checkpoints converted from the official DiT.
+        variant: weights variant, e.g. "fp16" for `diffusion_pytorch_model.fp16.safetensors`.
+        overrides: DiTConfig fields to replace, e.g. `timestep_freq_shift=0, norm_eps=1e-6` to read a hub
+            checkpoint (official weights) with the official DiT's numerics instead of diffusers'.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"diffusers model folder {path} does not exist")
+    folder = _resolve_folder(path)
+    dconf = json.loads((folder / CONFIG_NAME).read_text())
+    config_from_diffusers(dconf, **overrides)  # a bad config fails before the weights are read
+    return _build(dconf, _read_weights(folder, variant), embedder_block, overrides, str(folder)).to(device)
+
+
+def to_diffusers(model: DiT):
+    """A diffusers `DiTTransformer2DModel` with this model's weights (same device and dtype, eval mode).
+
+    Raises ValueError for configs diffusers' DiT cannot express, warns when its numerics will differ
+    (official timestep sinusoid, norm_eps ≠ 1e-6). Needs `pip install "ditlab[diffusers]"`.
+    """
+    cls = _import_diffusers_class()
+    kwargs = diffusers_config(model.config)
+    _warn_export_mismatch(model)
+    transformer = cls(**kwargs)
+    transformer.load_state_dict(state_dict_to_diffusers(model), strict=True)
+    param = next(model.parameters())
+    if param.dtype != torch.float32:  # diffusers logs a warning on any dtype cast, so only cast when needed
+        transformer = transformer.to(dtype=param.dtype)
+    return transformer.to(param.device).eval()
+
+
+def save_diffusers(model: DiT, path: str | os.PathLike) -> Path:
+    """Write `model` as a diffusers folder (config.json + diffusion_pytorch_model.safetensors) that
+    `DiTTransformer2DModel.from_pretrained(path)` loads; returns the folder. Does not need diffusers installed.
+
+    Same checks and warnings as `to_diffusers`. To use it in a `DiTPipeline`, write it to `<pipeline>/transformer`.
+    """
+    kwargs = diffusers_config(model.config)
+    _warn_export_mismatch(model)
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file; save_diffusers writes a folder")
+    tensors = {k: v.contiguous().cpu() for k, v in state_dict_to_diffusers(model).items()}
+    config = {"_class_name": DIFFUSERS_CLASS, **kwargs}
+    try:
+        import diffusers
+
+        config["_diffusers_version"] = diffusers.__version__
+    except ImportError:
+        pass
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write(
+        path / f"{WEIGHTS_NAME}.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})
+    )
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+__all__ = [
+    "config_from_diffusers",
+    "diffusers_config",
+    "from_diffusers",
+    "load_diffusers",
+    "save_diffusers",
+    "state_dict_from_diffusers",
+    "state_dict_to_diffusers",
+    "timestep_embedding_change",
+    "to_diffusers",
+]
