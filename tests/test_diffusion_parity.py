@@ -34,7 +34,7 @@ def toy_model(learned: bool):
 
     def model(x, t):
         t = torch.as_tensor(t, device=x.device).reshape(-1)
-        ab = _ALPHA_BAR.to(x.device)[t].to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        ab = _ALPHA_BAR.to(x.device).index_select(0, t).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         eps = (1 - ab).sqrt() * (x - ab.sqrt() * 0.3) / (0.25 * ab + 1 - ab)
         eps = eps + 0.05 * torch.tanh(x + 0.001 * t.reshape(ab.shape).to(x.dtype))
         if not learned:
@@ -128,9 +128,14 @@ def dpmpp_2m_loop_error(steps: int, dtype: torch.dtype = torch.float32) -> float
     spacing, first-order first and final steps, final σ = 0). diffusers computes in float32 internally."""
     ours = GaussianDiffusion.from_schedule("linear", 1000, var_type="fixed_small")
     sched = diffusers.DPMSolverMultistepScheduler(
-        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-        algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
-    )  # fmt: skip
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        solver_type="midpoint",
+    )
     sched.set_timesteps(steps)
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7), dtype=dtype)
     model = toy_model(learned=False)
