@@ -37,9 +37,7 @@ __all__ = [
 ]
 
 
-def _setup(
-    name, objective, kind, noise, model, cond, uncond, guidance_scale, guidance_interval, guidance_channels
-):
+def _check(name: str, objective, kind: type, noise) -> None:
     if not isinstance(objective, kind):
         valid = ", ".join(n for n, k in _OBJECTIVE_OF.items() if isinstance(objective, k))
         raise TypeError(
@@ -47,9 +45,6 @@ def _setup(
             + (f"; samplers for it: {valid}" if valid else "")
         )
     check_sample_tensor(noise, "noise")
-    return GuidedModel(
-        model, cond, uncond, scale=guidance_scale, interval=guidance_interval, channels=guidance_channels
-    )
 
 
 def _steps_bar(iterable, progress: bool, name: str, total: int):
@@ -57,34 +52,9 @@ def _steps_bar(iterable, progress: bool, name: str, total: int):
 
 
 def _ancestral_loop(
-    name,
-    step_fn,
-    model,
-    noise,
-    objective,
-    cond,
-    uncond,
-    steps,
-    guidance_scale,
-    guidance_interval,
-    guidance_channels,
-    progress,
-    callback,
+    name: str, step_fn, guided: GuidedModel, noise, diffusion: GaussianDiffusion, progress, callback
 ):
-    """The DDPM/DDIM loop over a (respaced) process: model at each kept step, then ``step_fn``."""
-    guided = _setup(
-        name,
-        objective,
-        GaussianDiffusion,
-        noise,
-        model,
-        cond,
-        uncond,
-        guidance_scale,
-        guidance_interval,
-        guidance_channels,
-    )
-    diffusion = objective.respace(steps)
+    """The DDPM/DDIM loop over every step of a (respaced) process: model, then ``step_fn``."""
     x, n, device = noise, noise.shape[0], noise.device
     model_steps = diffusion.timestep_map.tolist()
     order = range(len(diffusion) - 1, -1, -1)
@@ -118,25 +88,15 @@ def sample_ddpm(
     """Ancestral DDPM sampling. ``steps``: None = every step of ``objective``; an int N or a respacing string
     (``"250"``, ``"ddim50"``, ``"25,25,50"``) respaces with the official semantics. Noise is drawn at every
     step, the last included, as the official loop does."""
+    _check("ddpm", objective, GaussianDiffusion, noise)
+    guided = GuidedModel(
+        model, cond, uncond, scale=guidance_scale, interval=guidance_interval, channels=guidance_channels
+    )
 
     def step(diffusion, output, x, t):
         return diffusion.ddpm_step(output, x, t, randn_like(x, generator), clip_denoised=clip_denoised)
 
-    return _ancestral_loop(
-        "ddpm",
-        step,
-        model,
-        noise,
-        objective,
-        cond,
-        uncond,
-        steps,
-        guidance_scale,
-        guidance_interval,
-        guidance_channels,
-        progress,
-        callback,
-    )
+    return _ancestral_loop("ddpm", step, guided, noise, objective.respace(steps), progress, callback)
 
 
 @torch.no_grad()
@@ -159,26 +119,16 @@ def sample_ddim(
 ):
     """DDIM sampling (η = 0: deterministic). ``steps`` as for ``sample_ddpm`` (``"ddim50"`` gives the integer
     stride of the DDIM paper). Noise is drawn only when η > 0."""
+    _check("ddim", objective, GaussianDiffusion, noise)
+    guided = GuidedModel(
+        model, cond, uncond, scale=guidance_scale, interval=guidance_interval, channels=guidance_channels
+    )
 
     def step(diffusion, output, x, t):
         noise_t = randn_like(x, generator) if eta > 0 else None
         return diffusion.ddim_step(output, x, t, noise_t, eta=eta, clip_denoised=clip_denoised)
 
-    return _ancestral_loop(
-        "ddim",
-        step,
-        model,
-        noise,
-        objective,
-        cond,
-        uncond,
-        steps,
-        guidance_scale,
-        guidance_interval,
-        guidance_channels,
-        progress,
-        callback,
-    )
+    return _ancestral_loop("ddim", step, guided, noise, objective.respace(steps), progress, callback)
 
 
 def dpm_solver_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
@@ -218,17 +168,9 @@ def sample_dpmpp_2m(
     evaluations at ``dpm_solver_timesteps``; the first update is first order (no history yet) and the last,
     to σ = 0, is first order and returns the final x_0 prediction, as diffusers' default. Learned-variance
     models are fine: only their ε channels are used. ``generator`` is unused (deterministic)."""
-    guided = _setup(
-        "dpmpp_2m",
-        objective,
-        GaussianDiffusion,
-        noise,
-        model,
-        cond,
-        uncond,
-        guidance_scale,
-        guidance_interval,
-        guidance_channels,
+    _check("dpmpp_2m", objective, GaussianDiffusion, noise)
+    guided = GuidedModel(
+        model, cond, uncond, scale=guidance_scale, interval=guidance_interval, channels=guidance_channels
     )
     indices = dpm_solver_timesteps(len(objective), steps)
     alphas_cumprod = objective.alphas_cumprod.numpy()[indices]
@@ -266,46 +208,21 @@ def sample_dpmpp_2m(
 
 
 def _flow_ode(
-    name,
-    heun,
-    model,
-    noise,
-    objective,
-    cond,
-    uncond,
-    steps,
-    guidance_scale,
-    guidance_interval,
-    guidance_channels,
-    progress,
-    callback,
-    shift,
+    name: str, heun: bool, guided: GuidedModel, noise, flow: FlowMatching, steps, shift, progress, callback
 ):
-    guided = _setup(
-        name,
-        objective,
-        FlowMatching,
-        noise,
-        model,
-        cond,
-        uncond,
-        guidance_scale,
-        guidance_interval,
-        guidance_channels,
-    )
     times = FlowMatching.sampling_times(steps, shift)
     x, n, device = noise, noise.shape[0], noise.device
     dtype = time_dtype(noise)
 
     def velocity(x_now, t_now: float):
-        t_model = torch.full((n,), t_now * objective.time_scale, device=device, dtype=dtype)
-        return objective.check_output(guided(x_now, t_model, t_now * objective.time_scale), x_now)
+        t_model = torch.full((n,), t_now * flow.time_scale, device=device, dtype=dtype)
+        return flow.check_output(guided(x_now, t_model, t_now * flow.time_scale), x_now)
 
     for i in _steps_bar(range(steps), progress, name, steps):
         t_now, t_next = float(times[i]), float(times[i + 1])
         v = velocity(x, t_now)
         if callback is not None:
-            callback({"i": i, "t": t_now * objective.time_scale, "x": x, "denoised": x - t_now * v})
+            callback({"i": i, "t": t_now * flow.time_scale, "x": x, "denoised": x - t_now * v})
         dt = t_next - t_now
         x_euler = x + dt * v
         if heun:
@@ -336,22 +253,11 @@ def sample_euler(
 ):
     """Euler ODE integration of a flow-matching model from t = 1 (noise) to t = 0 over ``steps`` uniform steps
     (``shift`` warps them as in SD3). ``generator`` is unused (deterministic)."""
-    return _flow_ode(
-        "euler",
-        False,
-        model,
-        noise,
-        objective,
-        cond,
-        uncond,
-        steps,
-        guidance_scale,
-        guidance_interval,
-        guidance_channels,
-        progress,
-        callback,
-        shift,
+    _check("euler", objective, FlowMatching, noise)
+    guided = GuidedModel(
+        model, cond, uncond, scale=guidance_scale, interval=guidance_interval, channels=guidance_channels
     )
+    return _flow_ode("euler", False, guided, noise, objective, steps, shift, progress, callback)
 
 
 @torch.no_grad()
@@ -373,22 +279,11 @@ def sample_heun(
 ):
     """Heun (2nd-order) ODE integration of a flow-matching model from t = 1 to t = 0: 2·``steps`` model
     evaluations. ``generator`` is unused (deterministic)."""
-    return _flow_ode(
-        "heun",
-        True,
-        model,
-        noise,
-        objective,
-        cond,
-        uncond,
-        steps,
-        guidance_scale,
-        guidance_interval,
-        guidance_channels,
-        progress,
-        callback,
-        shift,
+    _check("heun", objective, FlowMatching, noise)
+    guided = GuidedModel(
+        model, cond, uncond, scale=guidance_scale, interval=guidance_interval, channels=guidance_channels
     )
+    return _flow_ode("heun", True, guided, noise, objective, steps, shift, progress, callback)
 
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
