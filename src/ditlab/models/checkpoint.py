@@ -25,6 +25,7 @@ from ditlab.models.dit import DiT
 from ditlab.models.zoo import MODELS, SIZES, model_config
 
 CONFIG_KEY = "ditlab_config"
+OBJECTIVE_KEY = "ditlab_objective"  # the training objective (see ditlab.diffusion.objective), as JSON
 
 
 def atomic_write(path: str | os.PathLike, write_fn) -> None:
@@ -48,10 +49,16 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
         raise
 
 
-def save_model(model: DiT, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> None:
-    """Save weights and config to one safetensors file (atomically)."""
+def save_model(model: DiT, path: str | os.PathLike, objective: dict | None = None) -> None:
+    """Save weights, config and (if known) the training objective to one safetensors file, atomically.
+
+    `objective` defaults to the model's `objective_spec` attribute (set by the trainer and by load_model).
+    """
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {CONFIG_KEY: model.config.to_json(), **(extra_metadata or {})}
+    metadata = {CONFIG_KEY: model.config.to_json()}
+    objective = objective if objective is not None else getattr(model, "objective_spec", None)
+    if objective is not None:
+        metadata[OBJECTIVE_KEY] = json.dumps(objective, sort_keys=True)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -94,10 +101,12 @@ def _load_native(path: Path, device) -> DiT:
         state = {k: f.get_tensor(k) for k in f.keys()}
     model = DiT(config)
     load_state_dict_checked(model, state, source=str(path))
+    if OBJECTIVE_KEY in meta:
+        model.objective_spec = json.loads(meta[OBJECTIVE_KEY])
     return model.to(device).eval()
 
 
-def _torch_load(path: Path) -> dict:
+def read_torch_file(path: Path) -> dict:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated/corrupt files and pickles with code both land here
@@ -174,13 +183,17 @@ def load_model(path: str | os.PathLike, model: str | None = None, device="cpu", 
         if overrides:
             raise ValueError("a native ditlab checkpoint carries its config; overrides are not accepted")
         return _load_native(path, device)
-    obj = _torch_load(path)
+    obj = read_torch_file(path)
+    objective = None
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict):  # a ditlab training checkpoint
         config = DiTConfig.from_dict(obj["config"])
         state = official_state_dict(obj, str(path))
+        objective = obj.get("objective")
     else:
         state = official_state_dict(obj, str(path))
         config = infer_config(state, model, **overrides)
     net = DiT(config)
     load_state_dict_checked(net, state, source=str(path))
+    if objective is not None:
+        net.objective_spec = objective
     return net.to(device).eval()

@@ -37,7 +37,8 @@ class DiTConfig:
     # --- conditioning and norm variants ---
     conditioning: str = "adaln-zero"  # one of CONDITIONINGS
     norm: str = "layernorm"  # token norm in blocks and final layer: layernorm | rmsnorm
-    norm_eps: float = 1e-6  # the official blocks use 1e-6 (diffusers' port uses 1e-5)
+    norm_eps: float = 1e-6  # block norms (the official DiT: 1e-6)
+    mlp_norm_eps: float | None = None  # the norm before the MLP, if different (diffusers' DiT port: 1e-5)
     shift: bool = True  # modulation predicts a shift; False = shift-free (Lumina, Z-Image)
     gate_fn: str = "identity"  # how residual gates act: identity (DiT) or tanh (Lumina, Z-Image)
     sandwich_norm: bool = False  # also RMSNorm each branch's output before the gate (Lumina)

@@ -40,7 +40,9 @@ class DiTBlock(nn.Module):
         self.gate_fn = cfg.gate_fn
         self.norm1 = make_norm(cfg.norm, D, eps=cfg.norm_eps)
         self.attn = Attention(D, cfg.num_heads, qkv_bias=True)
-        self.norm2 = make_norm(cfg.norm, D, eps=cfg.norm_eps)
+        self.norm2 = make_norm(
+            cfg.norm, D, eps=cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps
+        )
         self.mlp = Mlp(D, cfg.mlp_hidden)
         if cfg.conditioning in ("adaln", "adaln-zero"):
             self.adaLN_modulation = AdaLNModulation(
@@ -115,6 +117,9 @@ class DiT(nn.Module):
         self.patch_size = cfg.patch_size
         self.num_heads = cfg.num_heads
         self.gradient_checkpointing = False
+        # How the model was trained (ditlab.diffusion.ObjectiveSpec as a dict); set by the trainer and by
+        # load_model, saved with the weights, so sampling never needs it repeated. None = unknown/official.
+        self.objective_spec: dict | None = None
 
         # Creation order = the official DiT's (x, t, y embedders, blocks, final layer): same seed, same init.
         self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, D)
