@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from ditlab.models.checkpoint import load_model, save_model
+from ditlab.models.interop import OFFICIAL_NUMERICS, save_diffusers
 from ditlab.models.zoo import MODELS
 
 FORMATS = ("native", "diffusers")
@@ -43,8 +44,8 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--official-numerics",
         action="store_true",
-        help="diffusers source: compute with the official DiT's timestep sinusoid and norm eps 1e-6 instead of "
-        "reproducing diffusers' model (hub DiT checkpoints hold the official weights)",
+        help="diffusers source: compute with the official DiT's timestep sinusoid and norm eps 1e-6 in every "
+        "norm instead of reproducing diffusers' model (hub DiT checkpoints hold the official weights)",
     )
 
 
@@ -71,15 +72,13 @@ def convert(src, dst, model=None, fmt=None, embedder_block=None, official_numeri
         if embedder_block is not None:
             overrides["embedder_block"] = embedder_block
         if official_numerics:
-            overrides.update(timestep_freq_shift=0, norm_eps=1e-6)
+            overrides.update(OFFICIAL_NUMERICS)
     net = load_model(src, model=model, **overrides)
     if fmt == "native":
         if dst.is_dir():
             raise ValueError(f"{dst} is a folder; native output is one .safetensors file")
         save_model(net, dst)
     else:
-        from ditlab.models.interop import save_diffusers
-
         save_diffusers(net, dst)
     return fmt
 

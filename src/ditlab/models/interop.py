@@ -13,13 +13,13 @@ Numerics: diffusers' DiT does not compute the official DiT's function. Its times
 exp(-ln(10⁴)·i/127) where the official one uses i/128 (the 256-d embeddings differ by up to 1.94 in a
 component), and its MLP-branch LayerNorm uses `norm_eps` (default 1e-5) while its attention-branch and final
 norms are fixed at 1e-6 (the official model uses 1e-6 everywhere). Imports therefore set
-`timestep_freq_shift=1` and `norm_eps` from the folder, so ditlab reproduces the diffusers model; pass
-`timestep_freq_shift=0, norm_eps=1e-6` as overrides to read a hub checkpoint (official weights) as the
-official model instead. ditlab applies one `norm_eps` to both block norms, so a folder whose `norm_eps` is
-not 1e-6 cannot be matched bit for bit: the attention-branch norm is off by |Δeps|/(2·Var(x)) relative
-(~5e-6 for unit-variance tokens), which `load_diffusers` states in a warning. Exports of a model with the
-official sinusoid or `norm_eps` ≠ 1e-6 are written, but with a warning quantifying the change, since
-diffusers' own hub checkpoints carry exactly this deviation from the official model.
+`timestep_freq_shift=1`, `norm_eps=1e-6` and `mlp_norm_eps` = the folder's `norm_eps` (None when that is
+1e-6), so ditlab computes exactly the diffusers model; pass `OFFICIAL_NUMERICS` (timestep_freq_shift=0,
+norm_eps=1e-6, mlp_norm_eps=None) as overrides to read a hub checkpoint (official weights) as the official
+model instead. Exports write the model's MLP-branch eps as diffusers' `norm_eps`. What diffusers cannot
+express is written with a warning quantifying the change: the official sinusoid (diffusers' own hub
+checkpoints carry exactly this deviation from the official model) and an attention-branch `norm_eps` ≠ 1e-6
+(that norm's output moves by |Δeps|/(2·Var(x)) relative, ~5e-6 for unit-variance tokens).
 
     model = load_diffusers("DiT-XL-2-256/")                 # pipeline root or its transformer/ folder
     save_diffusers(model, "out/transformer")                # DiTTransformer2DModel.from_pretrained loads it
@@ -33,6 +33,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -47,8 +48,13 @@ LEGACY_CLASS = "Transformer2DModel"  # diffusers' pre-0.28 generic class; DiT fo
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model"
 # diffusers' attention-branch (AdaLayerNormZero) and final norms have this eps hard-coded; `norm_eps` only
-# reaches the MLP-branch norm (BasicTransformerBlock.norm3).
+# reaches the MLP-branch norm (BasicTransformerBlock.norm3). ditlab's final norm is fixed at 1e-6 as well.
 DIFFUSERS_FIXED_EPS = 1e-6
+# Overrides that read diffusers-format weights (e.g. the hub's DiT checkpoints, converted from the official
+# release) as the official DiT rather than as diffusers' port of it.
+OFFICIAL_NUMERICS = MappingProxyType(
+    dict(timestep_freq_shift=0, norm_eps=DIFFUSERS_FIXED_EPS, mlp_norm_eps=None)
+)  # read-only: shared
 # CombinedTimestepLabelEmbeddings always builds its label table with dropout 0.1 (hence a null row).
 DIFFUSERS_CLASS_DROPOUT = 0.1
 
@@ -167,7 +173,8 @@ def config_from_diffusers(dconf: Mapping, **overrides) -> DiTConfig:
         learn_sigma=out_ch == 2 * in_ch,
         conditioning="adaln-zero",
         norm="layernorm",
-        norm_eps=float(c["norm_eps"]),
+        norm_eps=DIFFUSERS_FIXED_EPS,  # the attention-branch norm (AdaLayerNormZero)
+        mlp_norm_eps=None if float(c["norm_eps"]) == DIFFUSERS_FIXED_EPS else float(c["norm_eps"]),
         timestep_freq_shift=1,  # diffusers' Timesteps(downscale_freq_shift=1)
     )
     return DiTConfig().replace(**{**fields, **overrides})
@@ -224,8 +231,13 @@ def diffusers_config(cfg: DiTConfig) -> dict:
         upcast_attention=False,
         norm_type="ada_norm_zero",
         norm_elementwise_affine=False,
-        norm_eps=cfg.norm_eps,
+        norm_eps=_mlp_norm_eps(cfg),  # reaches only the MLP-branch norm (see DIFFUSERS_FIXED_EPS)
     )
+
+
+def _mlp_norm_eps(cfg: DiTConfig) -> float:
+    """The eps of the norm before the MLP (DiTBlock.norm2)."""
+    return cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -349,14 +361,6 @@ def timestep_embedding_change(model: DiT, num_timesteps: int = 1000) -> float:
     return float(rel.max())
 
 
-def _eps_note(eps: float) -> str:
-    return (
-        f"ditlab applies norm_eps={eps:g} to both block norms, diffusers fixes the attention-branch norm at "
-        f"{DIFFUSERS_FIXED_EPS:g}: that norm's output changes by |Δeps|/(2·Var(x)) relative "
-        f"(~{abs(eps - DIFFUSERS_FIXED_EPS) / 2:.1e} for unit-variance tokens, usually negligible)"
-    )
-
-
 def _warn_export_mismatch(model: DiT) -> None:
     cfg = model.config
     notes = []
@@ -368,7 +372,12 @@ def _warn_export_mismatch(model: DiT) -> None:
             "L2 over t=0…999), so samples will differ (diffusers' hub DiT checkpoints carry the same deviation)"
         )
     if cfg.norm_eps != DIFFUSERS_FIXED_EPS:
-        notes.append(_eps_note(cfg.norm_eps))
+        notes.append(
+            f"its attention-branch norm uses norm_eps={cfg.norm_eps:g} but diffusers fixes that norm's eps at "
+            f"{DIFFUSERS_FIXED_EPS:g} (its norm_eps, written as {_mlp_norm_eps(cfg):g}, reaches only the norm "
+            "before the MLP); that norm's output changes by |Δeps|/(2·Var(x)) relative "
+            f"(~{abs(cfg.norm_eps - DIFFUSERS_FIXED_EPS) / 2:.1e} for unit-variance tokens)"
+        )
     if cfg.class_dropout_prob != DIFFUSERS_CLASS_DROPOUT:
         notes.append(
             f"diffusers trains with label dropout {DIFFUSERS_CLASS_DROPOUT}, not {cfg.class_dropout_prob} "
@@ -387,7 +396,7 @@ def _warn_export_mismatch(model: DiT) -> None:
 def from_diffusers(transformer, embedder_block: int | None = None, **overrides) -> DiT:
     """A ditlab DiT with the weights of a diffusers `DiTTransformer2DModel` (same device and dtype, eval mode).
 
-    `overrides` replace DiTConfig fields (e.g. `timestep_freq_shift=0, norm_eps=1e-6` for official numerics);
+    `overrides` replace DiTConfig fields (e.g. `**OFFICIAL_NUMERICS` to compute as the official DiT);
     `embedder_block` picks one block's embedder copy when they differ (lossy, see state_dict_from_diffusers).
     """
     dconf = dict(transformer.config)
@@ -399,13 +408,6 @@ def from_diffusers(transformer, embedder_block: int | None = None, **overrides) 
 
 def _build(dconf: Mapping, dstate: Mapping, embedder_block, overrides: dict, source: str) -> DiT:
     config = config_from_diffusers(dconf, **overrides)
-    if config.norm_eps != DIFFUSERS_FIXED_EPS and "norm_eps" not in overrides:
-        warnings.warn(
-            f"{source} cannot be reproduced exactly: {_eps_note(config.norm_eps)}. Pass norm_eps=... to choose "
-            "another value (1e-6 matches the attention-branch norm and the official DiT).",
-            UserWarning,
-            stacklevel=3,
-        )
     state = state_dict_from_diffusers(dstate, config.depth, embedder_block)
     model = DiT(config)
     state["pos_embed"] = (
@@ -470,8 +472,8 @@ def load_diffusers(
         embedder_block: which block's embedder copy to use when the copies differ (lossy; see
             `state_dict_from_diffusers`). Leave None for checkpoints converted from the official DiT.
         variant: weights variant, e.g. "fp16" for `diffusion_pytorch_model.fp16.safetensors`.
-        overrides: DiTConfig fields to replace, e.g. `timestep_freq_shift=0, norm_eps=1e-6` to read a hub
-            checkpoint (official weights) with the official DiT's numerics instead of diffusers'.
+        overrides: DiTConfig fields to replace, e.g. `**OFFICIAL_NUMERICS` to read a hub checkpoint (official
+            weights) with the official DiT's numerics instead of diffusers'.
     """
     path = Path(path)
     if not path.is_dir():
@@ -486,7 +488,7 @@ def to_diffusers(model: DiT):
     """A diffusers `DiTTransformer2DModel` with this model's weights (same device and dtype, eval mode).
 
     Raises ValueError for configs diffusers' DiT cannot express, warns when its numerics will differ
-    (official timestep sinusoid, norm_eps ≠ 1e-6). Needs `pip install "ditlab[diffusers]"`.
+    (official timestep sinusoid, attention-branch norm_eps ≠ 1e-6). Needs `pip install "ditlab[diffusers]"`.
     """
     cls = _import_diffusers_class()
     kwargs = diffusers_config(model.config)
@@ -528,6 +530,7 @@ def save_diffusers(model: DiT, path: str | os.PathLike) -> Path:
 
 
 __all__ = [
+    "OFFICIAL_NUMERICS",
     "config_from_diffusers",
     "diffusers_config",
     "from_diffusers",
