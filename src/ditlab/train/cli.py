@@ -1,0 +1,120 @@
+"""`ditlab train`: every TrainConfig field as a flag; `--config FILE` supplies a saved run's options and flags
+given on the command line override them; `--resume auto` continues the run in `--out` from its last checkpoint.
+
+    ditlab train --data digits --model DiT-Ti/2 --steps 2000 --batch-size 128 --out runs/digits
+    ditlab train --out runs/digits --resume auto                     # after a crash: same run, same losses
+    ditlab train --config runs/digits/config.json --steps 4000 --out runs/digits --resume auto
+    torchrun --standalone --nproc_per_node 2 -m ditlab train --data digits --steps 2000 --out runs/ddp
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+
+from ditlab.train.config import TrainConfig
+from ditlab.train.state import latest_checkpoint, load_training_state
+
+HELP = {
+    "data": 'dataset: "digits", "fashion-mnist[:DIR]" or an ImageFolder path',
+    "image_size": "resize images to this side (default: the data's own size)",
+    "model": "zoo name, e.g. DiT-S/2, DiT-Ti/2, DiT-XL/2",
+    "variant": "conditioning variant (in-context, cross-attention, adaln, adaln-zero, adaln-single, ...)",
+    "model_args": "DiTConfig overrides as KEY=VALUE (repeatable), e.g. --model-args depth=4 --model-args hidden_size=128",
+    "objective": "ddpm (DiT: linear schedule, learned variance, hybrid loss) or flow (rectified flow)",
+    "timestep_sampling": "flow matching: uniform or logit_normal",
+    "steps": "total optimizer steps (or use --epochs)",
+    "batch_size": "global batch size (split across torchrun processes)",
+    "ema_decay": "EMA decay (the DiT recipe: 0.9999)",
+    "ema_warmup": "EMA decay min(decay, (1+s)/(10+s)): useful averages in short runs",
+    "grad_clip": "clip the gradient norm to this value (0 = off)",
+    "device": "auto, cpu or cuda",
+    "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
+    "compile": "torch.compile the model (falls back to eager if it fails)",
+    "out": "run directory: config.json, checkpoints/, metrics.jsonl, loss.png, samples.png, model.safetensors",
+    "ckpt_every": "write a checkpoint every N steps",
+    "keep_last": "keep only the newest K checkpoints (0 = all)",
+    "eval_every": "Fréchet distance of EMA samples every N steps (0 = off)",
+}
+
+
+def _parse_kv(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def _base_type(annotation):
+    """int | None -> int; bool -> bool (handled separately)."""
+    hint = typing.get_type_hints(TrainConfig)[annotation] if isinstance(annotation, str) else annotation
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="JSON file of options (a run's config.json); flags override it")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        help="continue from a checkpoint: a path, or 'auto' (the newest in --out; starts fresh if none)",
+    )
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _base_type(hints[f.name])
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        help_text = HELP.get(f.name, f.name.replace("_", " ")) + f" (default: {default})"
+        if kind is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+        elif kind is dict:
+            parser.add_argument(
+                flag, type=_parse_kv, action="append", default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
+    """Defaults ← checkpoint's saved options (when resuming) or --config file ← flags given."""
+    given = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "_module")}
+    if "model_args" in given:
+        given["model_args"] = dict(given["model_args"])
+    base: dict = {}
+    if args.config:
+        base = TrainConfig.load(args.config).to_dict()
+    resume = args.resume
+    if resume:
+        out = given.get("out", base.get("out", TrainConfig.__dataclass_fields__["out"].default))
+        path = latest_checkpoint(out) if resume == "auto" else resume
+        if path is not None:
+            saved = load_training_state(path)["args"]
+            base = {**saved, **base}  # an explicit --config file refines the saved options
+            resume = str(path)
+        else:
+            resume = None  # nothing to resume yet: start the run
+    merged = {**base, **given}
+    if "model_args" in base and "model_args" in given:
+        merged["model_args"] = {**base["model_args"], **given["model_args"]}
+    return TrainConfig.from_dict(merged), resume
+
+
+def run(args: argparse.Namespace) -> int:
+    from ditlab.train.trainer import train
+
+    cfg, resume = config_from_args(args)
+    summary = train(cfg, resume=resume)
+    if summary.get("model"):
+        print(json.dumps(summary))
+    return 0

@@ -1,0 +1,106 @@
+"""TrainConfig: everything a training run needs, saved as `config.json` beside its checkpoints and accepted
+back with `ditlab train --config run/config.json` (flags given on the command line override the file).
+
+Defaults are the DiT paper's recipe (AdamW, lr 1e-4, no weight decay, EMA 0.9999, DDPM with a linear
+1000-step schedule and learned variance, uniform t); the demo and recipes override what a CPU needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+OBJECTIVES = ("ddpm", "flow")
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---
+    data: str = "digits"  # "digits", "fashion-mnist[:DIR]", or an ImageFolder path
+    image_size: int | None = None  # resize to this side; None keeps the data's size
+    channels: int | None = None  # 1 or 3; None keeps the data's
+    flip: bool = False  # random horizontal flips (the official recipe flips ImageNet; digits must not)
+    unconditional: bool = False  # ignore labels
+    # --- model ---
+    model: str = "DiT-S/2"
+    variant: str | None = None  # a conditioning variant of ditlab.models.VARIANTS
+    model_args: dict = field(default_factory=dict)  # any DiTConfig field, e.g. {"depth": 4}
+    # --- objective ---
+    objective: str = "ddpm"  # ddpm | flow
+    schedule: str = "linear"  # DDPM β schedule
+    diffusion_steps: int = 1000
+    learn_sigma: bool | None = None  # None: True for ddpm (hybrid loss), False for flow
+    timestep_sampling: str = "uniform"  # flow: uniform | logit_normal
+    # --- optimisation ---
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear lr warm-up
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+    batch_size: int = 256  # global batch (split across processes)
+    steps: int = 0  # total optimizer steps; 0 = use epochs
+    epochs: int = 0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay = min(ema_decay, (1 + step) / (10 + step)): a useful EMA in short runs
+    seed: int = 0
+    # --- runtime ---
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    threads: int = 0  # CPU threads; 0 = cores / local processes
+    compile: bool = False  # torch.compile the model (falls back to eager if compilation fails)
+    gradient_checkpointing: bool = False
+    # --- outputs ---
+    out: str = "runs/dit"
+    ckpt_every: int = 1000
+    keep_last: int = 3  # checkpoints kept; older ones are deleted after a successful write
+    log_every: int = 50
+    sample_every: int = 0  # write a sample grid PNG every N steps (0 = only at the end)
+    sampler: str | None = None  # for grids/eval: default ddim (ddpm) or euler (flow)
+    sample_steps: int = 50
+    guidance_scale: float = 1.0
+    eval_every: int = 0  # FD during training every N steps (0 = off)
+    eval_samples: int = 500
+    eval_ref: str | None = None  # reference for FD, default "<data>:test"
+    eval_features: str = "classifier"  # feature extractor(s) for --eval-every, comma-separated
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+        if self.learn_sigma is None:
+            self.learn_sigma = self.objective == "ddpm"
+        if self.objective == "flow" and self.learn_sigma:
+            raise ValueError("flow matching predicts a velocity only: learn_sigma must be False")
+        if self.steps <= 0 and self.epochs <= 0:
+            raise ValueError("set the run length: steps > 0 or epochs > 0")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("batch_size must be >= 1 and lr > 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; valid: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+
+    def replace(self, **overrides) -> TrainConfig:
+        d = self.to_dict()
+        d.update(overrides)
+        return TrainConfig.from_dict(d)

@@ -1,0 +1,342 @@
+"""The training loop: data → objective loss → AdamW → EMA → checkpoints, logs, plots, samples.
+
+    from ditlab.train import TrainConfig, train
+    summary = train(TrainConfig(data="digits", model="DiT-Ti/2", steps=2000, batch_size=128, out="runs/digits"))
+
+Exact resume: every random draw of step s (which images, flips, timesteps, noise, label dropout) comes from
+a generator seeded by (seed, s), and a checkpoint holds model, EMA and optimizer state, so a run killed at
+any point and resumed from its last checkpoint repeats the same losses as a run never interrupted.
+The same design makes torchrun runs equal to one process with the same global batch: every rank draws the
+global batch's randomness and keeps its own slice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ditlab.data import load_dataset, save_grid
+from ditlab.diffusion.objective import ObjectiveSpec
+from ditlab.models.checkpoint import save_model
+from ditlab.models.flops import flops
+from ditlab.models.zoo import create_model
+from ditlab.runtime import (
+    autocast,
+    configure_backends,
+    configure_threads,
+    matmul_peak_gflops,
+    resolve_device,
+    resolve_precision,
+)
+from ditlab.sampling import sample
+from ditlab.train import distributed as D
+from ditlab.train.config import TrainConfig
+from ditlab.train.ema import EMA
+from ditlab.train.metrics import MetricsLog, plot_curves
+from ditlab.train.state import latest_checkpoint, load_training_state, save_training_state
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of one training step: a pure function of (seed, step), so resume is exact."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None):
+        self.cfg = cfg
+        device = resolve_device(cfg.device)
+        self.dist = D.init_distributed(device)
+        self.device = D.local_device(device, self.dist)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        configure_backends(self.device)
+        self.threads = configure_threads(cfg.threads, self.dist.world_size)
+        if cfg.batch_size % self.dist.world_size:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} (global) must be divisible by the {self.dist.world_size} processes"
+            )
+        torch.manual_seed(cfg.seed * self.dist.world_size + self.dist.rank)  # per-rank seed, as the official
+        self.out = Path(cfg.out)
+
+        # data: the whole set in memory; batches are index lookups, so loading never stalls a step
+        self.data = load_dataset(
+            cfg.data,
+            split="train",
+            image_size=cfg.image_size,
+            channels=cfg.channels,
+            flip=cfg.flip,
+            unconditional=cfg.unconditional or None,
+        )
+        if len(self.data) < cfg.batch_size:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.data)} images)"
+            )
+        self.batches_per_epoch = len(self.data) // cfg.batch_size  # drop_last, as the official loader
+        self.total_steps = cfg.steps or cfg.epochs * self.batches_per_epoch
+
+        # model, objective, optimizer, EMA
+        self.spec = ObjectiveSpec(
+            kind=cfg.objective,
+            schedule=cfg.schedule,
+            steps=cfg.diffusion_steps,
+            learn_sigma=cfg.learn_sigma,
+            timestep_sampling=cfg.timestep_sampling,
+        )
+        self.objective = self.spec.build()
+        model_args = dict(
+            input_size=self.data.image_size,
+            in_channels=self.data.channels,
+            num_classes=self.data.num_classes,
+            learn_sigma=cfg.learn_sigma,
+        )
+        model_args.update(cfg.model_args)
+        self.model = create_model(cfg.model, variant=cfg.variant, **model_args).to(self.device)
+        self.model.objective_spec = self.spec.to_dict()
+        if self.data.num_classes and self.model.num_classes != self.data.num_classes:
+            raise ValueError(
+                f"the data has {self.data.num_classes} classes but the model was given num_classes="
+                f"{self.model.num_classes}; drop the override or use matching data"
+            )
+        self.model.gradient_checkpointing = cfg.gradient_checkpointing
+        self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+        self.step = 0
+        resume_path = self._resume_path(resume)
+        if resume_path is not None:
+            self._load(resume_path)
+
+        self.net = self.model
+        if cfg.compile:
+            self.net = compile_or_eager(self.model, self._example_inputs())
+        if self.dist.enabled:
+            self.net = DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.gflops_per_image = flops(self.model)
+        self.peak = matmul_peak_gflops(self.device.type) if self.dist.is_main else float("nan")
+
+    # ------------------------------------------------------------------ resume
+    def _resume_path(self, resume) -> Path | None:
+        if resume in (None, False, ""):
+            return None
+        if resume == "auto":
+            return latest_checkpoint(self.out)
+        return Path(resume)
+
+    def _load(self, path: Path) -> None:
+        state = load_training_state(path)
+        if state["config"] != self.model.config.to_dict():
+            diff = {
+                k: (v, self.model.config.to_dict().get(k))
+                for k, v in state["config"].items()
+                if self.model.config.to_dict().get(k) != v
+            }
+            raise ValueError(
+                f"{path} holds a different model than this run's config: {diff} (checkpoint, run)"
+            )
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.step = int(state["step"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "args": self.cfg.to_dict(),
+            "config": self.model.config.to_dict(),
+            "objective": self.spec.to_dict(),
+            "step": self.step,
+            "rng": torch.get_rng_state(),
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        path = None
+        if self.dist.is_main:
+            path = save_training_state(self.out, self.state(), keep_last=self.cfg.keep_last)
+        D.barrier(self.dist)
+        return path
+
+    def _example_inputs(self):
+        x0, y, t, _, drop = self.batch_for_step(self.step)
+        kwargs = {"y": y, "force_drop_ids": drop} if self.model.num_classes else {}
+        return x0, self.objective.model_time(t) if hasattr(self.objective, "model_time") else t, kwargs
+
+    # ------------------------------------------------------------------ one step
+    def batch_for_step(self, step: int):
+        """(x0, y, t, noise, drop) of this rank for `step`, all derived from (seed, step)."""
+        cfg, B = self.cfg, self.cfg.batch_size
+        epoch, i = divmod(step, self.batches_per_epoch)
+        order = torch.randperm(
+            len(self.data), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        )
+        index = order[i * B : (i + 1) * B]
+        g = step_generator(cfg.seed, step)
+        x0, y = self.data.batch(index, generator=g)  # (B, C, H, W) in [-1, 1], (B,)
+        t = self.objective.sample_timesteps(B, "cpu", g)
+        noise = torch.randn(x0.shape, generator=g)
+        drop = (torch.rand(B, generator=g) < self.model.config.class_dropout_prob).long()
+        r, W = self.dist.rank, self.dist.world_size
+        part = slice(r * B // W, (r + 1) * B // W)
+        return [v[part].to(self.device) for v in (x0, y, t, noise, drop)]
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        lr = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        x0, y, t, noise, drop = self.batch_for_step(self.step)
+        kwargs = {"y": y, "force_drop_ids": drop} if self.model.num_classes else {}
+        with autocast(self.device, self.precision):
+            terms = self.objective.loss(self.net, x0, model_kwargs=kwargs, t=t, noise=noise)
+        loss = terms["loss"].float().mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))  # norm only
+        self.opt.step()
+        self.ema.update(self.model, self.step)
+        self.step += 1
+        out = {"loss": loss.detach(), "grad_norm": grad_norm.detach(), "lr": lr}
+        for key in ("mse", "vb"):
+            if key in terms:
+                out[key] = terms[key].float().mean().detach()
+        return out
+
+    # ------------------------------------------------------------------ outputs
+    def write_samples(self, name: str | None = None) -> Path | None:
+        """A grid from the EMA model: one row per class (up to 10), 8 samples each."""
+        if not self.dist.is_main:
+            return None
+        model = self.ema.model
+        classes = list(range(min(model.num_classes, 10))) or None
+        per_class = 8 if classes else 32
+        images, _ = sample(
+            model,
+            classes=classes,
+            per_class=per_class,
+            sampler=self.cfg.sampler,
+            steps=self.cfg.sample_steps,
+            guidance_scale=self.cfg.guidance_scale,
+            seed=self.cfg.seed,
+            device=self.device,
+        )
+        return save_grid(images, self.out / (name or f"samples_{self.step:07d}.png"), nrow=per_class)
+
+    def run(self) -> dict:
+        cfg, main = self.cfg, self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        log = (
+            MetricsLog(self.out / "metrics.jsonl", resume_step=self.step if self.step else None)
+            if main
+            else None
+        )
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not (main and cfg.progress),
+            desc=f"train {cfg.model}",
+            dynamic_ncols=True,
+        )
+        start_step, t_start = self.step, time.perf_counter()
+        t_log, window, last = time.perf_counter(), [], {}
+        try:
+            while self.step < self.total_steps:
+                window.append(self.train_step())
+                bar.update(1)
+                done = self.step
+                if done % cfg.log_every == 0 or done == self.total_steps:
+                    last = self._log(window, time.perf_counter() - t_log, log, bar)
+                    window, t_log = [], time.perf_counter()
+                if cfg.eval_every and done % cfg.eval_every == 0:
+                    self._evaluate(log)
+                if cfg.sample_every and done % cfg.sample_every == 0:
+                    self.write_samples()
+                if done % cfg.ckpt_every == 0 and done != self.total_steps:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:  # keep the work done so far: `--resume auto` continues from here
+            if main:
+                bar.write(f"interrupted at step {self.step}; writing a checkpoint to resume from")
+            self.save_checkpoint()
+            raise
+        finally:
+            bar.close()
+        ckpt = self.save_checkpoint()
+        summary = {
+            "step": self.step,
+            "seconds": time.perf_counter() - t_start,
+            "steps_run": self.step - start_step,
+        }
+        summary.update({k: v for k, v in last.items() if k in ("loss", "mse", "vb")})
+        if main:
+            save_model(self.ema.model, self.out / "model.safetensors", objective=self.spec.to_dict())
+            plot_curves(self.out / "metrics.jsonl", self.out / "loss.png", title=f"{cfg.model} on {cfg.data}")
+            grid = self.write_samples("samples.png")
+            summary.update(checkpoint=str(ckpt), model=str(self.out / "model.safetensors"), samples=str(grid))
+            log.close()
+        D.shutdown(self.dist)
+        return summary
+
+    def _log(self, window: list[dict], seconds: float, log: MetricsLog | None, bar) -> dict:
+        record = {"step": self.step}
+        for key in window[0]:
+            values = torch.stack([torch.as_tensor(w[key], dtype=torch.float32) for w in window])
+            record[key] = float(D.mean_across_ranks(values.mean(), self.dist))
+        steps_per_s = len(window) / max(seconds, 1e-9)
+        record["steps_per_s"] = steps_per_s
+        record["img_per_s"] = steps_per_s * self.cfg.batch_size
+        # forward + backward ≈ 3 forwards, 2 FLOPs per multiply-add, over all ranks' devices
+        achieved = 6 * self.gflops_per_image * record["img_per_s"]
+        record["gflop_per_s"] = achieved
+        record["mfu"] = achieved / (self.peak * self.dist.world_size)
+        if log is not None:
+            log.log(record)
+            bar.set_postfix(
+                loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}", mfu=f"{record['mfu']:.0%}"
+            )
+        return record
+
+    def _evaluate(self, log: MetricsLog | None) -> None:
+        from ditlab.train.evaluation import evaluate_during_training
+
+        if self.dist.is_main:
+            result = evaluate_during_training(self)
+            if log is not None:
+                log.log({"step": self.step, **result})
+        D.barrier(self.dist)
+
+
+def compile_or_eager(model, example=None):
+    """torch.compile the model if it compiles and runs here (tried on `example` = (x, t, kwargs));
+    otherwise the eager model, with a warning: a missing compiler never fails a run."""
+    try:
+        compiled = torch.compile(model)
+        if example is not None:
+            x, t, kwargs = example
+            with torch.no_grad():
+                compiled(x, t, **kwargs)
+        return compiled
+    except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
+        warnings.warn(f"torch.compile failed ({e.__class__.__name__}: {e}); training eagerly", stacklevel=2)
+        return model
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
+    """Run (or resume) a training run; returns a summary (final step, loss, paths, seconds)."""
+    return Trainer(cfg, resume=resume).run()
+
+
+__all__ = ["Trainer", "train", "step_generator", "compile_or_eager"]
