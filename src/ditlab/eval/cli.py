@@ -1,0 +1,105 @@
+"""`ditlab eval`: score a samples `.npz` against a reference and print one JSON line with every metric.
+
+    ditlab eval --samples samples.npz --ref digits:test
+    ditlab eval --samples samples.npz --ref fashion-mnist:test --features effnet-lite0 classifier:fashion-mnist
+    ditlab eval --samples samples.npz --ref VIRTUAL_imagenet256_labeled.npz --features inception:/w/inception-2015-12-05.pt
+    ditlab eval --ref fashion-mnist:test          # only compute and cache the reference statistics and floors
+
+The JSON line carries the sample count, the reference, the extractor settings and the data's own floor, so a
+number is never quoted without the protocol that produced it. Warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", help="ADM-style .npz: arr_0 uint8 (N, H, W, C) [+ labels (N,)]")
+    parser.add_argument(
+        "--ref",
+        required=True,
+        help="reference: digits:test, fashion-mnist[:DIR]:test, an image folder, or an .npz of images (arr_0) "
+        "or statistics (mu, sigma). The split defaults to test.",
+    )
+    parser.add_argument(
+        "--features",
+        nargs="+",
+        metavar="NAME",
+        help="effnet-lite0[:RES] | inception:PATH | classifier:DATASET (default: effnet-lite0, plus "
+        "classifier:<dataset> for digits / Fashion-MNIST references)",
+    )
+    parser.add_argument("--k", type=int, default=3, help="neighbours for precision/recall (default 3)")
+    parser.add_argument("--no-floor", action="store_true", help="skip the train-vs-test floor")
+    parser.add_argument(
+        "--image-size", type=int, nargs="+", help="size to load the reference at without --samples"
+    )
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--cache-dir", help="cache folder (default: $DITLAB_CACHE or ~/.cache/ditlab)")
+    parser.add_argument("--out", help="also write the JSON result to this file")
+
+
+def _reference_only(args, names) -> dict:
+    """Statistics and floor of the reference alone (fills the caches for later runs)."""
+    from ditlab.data import size_pair
+    from ditlab.eval.features import get_feature_extractor
+    from ditlab.eval.reference import floor_fd, parse_reference, reference_stats
+
+    spec = parse_reference(args.ref)
+    size = (
+        size_pair(args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size))
+        if args.image_size
+        else None
+    )
+    result = {"ref": str(spec), "image_size": list(size) if size else None, "metrics": {}}
+    for name in names:
+        extractor = get_feature_extractor(name, device=args.device, cache_dir=args.cache_dir)
+        ref = reference_stats(spec, extractor, image_size=size, cache_dir=args.cache_dir)
+        entry = {"metric": extractor.metric, "n_ref": ref.n, "stats_from_file": ref.stats_from_file}
+        entry.update(extractor.settings())
+        if not args.no_floor:
+            entry["floor"] = floor_fd(spec, extractor, image_size=size, cache_dir=args.cache_dir)
+        result["metrics"][extractor.name] = entry
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    from ditlab.data import load_npz
+    from ditlab.eval.evaluate import default_features, evaluate
+
+    try:
+        names = args.features or default_features(args.ref)
+        if args.samples is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = _reference_only(args, names)
+            result["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
+        else:
+            images, labels = load_npz(args.samples)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # evaluate() returns its warnings in the result
+                result = evaluate(
+                    images,
+                    labels,
+                    ref=args.ref,
+                    features=names,
+                    k=args.k,
+                    floor=not args.no_floor,
+                    device=args.device,
+                    cache_dir=args.cache_dir,
+                )
+            result = {"samples": str(args.samples), **result}
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
+        print(f"ditlab eval: error: {e}", file=sys.stderr)
+        return 2
+    for message in result["warnings"]:
+        print(f"ditlab eval: warning: {message}", file=sys.stderr)
+    line = json.dumps(result)
+    print(line)
+    if args.out:
+        Path(args.out).write_text(line + "\n")
+    return 0

@@ -1,0 +1,115 @@
+"""`evaluate`: every metric of a set of samples against a reference, with the settings that produced them.
+
+    from ditlab.eval import evaluate
+    result = evaluate(to_uint8(samples), labels, ref="digits:test", features=("effnet-lite0", "classifier:digits"))
+    result["metrics"]["classifier:digits"]["fd"], result["metrics"]["effnet-lite0:64"]["floor"]["fd"]
+
+Extractors, reference statistics and floors are cached in memory and on disk, so a trainer can call this
+every N steps and pay only for the samples' own features.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from ditlab.data import RESIZE_FILTER, check_images
+from ditlab.eval.features import get_feature_extractor
+from ditlab.eval.frechet import feature_statistics, frechet_distance, warn_if_singular
+from ditlab.eval.label_scores import class_accuracy, inception_score
+from ditlab.eval.precision_recall import precision_recall
+from ditlab.eval.reference import MAX_PR_FEATURES, floor_fd, parse_reference, reference_stats
+
+DEFAULT_FEATURES = ("effnet-lite0",)
+
+
+def default_features(ref) -> tuple[str, ...]:
+    """effnet-lite0, plus the in-domain classifier when the reference is digits or Fashion-MNIST."""
+    spec = parse_reference(ref)
+    if spec.dataset is not None and spec.dataset.kind != "folder":
+        dataset = (
+            spec.dataset.kind if spec.dataset.path is None else f"{spec.dataset.kind}:{spec.dataset.path}"
+        )
+        return (*DEFAULT_FEATURES, f"classifier:{dataset}")
+    return DEFAULT_FEATURES
+
+
+def evaluate(
+    images,
+    labels=None,
+    ref: str | os.PathLike = "digits:test",
+    features: Sequence[str] | None = None,
+    *,
+    k: int = 3,
+    floor: bool = True,
+    device=None,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Score uint8 samples (N, H, W, C) against `ref` with each feature extractor.
+
+    Args:
+        images: uint8 (N, H, W, C), C in {1, 3} (convert model outputs with `ditlab.data.to_uint8`).
+        labels: the class each sample was generated for (N,), or None; enables class accuracy.
+        ref: reference spec (`digits:test`, `fashion-mnist:test`, a folder, an `.npz`; see
+            `ditlab.eval.reference`).
+        features: extractor names (`effnet-lite0[:RES]`, `inception:PATH`, `classifier:DATASET`); None =
+            `default_features(ref)`.
+        k: neighbours for precision/recall (computed on at most 10k samples and 10k reference vectors).
+        floor: also report the FD of real held-out data against the reference, with as many images.
+
+    Returns:
+        a JSON-ready dict: `n_samples`, `image_size`, `ref`, `k`, `resize`, `metrics` (one entry per
+        extractor: `metric` name, `fd`, `n_ref`, `precision`, `recall`, `floor`, extractor settings; for
+        classifiers also `inception_score`, `class_accuracy`), and `warnings` (also issued as warnings).
+    """
+    images = check_images(images, what="samples")
+    n, height, width, channels = images.shape
+    if labels is not None:
+        labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be integers of shape ({n},), got {labels.dtype} {labels.shape}")
+    spec = parse_reference(ref)
+    names = tuple(features) if features is not None else default_features(spec)
+    if isinstance(features, str):
+        names = (features,)
+    result = {
+        "n_samples": n,
+        "image_size": [height, width],
+        "channels": channels,
+        "ref": str(spec),
+        "k": k,
+        "resize": RESIZE_FILTER,
+        "metrics": {},
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in names:
+            extractor = get_feature_extractor(name, device=device, cache_dir=cache_dir)
+            feats, logits = extractor.run(images, want_logits=extractor.has_logits)
+            reference = reference_stats(spec, extractor, image_size=(height, width), cache_dir=cache_dir)
+            warn_if_singular(reference.n, extractor.dim, "reference images")  # also on cache hits
+            mu, sigma = feature_statistics(feats, what="samples")
+            entry = {
+                "metric": extractor.metric,
+                "fd": frechet_distance(mu, sigma, reference.mu, reference.sigma),
+                "n_ref": reference.n,
+                **extractor.settings(),
+            }
+            if reference.features is not None and n > k and len(reference.features) > k:
+                precision, recall = precision_recall(reference.features, feats[:MAX_PR_FEATURES], k=k)
+                entry.update(precision=precision, recall=recall)
+            if logits is not None:
+                entry["inception_score"], entry["inception_score_std"] = inception_score(logits)
+                if labels is not None:
+                    entry["class_accuracy"] = class_accuracy(logits, labels)
+            if floor:
+                entry["floor"] = floor_fd(spec, extractor, n, image_size=(height, width), cache_dir=cache_dir)
+            result["metrics"][extractor.name] = entry
+    messages = list(dict.fromkeys(str(w.message) for w in caught))  # once each, in order
+    result["warnings"] = messages
+    for message in messages:
+        warnings.warn(message, stacklevel=2)
+    return result

@@ -1,0 +1,260 @@
+"""Reference statistics (the real side of every FD) and the data's own floor, computed once and cached.
+
+A reference is a dataset spec (`digits:test`, `fashion-mnist:test`, an ImageFolder; the split defaults to
+`test`, the held-out images no model trained on) or an `.npz`:
+- with `arr_0` uint8 images (N, H, W, C): statistics are computed from the images;
+- with `mu` and `sigma` (an ADM reference batch, or a ditlab cache file): used as they are, for the extractor
+  that made them (ADM batches, which do not say, are Inception-v3 pool features: `inception:PATH`); their
+  `arr_0` images, if present, serve precision/recall (ADM keeps 10k images for exactly that).
+
+Dataset references are loaded at the samples' size through the data pipeline's resize, exactly as a model
+trained on them saw them. Cache files (`<cache>/reference/*.npz`) hold `mu`, `sigma`, `n`, up to 10k feature
+vectors for precision/recall and the extractor name, keyed by data + split + extractor + resize settings.
+
+The floor is the FD between the other real split (train for a test reference) and the reference, with as many
+images as the samples being scored: FD is biased by sample count, and no model can beat real held-out data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ditlab.data import DatasetSpec, check_images, load_dataset, parse_spec
+from ditlab.data.atomic import atomic_write
+from ditlab.eval.cache import cache_key, cache_path, dataset_fingerprint, file_fingerprint
+from ditlab.eval.features import FeatureExtractor, InceptionFeatures
+from ditlab.eval.frechet import feature_statistics, frechet_distance
+
+REFERENCE_VERSION = 1
+MAX_PR_FEATURES = 10_000  # as ADM's reference batches: 10k vectors for precision/recall
+SUBSET_SEED = 0
+
+
+@dataclass
+class Reference:
+    """Statistics of the real images for one extractor."""
+
+    source: str
+    extractor: str
+    n: int
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: np.ndarray | None  # float32 (<= 10k, D) for precision/recall; None when only mu/sigma exist
+    stats_from_file: bool = False
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """A parsed reference: a dataset with a resolved split, or an `.npz` file."""
+
+    dataset: DatasetSpec | None = None
+    npz: Path | None = None
+
+    def __str__(self) -> str:
+        return str(self.dataset) if self.dataset is not None else str(self.npz)
+
+
+def parse_reference(ref: str | os.PathLike | ReferenceSpec) -> ReferenceSpec:
+    """Parse `--ref`: an `.npz` path, or a dataset spec whose split defaults to `test`."""
+    if isinstance(ref, ReferenceSpec):
+        return ref
+    if str(ref).endswith(".npz"):
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"reference file not found: {path}; pass an existing .npz or a dataset spec"
+            )
+        return ReferenceSpec(npz=path)
+    spec = parse_spec(ref)
+    if spec.split is None:
+        # Held-out images by default; a folder without a test/ sub-folder is all "train".
+        has_test = spec.kind != "folder" or (Path(spec.path) / "test").is_dir()
+        spec = DatasetSpec(spec.kind, spec.path, "test" if has_test else "train")
+    return ReferenceSpec(dataset=spec)
+
+
+def _subset(n_total: int, n: int) -> torch.Tensor:
+    """A fixed random subset of n indices out of n_total (sorted), the same in every run."""
+    if n >= n_total:
+        return torch.arange(n_total)
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(SUBSET_SEED))[:n].sort().values
+
+
+def _stats_of(images: np.ndarray, extractor: FeatureExtractor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    feats = extractor.features(images)
+    mu, sigma = feature_statistics(feats, what="reference images")
+    keep = _subset(len(feats), MAX_PR_FEATURES).numpy()
+    return mu, sigma, feats[keep].astype(np.float32)
+
+
+def _save(path: Path, ref: Reference) -> None:
+    arrays = {"mu": ref.mu, "sigma": ref.sigma, "n": np.int64(ref.n), "extractor": np.str_(ref.extractor)}
+    arrays["source"] = np.str_(ref.source)
+    if ref.features is not None:
+        arrays["features"] = ref.features
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _load(path: Path) -> Reference:
+    with np.load(path, allow_pickle=False) as d:
+        return Reference(
+            source=str(d["source"]),
+            extractor=str(d["extractor"]),
+            n=int(d["n"]),
+            mu=d["mu"],
+            sigma=d["sigma"],
+            features=d["features"] if "features" in d.files else None,
+        )
+
+
+_MEMORY: dict[str, object] = {}  # in-process cache: repeated evaluate() calls during training stay cheap
+
+
+def _cached(path: Path, compute):
+    key = str(path)
+    if key in _MEMORY:
+        return _MEMORY[key]
+    if path.is_file():
+        value = _load(path) if path.suffix == ".npz" else json.loads(path.read_text())
+    else:
+        value = compute()
+        if isinstance(value, Reference):
+            _save(path, value)
+        else:
+            atomic_write(path, lambda f: f.write(json.dumps(value).encode()))
+    _MEMORY[key] = value
+    return value
+
+
+def _size_key(image_size) -> list | None:
+    return None if image_size is None else list(image_size)
+
+
+def reference_stats(
+    ref: str | os.PathLike | ReferenceSpec,
+    extractor: FeatureExtractor,
+    *,
+    image_size: tuple[int, int] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Reference:
+    """Statistics of the reference for `extractor`, from the in-process cache, the disk cache, or computed.
+
+    `image_size` is the samples' (H, W): dataset references are loaded at that size (None = native).
+    """
+    spec = parse_reference(ref)
+    if spec.npz is not None:
+        return _npz_reference(spec.npz, extractor, cache_dir)
+    data = spec.dataset
+    key = cache_key(
+        "reference",
+        REFERENCE_VERSION,
+        str(data),
+        dataset_fingerprint(data),
+        extractor.cache_id(),
+        _size_key(image_size),
+    )
+    path = cache_path("reference", f"{data}-{extractor.name}", key, ".npz", cache_dir)
+
+    def compute() -> Reference:
+        ds = load_dataset(data, image_size=image_size)
+        mu, sigma, feats = _stats_of(ds.numpy_images(), extractor)
+        return Reference(str(data), extractor.name, len(ds), mu, sigma, feats)
+
+    return _cached(path, compute)
+
+
+def _npz_reference(path: Path, extractor: FeatureExtractor, cache_dir) -> Reference:
+    with np.load(path, allow_pickle=False) as d:
+        files = set(d.files)
+        has_stats = {"mu", "sigma"} <= files
+        made_by = str(d["extractor"]) if "extractor" in files else None
+    # ADM reference batches carry no extractor name: their statistics are Inception-v3 pool features.
+    stats_match = has_stats and (
+        made_by == extractor.name if made_by is not None else isinstance(extractor, InceptionFeatures)
+    )
+    if has_stats and not stats_match and "arr_0" not in files:
+        by = made_by or "Inception-v3 (an ADM reference batch)"
+        raise ValueError(
+            f"{path} holds mu/sigma made by {by}, which cannot be compared with {extractor.name} features; "
+            "use the matching --features, or a reference with images (arr_0)"
+        )
+    if not has_stats and "arr_0" not in files:
+        raise ValueError(
+            f"{path} has neither 'arr_0' images nor 'mu'/'sigma' statistics; it cannot be a reference"
+        )
+    key = cache_key(
+        "reference-npz", REFERENCE_VERSION, file_fingerprint(path), extractor.cache_id(), stats_match
+    )
+    cached = cache_path("reference", f"{path.stem}-{extractor.name}", key, ".npz", cache_dir)
+
+    def compute() -> Reference:
+        with np.load(path, allow_pickle=False) as d:
+            images = check_images(d["arr_0"], what=f"arr_0 of {path}") if "arr_0" in d.files else None
+            if stats_match:
+                mu, sigma = np.asarray(d["mu"], np.float64), np.asarray(d["sigma"], np.float64)
+                n = int(d["n"]) if "n" in d.files else -1  # ADM batches do not record their count
+                feats = None if images is None else _stats_of(images, extractor)[2]
+                if mu.shape != (extractor.dim,):
+                    raise ValueError(
+                        f"{path}: mu has shape {mu.shape}, but {extractor.name} gives {extractor.dim}-d"
+                    )
+                return Reference(str(path), extractor.name, n, mu, sigma, feats, stats_from_file=True)
+        mu, sigma, feats = _stats_of(images, extractor)
+        return Reference(str(path), extractor.name, len(images), mu, sigma, feats)
+
+    ref = _cached(cached, compute)
+    ref.stats_from_file = stats_match
+    return ref
+
+
+def floor_fd(
+    ref: str | os.PathLike | ReferenceSpec,
+    extractor: FeatureExtractor,
+    n: int | None = None,
+    *,
+    image_size: tuple[int, int] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict:
+    """FD between `n` images of the other real split and the reference: the best score any model can get.
+
+    `n` defaults to the reference's size. Returns {"fd", "n", "split"} or {"unavailable": reason}.
+    """
+    spec = parse_reference(ref)
+    if spec.dataset is None or spec.dataset.split not in ("train", "test"):
+        return {"unavailable": "the reference has no train/test counterpart"}
+    other = DatasetSpec(
+        spec.dataset.kind, spec.dataset.path, "test" if spec.dataset.split == "train" else "train"
+    )
+    if other.kind == "folder" and not (Path(other.path) / other.split).is_dir():
+        return {"unavailable": f"{other.path} has no {other.split}/ sub-folder"}
+    reference = reference_stats(spec, extractor, image_size=image_size, cache_dir=cache_dir)
+    n = int(n or reference.n)
+    key = cache_key(
+        "floor",
+        REFERENCE_VERSION,
+        str(other),
+        dataset_fingerprint(other),
+        extractor.cache_id(),
+        _size_key(image_size),
+        n,
+    )
+    path = cache_path("floor", f"{other}-{extractor.name}-{n}", key, ".json", cache_dir)
+
+    def compute() -> dict:
+        ds = load_dataset(other, image_size=image_size)
+        idx = _subset(len(ds), n)
+        feats = extractor.features(ds.numpy_images()[idx.numpy()])
+        mu, sigma = feature_statistics(feats, what=f"{other.split} images (floor)")
+        return {
+            "fd": frechet_distance(mu, sigma, reference.mu, reference.sigma),
+            "n": len(idx),
+            "split": other.split,
+        }
+
+    return _cached(path, compute)
