@@ -112,6 +112,11 @@ def test_adm_style_reference_batches_are_read_as_they_are(eval_cache, digits_tes
     assert "unavailable" in m["floor"]
     with pytest.raises(ValueError, match="cannot be compared with classifier:digits"):
         evaluate(images, ref=tmp_path / "VIRTUAL_ref.npz", features=[CLF], cache_dir=eval_cache)
+    # ditlab's own cache files are references too; they name their extractor, so they match by name.
+    evaluate(images, ref="digits:test", features=[CLF], cache_dir=eval_cache)
+    cached = sorted((eval_cache / "reference").glob("digits_test-classifier_digits-*.npz"))[0]
+    again = evaluate(images, ref=cached, features=[CLF], cache_dir=eval_cache)["metrics"][CLF]
+    assert abs(again["fd"]) < 1e-6 and again["recall"] == 1.0
 
 
 def test_npz_of_images_and_image_folder_references(eval_cache, digits_test, tmp_path):

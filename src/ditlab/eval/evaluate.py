@@ -72,9 +72,10 @@ def evaluate(
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"labels must be integers of shape ({n},), got {labels.dtype} {labels.shape}")
     spec = parse_reference(ref)
-    names = tuple(features) if features is not None else default_features(spec)
-    if isinstance(features, str):
-        names = (features,)
+    if features is None:
+        names = default_features(spec)
+    else:
+        names = (features,) if isinstance(features, str) else tuple(features)
     result = {
         "n_samples": n,
         "image_size": [height, width],
@@ -95,7 +96,7 @@ def evaluate(
             entry = {
                 "metric": extractor.metric,
                 "fd": frechet_distance(mu, sigma, reference.mu, reference.sigma),
-                "n_ref": reference.n,
+                "n_ref": reference.n if reference.n >= 0 else None,  # ADM batches do not record it
                 **extractor.settings(),
             }
             if reference.features is not None and n > k and len(reference.features) > k:

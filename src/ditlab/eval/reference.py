@@ -199,7 +199,10 @@ def _npz_reference(path: Path, extractor: FeatureExtractor, cache_dir) -> Refere
             if stats_match:
                 mu, sigma = np.asarray(d["mu"], np.float64), np.asarray(d["sigma"], np.float64)
                 n = int(d["n"]) if "n" in d.files else -1  # ADM batches do not record their count
-                feats = None if images is None else _stats_of(images, extractor)[2]
+                if "features" in d.files:  # a ditlab cache file: its own precision/recall vectors
+                    feats = np.asarray(d["features"], np.float32)
+                else:
+                    feats = None if images is None else _stats_of(images, extractor)[2]
                 if mu.shape != (extractor.dim,):
                     raise ValueError(
                         f"{path}: mu has shape {mu.shape}, but {extractor.name} gives {extractor.dim}-d"
