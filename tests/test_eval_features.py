@@ -101,3 +101,17 @@ def test_digits_classifier_is_accurate_cached_and_reused(eval_cache):
     # Upscaled RGB digits are brought back to the classifier's 8x8 grey input.
     big = load_dataset("digits:test", image_size=32, channels=3).numpy_images()
     assert np.mean(extractor.run(big, want_logits=True)[1].argmax(1) == test.labels.numpy()) > 0.9
+
+
+def test_classifier_training_is_seeded_and_leaves_the_global_rng_alone():
+    from ditlab.eval import train_classifier
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a, _ = train_classifier("digits", steps=5)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's RNG stream is untouched
+    b, _ = train_classifier("digits", steps=5)
+    c, _ = train_classifier("digits", steps=5, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.embed.weight, c.embed.weight)
