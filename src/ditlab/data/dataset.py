@@ -82,7 +82,7 @@ class ImageDataset(Dataset):
 
         Flips (when `flip` is on) draw from `generator`: a seeded generator gives the same batches every run.
         """
-        idx = torch.as_tensor(indices, dtype=torch.int64)
+        idx = torch.as_tensor(indices, dtype=torch.int64).cpu()  # the set lives in CPU memory
         x = uint8_to_unit(self.images[idx])  # (B, C, H, W)
         if self.flip:
             flip = torch.rand(idx.shape[0], generator=generator) < 0.5  # (B,)
