@@ -18,7 +18,14 @@ from ditlab.data.builtin import (
 from ditlab.data.dataset import ImageDataset, uint8_to_unit
 from ditlab.data.image_folder import IMAGE_EXTENSIONS, load_image_folder_arrays, scan_image_folder
 from ditlab.data.images import check_images, load_npz, make_grid, save_grid, save_npz, to_uint8
-from ditlab.data.specs import NAMED_DATASETS, DatasetSpec, load_dataset, parse_spec
+from ditlab.data.specs import (
+    NAMED_DATASETS,
+    DatasetSpec,
+    format_classes,
+    load_dataset,
+    parse_classes,
+    parse_spec,
+)
 from ditlab.data.transforms import RESIZE_FILTER, convert_channels, resize_images, size_pair
 
 __all__ = [
@@ -33,12 +40,14 @@ __all__ = [
     "ImageDataset",
     "check_images",
     "convert_channels",
+    "format_classes",
     "load_dataset",
     "load_digits_arrays",
     "load_fashion_mnist_arrays",
     "load_image_folder_arrays",
     "load_npz",
     "make_grid",
+    "parse_classes",
     "parse_spec",
     "read_idx",
     "resize_images",

@@ -7,13 +7,21 @@
     fashion-mnist:/dir:test     ... with a split
     /path/to/folder             an ImageFolder tree (class per sub-folder, or unconditional)
     /path/to/folder:test        ... its `test` sub-folder (a folder's splits are sub-folders named after them)
+    fashion-mnist[5-9]:test     ... only some classes: a list of ids and ranges ("0-4", "0,2,7-9") in brackets
+                                after the name (or path), before any split
 
-Splits are "train" (the default), "test" and "all".
+Splits are "train" (the default), "test" and "all". A class subset keeps the original label ids and class names
+(num_classes stays the full count), so models, references and classifiers of the subsets of one dataset share
+one label space: pretrain on `fashion-mnist[0-4]`, fine-tune on `fashion-mnist[5-9]`, judge both with one
+classifier.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +44,44 @@ NAMED_DATASETS = ("digits", "fashion-mnist")
 _FOLDER_PREFIXES = ("folder", "imagefolder")
 
 
+# "[0-4]" or "[0,2,7-9]" right after the name/path, optionally followed by ":SPLIT".
+_CLASSES_SUFFIX = re.compile(r"^(?P<head>.+?)\[(?P<classes>[0-9,\s-]*)\](?P<split>:[a-z]+)?$")
+
+
+def parse_classes(text: str) -> tuple[int, ...]:
+    """ "0-4" / "0,2,7-9" -> sorted unique class ids (0, 1, 2, 3, 4) / (0, 2, 7, 8, 9)."""
+    ids: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"bad class list {text!r}: use ids and ranges such as 0-4 or 0,2,7-9")
+        if sep and int(hi) < int(lo):
+            raise ValueError(f"bad class range {part!r} in {text!r}: the end is below the start")
+        ids.update(range(int(lo), int(hi if sep else lo) + 1))
+    return tuple(sorted(ids))
+
+
+def format_classes(classes: Iterable[int]) -> str:
+    """(0, 1, 2, 7, 9) -> "0-2,7,9": the canonical text of a class list (inverse of parse_classes)."""
+    ids = sorted({int(c) for c in classes})
+    runs: list[list[int]] = []
+    for c in ids:
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A parsed dataset spec: kind ("digits", "fashion-mnist", "folder"), path, split (None = unset)."""
+    """A parsed dataset spec: kind ("digits", "fashion-mnist", "folder"), path, split (None = unset) and
+    classes (a sorted tuple of the class ids kept; None = all)."""
 
     kind: str
     path: str | None = None
     split: str | None = None
+    classes: tuple[int, ...] | None = None
 
     def with_split(self, split: str | None) -> DatasetSpec:
         """This spec with its split resolved against an explicit `split` argument (they must agree)."""
@@ -50,15 +89,35 @@ class DatasetSpec:
             raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
         if self.split is not None and split is not None and split != self.split:
             raise ValueError(f"the spec names split {self.split!r} but split={split!r} was passed; give one")
-        return DatasetSpec(self.kind, self.path, self.split or split or "train")
+        return dataclasses.replace(self, split=self.split or split or "train")
+
+    def with_classes(self, classes: Iterable[int] | None) -> DatasetSpec:
+        """This spec restricted to `classes` (None: unchanged); a spec that already names classes must agree."""
+        if classes is None:
+            return self
+        if isinstance(classes, str):
+            ids = parse_classes(classes)
+        else:
+            ids = tuple(sorted({int(c) for c in classes}))
+            if not ids or ids[0] < 0:
+                raise ValueError(f"classes must be non-empty class ids >= 0, got {list(classes)!r}")
+        if self.classes is not None and ids != self.classes:
+            raise ValueError(
+                f"the spec names classes [{format_classes(self.classes)}] but classes=[{format_classes(ids)}] "
+                "was passed; give one"
+            )
+        return dataclasses.replace(self, classes=ids)
 
     def __str__(self) -> str:
         parts = [self.kind if self.kind != "folder" else str(self.path)]
         if self.kind == "fashion-mnist" and self.path is not None:
             parts.append(str(self.path))
+        text = ":".join(parts)
+        if self.classes is not None:
+            text += f"[{format_classes(self.classes)}]"
         if self.split is not None:
-            parts.append(self.split)
-        return ":".join(parts)
+            text += f":{self.split}"
+        return text
 
 
 def _path_and_split(rest: str) -> tuple[str, str | None]:
@@ -76,6 +135,11 @@ def parse_spec(spec: str | os.PathLike | DatasetSpec) -> DatasetSpec:
         return DatasetSpec("folder", str(Path(spec)))
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"dataset spec must be a non-empty string or path, got {spec!r}")
+    m = _CLASSES_SUFFIX.match(spec)
+    # A class list in brackets, unless the whole string is an existing folder whose name ends in brackets.
+    if m and not Path(spec).is_dir() and (m["split"] is None or m["split"][1:] in SPLITS):
+        base = parse_spec(m["head"] + (m["split"] or ""))
+        return dataclasses.replace(base, classes=parse_classes(m["classes"]))
     name, sep, rest = spec.partition(":")
     if name == "digits":
         if rest and rest not in SPLITS:
@@ -121,6 +185,19 @@ def _folder_for_split(root: Path, split: str) -> Path:
     )
 
 
+def _keep_classes(images: np.ndarray, labels: np.ndarray, class_names: list, spec: DatasetSpec):
+    """The images and labels of `spec.classes` only (original ids kept)."""
+    if not class_names:
+        raise ValueError(f"{spec}: a class subset needs a labelled dataset, but this one is unconditional")
+    bad = [c for c in spec.classes if c >= len(class_names)]
+    if bad:
+        raise ValueError(
+            f"{spec}: class id(s) {bad} out of range; this dataset has classes 0-{len(class_names) - 1}"
+        )
+    keep = np.isin(labels, np.asarray(spec.classes))
+    return images[keep], labels[keep]
+
+
 def load_dataset(
     spec: str | os.PathLike | DatasetSpec,
     split: str | None = None,
@@ -130,6 +207,7 @@ def load_dataset(
     flip: bool = False,
     unconditional: bool | None = None,
     bad_images: str = "raise",
+    classes: Iterable[int] | str | None = None,
 ) -> ImageDataset:
     """Load an image set into memory as an `ImageDataset` (uint8 (N, C, H, W); items as floats in [-1, 1]).
 
@@ -145,8 +223,10 @@ def load_dataset(
         unconditional: drop the labels (num_classes = 0); None = auto for folders (no class sub-folders),
             False for the named sets.
         bad_images: for folders, "raise" (stop at an unreadable file, naming it) or "skip" (count and warn).
+        classes: keep only these class ids ("0-4", [5, 6]); may instead be part of the spec
+            (`fashion-mnist[0-4]`). Labels keep their original ids and `class_names` stays the full list.
     """
-    parsed = parse_spec(spec).with_split(split)
+    parsed = parse_spec(spec).with_split(split).with_classes(classes)
     if parsed.kind == "folder":
         images, labels, class_names = load_image_folder_arrays(
             _folder_for_split(Path(parsed.path), parsed.split),
@@ -169,5 +249,7 @@ def load_dataset(
             images = convert_channels(images, channels)
         if unconditional:
             labels, class_names = np.zeros_like(labels), []
+    if parsed.classes is not None:
+        images, labels = _keep_classes(images, labels, class_names, parsed)
     tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
     return ImageDataset(tensor, torch.from_numpy(labels), class_names, flip=flip, name=str(parsed))

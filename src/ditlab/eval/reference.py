@@ -17,6 +17,7 @@ images as the samples being scored: FD is biased by sample count, and no model c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ def parse_reference(ref: str | os.PathLike | ReferenceSpec) -> ReferenceSpec:
     if spec.split is None:
         # Held-out images by default; a folder without a test/ sub-folder is all "train".
         has_test = spec.kind != "folder" or (Path(spec.path) / "test").is_dir()
-        spec = DatasetSpec(spec.kind, spec.path, "test" if has_test else "train")
+        spec = dataclasses.replace(spec, split="test" if has_test else "train")
     return ReferenceSpec(dataset=spec)
 
 
@@ -231,9 +232,7 @@ def floor_fd(
     spec = parse_reference(ref)
     if spec.dataset is None or spec.dataset.split not in ("train", "test"):
         return {"unavailable": "the reference has no train/test counterpart"}
-    other = DatasetSpec(
-        spec.dataset.kind, spec.dataset.path, "test" if spec.dataset.split == "train" else "train"
-    )
+    other = dataclasses.replace(spec.dataset, split="test" if spec.dataset.split == "train" else "train")
     if other.kind == "folder" and not (Path(other.path) / other.split).is_dir():
         return {"unavailable": f"{other.path} has no {other.split}/ sub-folder"}
     reference = reference_stats(spec, extractor, image_size=image_size, cache_dir=cache_dir)
