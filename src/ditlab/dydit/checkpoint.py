@@ -1,0 +1,131 @@
+"""Saving and loading DyDiTs: ditlab's native safetensors (DiT config, objective and DyDiT options inside),
+optionally with the per-timestep width table of a sampling schedule fixed at export.
+
+    save_dydit(model, "dydit.safetensors")                              # weights + routers
+    export_dydit(model, "deploy.safetensors", timesteps=schedule)       # + each step's heads/groups, fixed
+    model = load_dydit("deploy.safetensors")                            # eval mode, table installed
+    model = load_dydit("dit.safetensors")                               # any DiT checkpoint: routers all on
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ditlab.dydit.model import DyDiT, DyDiTOptions
+from ditlab.models.checkpoint import (
+    CONFIG_KEY,
+    OBJECTIVE_KEY,
+    atomic_write,
+    load_model,
+    load_state_dict_checked,
+    official_state_dict,
+    read_torch_file,
+)
+from ditlab.models.config import DiTConfig
+
+DYDIT_KEY = "ditlab_dydit"  # the DyDiTOptions, as JSON
+WIDTHS_KEY = "ditlab_dydit_widths"  # {t: [[heads], [groups]] per block}, as JSON
+
+
+def save_dydit(
+    model: DyDiT,
+    path: str | os.PathLike,
+    objective: dict | None = None,
+    widths: dict | None = None,
+) -> None:
+    """Weights (routers included), DiT config, DyDiT options and objective in one safetensors file, atomically."""
+    if not isinstance(model, DyDiT):
+        raise TypeError(
+            f"save_dydit takes a DyDiT, got {type(model).__name__}; use ditlab.save_model for a DiT"
+        )
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {CONFIG_KEY: model.config.to_json(), DYDIT_KEY: json.dumps(model.options.to_dict())}
+    objective = objective if objective is not None else model.objective_spec
+    if objective is not None:
+        metadata[OBJECTIVE_KEY] = json.dumps(objective, sort_keys=True)
+    if widths is not None:
+        metadata[WIDTHS_KEY] = json.dumps(
+            {repr(float(t)): [list(map(list, w)) for w in v] for t, v in widths.items()}
+        )
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+@torch.no_grad()
+def width_table(model: DyDiT, timesteps: Iterable[float]) -> dict[float, list]:
+    """Each block's active (heads, groups) at each model timestep, as the routers decide at inference."""
+    ref = next(model.parameters())
+    table = {}
+    for t in timesteps:
+        t32 = torch.tensor([float(t)], dtype=torch.float32)  # the key a float32 or integer t tensor gives
+        e_t = model.t_embedder(t32.to(ref.device))  # (1, D)
+        table[float(t32[0])] = model.planner.decide(model, e_t)
+    return table
+
+
+def export_dydit(model: DyDiT, path: str | os.PathLike, timesteps: Iterable[float]) -> dict[float, list]:
+    """Save a deployable DyDiT: the weights plus the architecture of every step of a sampling schedule
+    (model timesteps), decided now and fixed; `load_dydit` installs it so no width router runs at deployment.
+    Returns the table."""
+    table = width_table(model, timesteps)
+    save_dydit(model, path, widths=table)
+    return table
+
+
+def _read(path: Path):
+    """(DiT config dict, DyDiT options dict, state dict, objective, widths) of a DyDiT file, or None if it is not one."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            if DYDIT_KEY not in meta:
+                return None
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        objective = json.loads(meta[OBJECTIVE_KEY]) if OBJECTIVE_KEY in meta else None
+        widths = json.loads(meta[WIDTHS_KEY]) if WIDTHS_KEY in meta else None
+        return json.loads(meta[CONFIG_KEY]), json.loads(meta[DYDIT_KEY]), state, objective, widths
+    if path.suffix == ".pt":  # a DyDiT fine-tuning run's training checkpoint (its EMA weights)
+        obj = read_torch_file(path)
+        if (
+            isinstance(obj, dict)
+            and isinstance(obj.get("dydit"), dict)
+            and isinstance(obj.get("config"), dict)
+        ):
+            state = official_state_dict(obj, str(path))
+            return obj["config"], obj["dydit"]["model"], state, obj.get("objective"), None
+    return None
+
+
+def is_dydit_file(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a DyDiT (a `save_dydit` file or a DyDiT run's checkpoint), which `load_model` cannot read."""
+    path = Path(path)
+    return path.is_file() and _read(path) is not None
+
+
+def load_dydit(
+    path: str | os.PathLike, device="cpu", options: DyDiTOptions | None = None, reorder: bool = True
+) -> DyDiT:
+    """Load a DyDiT saved by `save_dydit`/`export_dydit` (eval mode, exported width table installed) or a DyDiT
+    run's checkpoint, or turn any checkpoint `ditlab.load_model` reads into a DyDiT with all-on routers
+    (heads/channels sorted by importance unless `reorder=False`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    found = _read(path) if path.is_file() else None
+    if found is None:
+        return DyDiT.from_dit(load_model(path), options, reorder=reorder).to(device).eval()
+    if options is not None:
+        raise ValueError(f"{path} is a DyDiT and carries its own options; load it without options=")
+    config, dydit, state, objective, widths = found
+    model = DyDiT(DiTConfig.from_dict(config), DyDiTOptions.from_dict(dydit))
+    load_state_dict_checked(model, state, source=str(path))
+    model.objective_spec = objective
+    model = model.to(device).eval()
+    if widths is not None:
+        model.planner.install(model, {float(t): v for t, v in widths.items()})
+    return model

@@ -1,0 +1,305 @@
+"""DyDiT (Zhao et al., ICLR 2025): a DiT whose width follows the timestep and whose MLPs skip easy tokens.
+
+    model = DyDiT.from_dit(trained_dit)          # same weights, heads/channels sorted, routers all on
+    out = model(x, t, y)                         # training: Gumbel-sigmoid masks; eval: the deployed path
+
+A DyDiT *is* the DiT (a subclass sharing its modules and parameter names) plus a `routers` list with, per block,
+a head router and an MLP channel-group router on the timestep embedding E_t (H−1 logits each: unit 0 is always
+on), and a token router before the MLP. Three ways to run it:
+
+- training (`model.train()`): masks from Gumbel-sigmoid with a straight-through estimator multiply each head's
+  attention output, each MLP group's fc1 output and each token's MLP branch; pass `aux={}` to receive the
+  differentiable per-sample FLOPs ratio (`aux["flops_ratio"]`, (N,));
+- `complete=True`: every unit and token on, i.e. exactly the dense DiT (DyDiT's complete-model loss);
+- inference (`model.eval()`): width masks depend only on t, so when the batch shares t (sampling, CFG) each block
+  runs on weights sliced to its active heads and groups (cached per distinct mask, see `WidthPlanner`), and the
+  MLP runs only on the gathered kept tokens. `masked=True` instead multiplies by the hard masks (the public
+  DyDiT code's way, which saves nothing); it is the reference the deployed path is tested against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, fields
+
+import torch
+
+from ditlab.dydit import layers
+from ditlab.dydit.flops import block_flops_ratio
+from ditlab.dydit.importance import reorder_by_importance
+from ditlab.dydit.planner import WidthPlanner
+from ditlab.dydit.routers import BlockRouters, gumbel_sigmoid, with_unit_zero
+from ditlab.models.config import MODULATED, DiTConfig
+from ditlab.models.dit import DiT
+from ditlab.models.flops import flop_breakdown
+
+
+@dataclass
+class DyDiTOptions:
+    """DyDiT's own knobs (paper/author-code defaults)."""
+
+    tau: float = 5.0  # Gumbel-sigmoid temperature
+    width_bias: float = 15.0  # initial head/group router bias: σ(15) ≈ 1, every unit starts on
+    token_bias: float = 35.0  # initial token-router output bias: every token starts through the MLP
+    token_reduction: int = 16  # token router hidden width = D / token_reduction
+    token_routing: bool = True  # False: timestep-wise dynamic width only
+
+    def __post_init__(self):
+        if self.tau <= 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+        if self.token_reduction < 1:
+            raise ValueError(f"token_reduction must be >= 1, got {self.token_reduction}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DyDiTOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown DyDiT option(s) {unknown}; valid: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+class DyDiT(DiT):
+    """A DiT with timestep-wise dynamic width and spatial-wise dynamic tokens; see the module docstring."""
+
+    def __init__(self, config: DiTConfig | None = None, options: DyDiTOptions | None = None, **overrides):
+        super().__init__(config, **overrides)
+        cfg = self.config
+        if cfg.conditioning not in MODULATED:
+            raise ValueError(
+                f"DyDiT needs an adaLN-family DiT (one of {', '.join(MODULATED)}), got conditioning="
+                f"{cfg.conditioning!r}"
+            )
+        if cfg.mlp_hidden % cfg.num_heads:
+            raise ValueError(
+                f"the MLP width {cfg.mlp_hidden} must split into num_heads={cfg.num_heads} equal groups; "
+                "choose mlp_ratio so that hidden_size·mlp_ratio is a multiple of num_heads"
+            )
+        self.options = options or DyDiTOptions()
+        # Created after the DiT's modules: a seeded DyDiT has the same DiT weights as a DiT with that seed.
+        self.routers = torch.nn.ModuleList(
+            BlockRouters(
+                cfg.hidden_size, cfg.num_heads, self.options.token_reduction, self.options.token_routing
+            )
+            for _ in range(cfg.depth)
+        )
+        for r in self.routers:
+            r.reset_parameters(self.options.width_bias, self.options.token_bias)
+        self.planner = WidthPlanner()
+        self.records: list[dict] | None = None  # set by `recording()`
+        self._macs: dict[tuple[int, int], tuple[float, float]] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dit(cls, dit: DiT, options: DyDiTOptions | None = None, reorder: bool = True) -> DyDiT:
+        """A DyDiT holding a copy of `dit`'s weights (heads and MLP channels sorted by importance when
+        `reorder`, which leaves the function unchanged) and fresh all-on routers."""
+        if isinstance(dit, DyDiT):
+            raise TypeError(
+                "this is already a DyDiT; use it as it is (reordering it would scramble its routers)"
+            )
+        if not isinstance(dit, DiT):
+            raise TypeError(f"from_dit takes a DiT, got {type(dit).__name__}")
+        ref = next(dit.parameters())
+        model = cls(dit.config, options).to(ref.device, ref.dtype)
+        missing, unexpected = model.load_state_dict(dit.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("routers.") for k in missing):
+            raise ValueError(f"cannot load the DiT into a DyDiT: missing {missing}, unexpected {unexpected}")
+        model.objective_spec = dit.objective_spec
+        if reorder:
+            reorder_by_importance(model)
+        return model.train(dit.training)
+
+    def dense_state_dict(self) -> dict:
+        """The DiT's own weights (router weights dropped): loads into a plain `DiT(self.config)`."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("routers.")}
+
+    # ------------------------------------------------------------------ accounting
+    def block_macs(self, hw: tuple[int, int]) -> tuple[float, float]:
+        """(attention, MLP) MACs of one dense block for one image of size hw."""
+        if hw not in self._macs:
+            b = flop_breakdown(self.config, hw)
+            self._macs[hw] = (b["per_block_attention"], b["per_block_mlp"])
+        return self._macs[hw]
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Collect one record per inference forward: {"t", "heads", "groups", "tokens"} (per-block active heads,
+        groups and mean kept-token fraction). Feed them to `dynamic_flop_breakdown` for FLOPs per timestep."""
+        previous, self.records = self.records, []
+        try:
+            yield self.records
+        finally:
+            self.records = previous
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        x,
+        t,
+        y=None,
+        pooled=None,
+        force_drop_ids=None,
+        *,
+        complete: bool = False,
+        masked: bool = False,
+        generator: torch.Generator | None = None,
+        aux: dict | None = None,
+    ):
+        """x: (N, C, H, W), t: (N,) timesteps, y: (N,) labels. `complete`: all units and tokens on (the dense DiT).
+        `masked` (inference): multiply by hard masks instead of slicing/gathering. `generator`: for the training
+        masks' noise (drawn on the CPU). `aux`: a dict that receives "flops_ratio" (N,) in training."""
+        if complete:
+            return super().forward(x, t, y, pooled, force_drop_ids)
+        self._check_input(x)
+        N, _, H, W = x.shape
+        gh, gw = H // self.patch_size, W // self.patch_size
+        tokens = self.x_embedder(x) + self.positions(gh, gw, x)  # (N, T, D)
+        c, parts = self.embed_condition(t, y, pooled, force_drop_ids, batch=N)  # (N, D)
+        e_t = parts[0]  # (N, D): the routers see the timestep only, never the class
+        shared = self.adaLN_single(c) if self.adaLN_single is not None else None  # (N, 6D)
+        if self.training:
+            tokens = self._forward_masked(tokens, c, shared, e_t, (H, W), generator, aux)
+        else:
+            t_values = t if torch.is_tensor(t) else torch.tensor(t)
+            uniform = t_values.numel() <= 1 or bool((t_values == t_values.reshape(-1)[0]).all())
+            if uniform and not masked:
+                tokens = self._forward_deployed(tokens, c, shared, e_t, float(t_values.reshape(-1)[0]))
+            else:  # per-sample widths (mixed timesteps in one batch) or the masked reference
+                tokens = self._forward_masked(tokens, c, shared, e_t, (H, W), None, aux)
+        tokens = self.final_layer(tokens, c)  # (N, T, p·p·C_out)
+        return self.unpatchify(tokens, gh, gw)  # (N, C_out, H, W)
+
+    def _decide(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        if noise is None:  # inference: σ(logit) > 0.5
+            return (logits > 0).to(logits.dtype)
+        return gumbel_sigmoid(logits, noise, self.options.tau)
+
+    def _forward_masked(self, x, c, shared, e_t, hw, generator, aux):
+        """Masks multiply heads, groups and token branches: training (noisy, straight-through) or inference."""
+        N, T, _ = x.shape
+        Hn, depth = self.num_heads, len(self.blocks)
+        noise = None
+        if self.training:  # one uniform draw per routed unit and token, per block
+            shape = (depth, N, 2 * (Hn - 1) + T)
+            noise = (
+                torch.rand(shape, generator=generator).to(x.device)
+                if generator is not None
+                else torch.rand(shape, device=x.device)
+            )
+        head_fracs, group_fracs, token_fracs = [], [], []
+        for i, (block, router) in enumerate(zip(self.blocks, self.routers)):
+            u = noise[i] if noise is not None else None  # (N, 2(H-1) + T)
+            head_logits, group_logits = router.width_logits(e_t)  # (N, H-1) each
+            head_mask = with_unit_zero(self._decide(head_logits, None if u is None else u[:, : Hn - 1]))
+            group_mask = with_unit_zero(
+                self._decide(group_logits, None if u is None else u[:, Hn - 1 : 2 * (Hn - 1)])
+            )  # (N, H)
+            m_attn, m_mlp = block.modulations(c, shared)
+            h = layers.attention(block.attn, m_attn.apply(block.norm1(x)), head_mask=head_mask)  # (N, T, D)
+            if hasattr(block, "post_norm1"):
+                h = block.post_norm1(h)
+            x = x + m_attn.gated(h, block.gate_fn)
+            h = layers.mlp(block.mlp, m_mlp.apply(block.norm2(x)), group_mask=group_mask)  # (N, T, D)
+            if hasattr(block, "post_norm2"):
+                h = block.post_norm2(h)
+            h = m_mlp.gated(h, block.gate_fn)
+            if router.tokens is not None:
+                keep = self._decide(router.tokens(x).squeeze(-1), None if u is None else u[:, 2 * (Hn - 1) :])
+                h = h * keep.unsqueeze(-1)  # (N, T, D): a skipped token keeps its residual
+                token_fracs.append(keep.mean(1))
+            else:
+                token_fracs.append(torch.ones_like(head_mask[:, 0]))
+            x = x + h
+            head_fracs.append(head_mask.mean(1))
+            group_fracs.append(group_mask.mean(1))
+        if aux is not None:
+            attn_macs, mlp_macs = self.block_macs(hw)
+            aux["flops_ratio"] = block_flops_ratio(
+                attn_macs,
+                mlp_macs,
+                torch.stack(head_fracs),
+                torch.stack(group_fracs),
+                torch.stack(token_fracs),
+            )  # (N,)
+        if self.records is not None and not self.training:
+            self.records.append(
+                {
+                    "t": None,
+                    "heads": [float(f.mean()) * Hn for f in head_fracs],
+                    "groups": [float(f.mean()) * Hn for f in group_fracs],
+                    "tokens": [float(f.mean()) for f in token_fracs],
+                }
+            )
+        return x
+
+    def _forward_deployed(self, x, c, shared, e_t, t_value: float):
+        """The batch shares t: each block runs on its precomputed sliced weights; the MLP on kept tokens only."""
+        N, T, _ = x.shape
+        plan = self.planner.plan(
+            self, t_value, e_t[:1]
+        )  # [(heads, groups, SlicedAttention|None, SlicedMlp|None)]
+        kept = []
+        for block, router, (_, _, attn_w, mlp_w) in zip(self.blocks, self.routers, plan):
+            m_attn, m_mlp = block.modulations(c, shared)
+            h = layers.attention(block.attn, m_attn.apply(block.norm1(x)), weights=attn_w)  # (N, T, D)
+            if hasattr(block, "post_norm1"):
+                h = block.post_norm1(h)
+            x = x + m_attn.gated(h, block.gate_fn)
+            keep = router.tokens(x).squeeze(-1) > 0 if router.tokens is not None else None  # (N, T)
+            n_kept = N * T if keep is None else int(keep.sum())
+            if n_kept == N * T:  # every token: the plain (possibly narrower) MLP, no gather
+                h = layers.mlp(block.mlp, m_mlp.apply(block.norm2(x)), weights=mlp_w)
+                if hasattr(block, "post_norm2"):
+                    h = block.post_norm2(h)
+                x = x + m_mlp.gated(h, block.gate_fn)
+            elif n_kept:
+                x = layers.mlp_branch_on_kept_tokens(block, x, m_mlp, keep, weights=mlp_w)
+            kept.append(n_kept / (N * T))
+        if self.records is not None:
+            self.records.append(
+                {
+                    "t": t_value,
+                    "heads": [float(len(p[0])) for p in plan],
+                    "groups": [float(len(p[1])) for p in plan],
+                    "tokens": kept,
+                }
+            )
+        return x
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", dydit={self.options.to_dict()}"
+
+
+@torch.no_grad()
+def calibrate_token_routers(model: DyDiT, x, t, y=None, keep: float = 0.5) -> list[float]:
+    """Shift each token router's output bias so that, on this batch, about a fraction `keep` of the tokens run
+    each block's MLP (block by block, in one inference forward: later blocks see the calibrated earlier ones).
+    For benchmarks and tests of token skipping on untrained routers; returns the kept fraction per block."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    if not model.options.token_routing:
+        raise ValueError("this DyDiT has no token routers (token_routing=False)")
+
+    def shift(module, args, logits):  # logits (N, T, 1)
+        q = torch.quantile(logits.flatten().float(), 1 - keep).to(logits.dtype)
+        module[2].bias.sub_(q)
+        return logits - q
+
+    was_training = model.training
+    hooks = [r.tokens.register_forward_hook(shift) for r in model.routers]
+    try:
+        with model.recording() as records:
+            model.eval()(x, t, y, masked=True)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return records[0]["tokens"]
+
+
+__all__ = ["DyDiT", "DyDiTOptions", "calibrate_token_routers"]
