@@ -51,16 +51,21 @@ def _parse_kv(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
-def _base_type(annotation):
+def _base_type(hint):
     """int | None -> int; bool -> bool (handled separately)."""
-    hint = typing.get_type_hints(TrainConfig)[annotation] if isinstance(annotation, str) else annotation
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0]
     return hint
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    config_cls: type[TrainConfig] = TrainConfig,
+    help_texts: dict | None = None,
+) -> None:
+    """One flag per field of `config_cls` (TrainConfig or a subclass, e.g. ditlab.finetune's), plus --config/--resume."""
+    help_texts = {**HELP, **(help_texts or {})}
     parser.add_argument("--config", help="JSON file of options (a run's config.json); flags override it")
     parser.add_argument(
         "--resume",
@@ -68,12 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const="auto",
         help="continue from a checkpoint: a path, or 'auto' (the newest in --out; starts fresh if none)",
     )
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
         kind = _base_type(hints[f.name])
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        help_text = HELP.get(f.name, f.name.replace("_", " ")) + f" (default: {default})"
+        help_text = help_texts.get(f.name, f.name.replace("_", " ")) + f" (default: {default})"
         if kind is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
@@ -86,17 +91,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
+def config_from_args(
+    args: argparse.Namespace, config_cls: type[TrainConfig] = TrainConfig
+) -> tuple[TrainConfig, str | None]:
     """Defaults ← checkpoint's saved options (when resuming) or --config file ← flags given."""
-    given = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "_module")}
-    if "model_args" in given:
-        given["model_args"] = dict(given["model_args"])
+    hints = typing.get_type_hints(config_cls)
+    given = {k: v for k, v in vars(args).items() if k in hints}
+    dict_fields = [k for k in given if _base_type(hints[k]) is dict]
+    for name in dict_fields:  # KEY=VALUE flags arrive as a list of pairs
+        given[name] = dict(given[name])
     base: dict = {}
     if args.config:
-        base = TrainConfig.load(args.config).to_dict()
+        base = config_cls.load(args.config).to_dict()
     resume = args.resume
     if resume:
-        out = given.get("out", base.get("out", TrainConfig.__dataclass_fields__["out"].default))
+        out = given.get("out", base.get("out", config_cls.__dataclass_fields__["out"].default))
         path = latest_checkpoint(out) if resume == "auto" else resume
         if path is not None:
             saved = load_training_state(path)["args"]
@@ -105,9 +114,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str | None]
         else:
             resume = None  # nothing to resume yet: start the run
     merged = {**base, **given}
-    if "model_args" in base and "model_args" in given:
-        merged["model_args"] = {**base["model_args"], **given["model_args"]}
-    return TrainConfig.from_dict(merged), resume
+    for name in dict_fields:
+        if name in base:
+            merged[name] = {**base[name], **given[name]}
+    return config_cls.from_dict(merged), resume
 
 
 def run(args: argparse.Namespace) -> int:
