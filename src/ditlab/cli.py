@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("ditlab.eval.cli", "score samples (.npz) against a reference: FD, FID, precision/recall, accuracy"),
     "flops": ("ditlab.models.flops_cli", "parameter counts and analytic Gflops of zoo models"),
     "convert": ("ditlab.models.convert_cli", "convert checkpoints: official .pt, native .safetensors, diffusers"),
+    "finetune": ("ditlab.finetune.cli", "fine-tune a trained DiT: DiffFit, adaLN-only, LoRA or full"),
 }
 
 
