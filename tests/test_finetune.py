@@ -22,6 +22,7 @@ from ditlab.finetune import (
 from ditlab.models import load_model, save_model
 from ditlab.models.zoo import SIZES, create_model
 
+PEFT = ("difffit", "adaln", "lora", "full")  # the methods of this module (METHODS may hold more, e.g. dydit)
 FLOW = {
     "kind": "flow",
     "schedule": "linear",
@@ -256,7 +257,7 @@ def zoo_fractions(num_classes=1000):
     for size in SIZES:
         for p in (2, 4, 8):
             name = f"DiT-{size}/{p}"
-            for method in METHODS:
+            for method in PEFT:
                 with torch.device("meta"):
                     model = prepare_model(create_model(name, num_classes=num_classes), method)
                 rows[name, method] = trainable_summary(model)
@@ -265,9 +266,9 @@ def zoo_fractions(num_classes=1000):
 
 def test_trainable_fractions_of_the_zoo():
     rows = zoo_fractions()
-    print(f"\n{'model':10s} " + " ".join(f"{m:>9s}" for m in METHODS) + "   (trainable %, 1000-class table)")
+    print(f"\n{'model':10s} " + " ".join(f"{m:>9s}" for m in PEFT) + "   (trainable %, 1000-class table)")
     for name in dict.fromkeys(n for n, _ in rows):
-        print(f"{name:10s} " + " ".join(f"{100 * rows[name, m]['fraction']:8.3f}%" for m in METHODS))
+        print(f"{name:10s} " + " ".join(f"{100 * rows[name, m]['fraction']:8.3f}%" for m in PEFT))
     D, depth = 1152, 28
     # DiT-XL/2 + DiffFit, by hand: 489,632 biases + γ on 2 branches of 14 blocks + the (K + 1)-row label table.
     assert rows["DiT-XL/2", "difffit"]["trainable"] == 489_632 + 2 * D * depth // 2 + 1001 * D

@@ -120,6 +120,11 @@ class FinetuneMethod:
         """Fold the method's modules into plain layers (in place): the base architecture again."""
         return merge_adapters(model)
 
+    def compute_loss(self, trainer, x0, model_kwargs, t, noise) -> dict:
+        """Per-sample loss terms of one fine-tuning batch (the Trainer's objective by default); a method
+        with extra terms (e.g. a FLOPs constraint) overrides this."""
+        return trainer.objective.loss(trainer.net, x0, model_kwargs=model_kwargs, t=t, noise=noise)
+
 
 def gamma_block_indices(depth: int, blocks) -> list[int]:
     """Which blocks get γ: "half" (the first depth // 2, DiffFit's best), "all", "none", N (the first N), or ids."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ditlab.finetune.adapter import save_adapter
 from ditlab.finetune.config import FinetuneConfig
-from ditlab.finetune.methods import merge, prepare_model, trainable_summary
+from ditlab.finetune.methods import get_method, merge, prepare_model, trainable_summary
 from ditlab.models.checkpoint import load_model, save_model
 from ditlab.train.trainer import Trainer
 
@@ -50,6 +50,9 @@ class FinetuneTrainer(Trainer):
                 flush=True,
             )
         return model
+
+    def compute_loss(self, x0, model_kwargs, t, noise) -> dict:
+        return get_method(self.cfg.method).compute_loss(self, x0, model_kwargs, t, noise)
 
     def run(self) -> dict:
         summary = super().run()
