@@ -306,3 +306,31 @@ def test_cli_trainable_only_prints_one_json_line(capsys):
         == 0
     )
     assert json.loads(capsys.readouterr().out)["trainable"] < 1_000_000
+
+
+def test_cli_finetune_run_and_resume(base_path, tmp_path, capsys):
+    out = tmp_path / "cli"
+    flags = ["--base", str(base_path.parent), "--data", "digits[5-9]", "--labels", "keep", "--method", "lora"]
+    flags += [
+        "--method-args",
+        "rank=2",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+    flags += ["--sample-steps", "2", "--ckpt-every", "1"]
+    assert main(["finetune", *flags, "--steps", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 2 and summary["method"] == "lora" and summary["adapter_bytes"] > 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (
+        saved["method_args"] == {"rank": 2} and saved["labels"] == "keep" and saved["data"] == "digits[5-9]"
+    )
+    # Resuming reads the run's own options back from its checkpoint; only the new length is given.
+    assert main(["finetune", "--out", str(out), "--resume", "auto", "--steps", "3"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 3
+    assert load_adapter(out / "adapter.safetensors").num_classes == 10

@@ -134,7 +134,7 @@ def load_adapter(
     prepare_model(
         model,
         info["method"],
-        num_classes=info["num_classes"] if info["num_classes"] != model.config.num_classes else None,
+        num_classes=info["num_classes"] if info["resized"] else None,  # replays the run's table (same seed)
         labels=info["labels"],
         seed=info.get("seed", 0),
         **info["options"],

@@ -267,6 +267,7 @@ def prepare_model(
         "options": opts,
         "labels": labels,
         "num_classes": model.config.num_classes,
+        "resized": num_classes is not None,  # a new label table was made (replayed when loading an adapter)
         "seed": seed,
     }
     return model
