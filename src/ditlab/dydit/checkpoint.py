@@ -78,31 +78,48 @@ def export_dydit(model: DyDiT, path: str | os.PathLike, timesteps: Iterable[floa
     return table
 
 
+def _options_from_state(state: dict) -> dict:
+    """DyDiT options a state dict implies (for files written without them, e.g. by ditlab.save_model): only
+    the token router's presence and width matter once trained (tau and the init biases are training knobs)."""
+    w = state.get("routers.0.tokens.0.weight")
+    if w is None:
+        return {"token_routing": False}
+    hidden, dim = w.shape
+    return {"token_routing": True, "token_reduction": dim // hidden}
+
+
+def _has_routers(keys) -> bool:
+    return any(k.startswith("routers.") for k in keys)
+
+
 def _read(path: Path):
-    """(DiT config dict, DyDiT options dict, state dict, objective, widths) of a DyDiT file, or None if it is not one."""
+    """(DiT config dict, DyDiT options dict, state dict, objective, widths) of a file holding a DyDiT, or None.
+
+    Recognised: `save_dydit` files, DyDiT fine-tuning checkpoints (.pt), and native files or ditlab training
+    checkpoints that `ditlab.save_model` / a generic trainer wrote from a DyDiT (router tensors present)."""
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            if DYDIT_KEY not in meta:
+            if CONFIG_KEY not in meta or (DYDIT_KEY not in meta and not _has_routers(f.keys())):
                 return None
             state = {k: f.get_tensor(k) for k in f.keys()}
+        options = json.loads(meta[DYDIT_KEY]) if DYDIT_KEY in meta else _options_from_state(state)
         objective = json.loads(meta[OBJECTIVE_KEY]) if OBJECTIVE_KEY in meta else None
         widths = json.loads(meta[WIDTHS_KEY]) if WIDTHS_KEY in meta else None
-        return json.loads(meta[CONFIG_KEY]), json.loads(meta[DYDIT_KEY]), state, objective, widths
-    if path.suffix == ".pt":  # a DyDiT fine-tuning run's training checkpoint (its EMA weights)
+        return json.loads(meta[CONFIG_KEY]), options, state, objective, widths
+    if path.suffix == ".pt":  # a ditlab training checkpoint of a DyDiT run (its EMA weights)
         obj = read_torch_file(path)
-        if (
-            isinstance(obj, dict)
-            and isinstance(obj.get("dydit"), dict)
-            and isinstance(obj.get("config"), dict)
-        ):
+        if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
             state = official_state_dict(obj, str(path))
-            return obj["config"], obj["dydit"]["model"], state, obj.get("objective"), None
+            if _has_routers(state):
+                saved = obj.get("dydit")
+                options = saved["model"] if isinstance(saved, dict) else _options_from_state(state)
+                return obj["config"], options, state, obj.get("objective"), None
     return None
 
 
 def is_dydit_file(path: str | os.PathLike) -> bool:
-    """Whether `path` holds a DyDiT (a `save_dydit` file or a DyDiT run's checkpoint), which `load_model` cannot read."""
+    """Whether `path` holds a DyDiT (see `load_dydit`), which `ditlab.load_model` cannot read."""
     path = Path(path)
     return path.is_file() and _read(path) is not None
 
@@ -110,9 +127,9 @@ def is_dydit_file(path: str | os.PathLike) -> bool:
 def load_dydit(
     path: str | os.PathLike, device="cpu", options: DyDiTOptions | None = None, reorder: bool = True
 ) -> DyDiT:
-    """Load a DyDiT saved by `save_dydit`/`export_dydit` (eval mode, exported width table installed) or a DyDiT
-    run's checkpoint, or turn any checkpoint `ditlab.load_model` reads into a DyDiT with all-on routers
-    (heads/channels sorted by importance unless `reorder=False`)."""
+    """Load a DyDiT: a `save_dydit`/`export_dydit` file (exported width table installed), a DyDiT run's
+    checkpoint, or a native file with router tensors; or turn any checkpoint `ditlab.load_model` reads into a
+    DyDiT with all-on routers (heads/channels sorted by importance unless `reorder=False`). Eval mode."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")

@@ -20,6 +20,7 @@ on), and a token router before the MLP. Three ways to run it:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from dataclasses import dataclass, fields
 
@@ -68,7 +69,12 @@ class DyDiT(DiT):
 
     def __init__(self, config: DiTConfig | None = None, options: DyDiTOptions | None = None, **overrides):
         super().__init__(config, **overrides)
-        cfg = self.config
+        self.check_config(self.config)
+        # Routers are created after the DiT's modules: a seeded DyDiT has the same DiT weights as a seeded DiT.
+        self._add_dynamic_parts(options)
+
+    @staticmethod
+    def check_config(cfg: DiTConfig) -> None:
         if cfg.conditioning not in MODULATED:
             raise ValueError(
                 f"DyDiT needs an adaLN-family DiT (one of {', '.join(MODULATED)}), got conditioning="
@@ -79,40 +85,60 @@ class DyDiT(DiT):
                 f"the MLP width {cfg.mlp_hidden} must split into num_heads={cfg.num_heads} equal groups; "
                 "choose mlp_ratio so that hidden_size·mlp_ratio is a multiple of num_heads"
             )
+
+    def _add_dynamic_parts(
+        self, options: DyDiTOptions | None, generator: torch.Generator | None = None
+    ) -> None:
+        cfg, ref = self.config, next(self.parameters())
         self.options = options or DyDiTOptions()
-        # Created after the DiT's modules: a seeded DyDiT has the same DiT weights as a DiT with that seed.
         self.routers = torch.nn.ModuleList(
             BlockRouters(
                 cfg.hidden_size, cfg.num_heads, self.options.token_reduction, self.options.token_routing
             )
             for _ in range(cfg.depth)
-        )
+        ).to(ref.device, ref.dtype)
         for r in self.routers:
-            r.reset_parameters(self.options.width_bias, self.options.token_bias)
+            r.reset_parameters(self.options.width_bias, self.options.token_bias, generator)
         self.planner = WidthPlanner()
         self.records: list[dict] | None = None  # set by `recording()`
         self._macs: dict[tuple[int, int], tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    def convert_(
+        cls,
+        dit: DiT,
+        options: DyDiTOptions | None = None,
+        reorder: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> DyDiT:
+        """Turn `dit` itself into a DyDiT, in place: its parameters stay the same tensors (heads and MLP
+        channels sorted by importance when `reorder`, which leaves the function unchanged), all-on routers are
+        added (initialised from `generator` if given). For code that holds the model object, such as a
+        fine-tuning method's `prepare`; `from_dit` is the copying form."""
+        cls._check_source(dit)
+        dit.__class__ = cls
+        dit._add_dynamic_parts(options, generator)
+        if reorder:
+            reorder_by_importance(dit)
+        return dit
+
+    @classmethod
     def from_dit(cls, dit: DiT, options: DyDiTOptions | None = None, reorder: bool = True) -> DyDiT:
-        """A DyDiT holding a copy of `dit`'s weights (heads and MLP channels sorted by importance when
-        `reorder`, which leaves the function unchanged) and fresh all-on routers."""
+        """A DyDiT holding a copy of `dit`'s weights (reordered by importance when `reorder`) and fresh all-on
+        routers; `dit` is left as it was."""
+        cls._check_source(dit)
+        return cls.convert_(copy.deepcopy(dit), options, reorder)
+
+    @classmethod
+    def _check_source(cls, dit) -> None:
         if isinstance(dit, DyDiT):
             raise TypeError(
                 "this is already a DyDiT; use it as it is (reordering it would scramble its routers)"
             )
-        if not isinstance(dit, DiT):
-            raise TypeError(f"from_dit takes a DiT, got {type(dit).__name__}")
-        ref = next(dit.parameters())
-        model = cls(dit.config, options).to(ref.device, ref.dtype)
-        missing, unexpected = model.load_state_dict(dit.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("routers.") for k in missing):
-            raise ValueError(f"cannot load the DiT into a DyDiT: missing {missing}, unexpected {unexpected}")
-        model.objective_spec = dit.objective_spec
-        if reorder:
-            reorder_by_importance(model)
-        return model.train(dit.training)
+        if type(dit) is not DiT:
+            raise TypeError(f"a DyDiT is made from a plain DiT, got {type(dit).__name__}")
+        cls.check_config(dit.config)
 
     def dense_state_dict(self) -> dict:
         """The DiT's own weights (router weights dropped): loads into a plain `DiT(self.config)`."""
@@ -286,7 +312,10 @@ def calibrate_token_routers(model: DyDiT, x, t, y=None, keep: float = 0.5) -> li
         raise ValueError("this DyDiT has no token routers (token_routing=False)")
 
     def shift(module, args, logits):  # logits (N, T, 1)
-        q = torch.quantile(logits.flatten().float(), 1 - keep).to(logits.dtype)
+        v = logits.flatten().sort(descending=True).values
+        k = max(1, round(keep * len(v)))
+        # threshold halfway between the k-th and (k+1)-th largest logit: exactly k tokens pass unless they tie
+        q = v[-1] - 1 if k >= len(v) else (v[k - 1] + v[k]) / 2
         module[2].bias.sub_(q)
         return logits - q
 

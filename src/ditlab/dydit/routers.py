@@ -26,11 +26,13 @@ class BlockRouters(nn.Module):
         self.groups = nn.Linear(dim, num_heads - 1)
         self.tokens = TokenRouter(dim, token_reduction) if token_routing else None
 
-    def reset_parameters(self, width_bias: float, token_bias: float) -> None:
+    def reset_parameters(
+        self, width_bias: float, token_bias: float, generator: torch.Generator | None = None
+    ):
         """DiT's default init (xavier weights, zero biases), then biases that switch every unit on."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
+                nn.init.xavier_uniform_(m.weight, generator=generator)
                 nn.init.zeros_(m.bias)
         nn.init.constant_(self.heads.bias, width_bias)
         nn.init.constant_(self.groups.bias, width_bias)

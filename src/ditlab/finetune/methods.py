@@ -31,6 +31,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ditlab.dydit.method import DyDiTMethod
 from ditlab.finetune.layers import BranchScale, LoRALinear, merge_adapters
 from ditlab.nn.embed import LabelEmbedder
 from ditlab.nn.modulation import AdaLNModulation, AdaLNSingle, ScaleShiftTable
@@ -228,7 +229,7 @@ class Full(FinetuneMethod):
         yield from model.parameters()
 
 
-METHODS: dict[str, FinetuneMethod] = {m.name: m for m in (DiffFit(), AdaLN(), LoRA(), Full())}
+METHODS: dict[str, FinetuneMethod] = {m.name: m for m in (DiffFit(), AdaLN(), LoRA(), Full(), DyDiTMethod())}
 
 
 def get_method(name: str) -> FinetuneMethod:
