@@ -217,6 +217,26 @@ def test_training_flops_ratio_is_the_blocks_ratio_and_reaches_the_routers():
     )
 
 
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    x, t, y = inputs(t=(3, 400, 900))
+    grads = []
+    for ckpt in (False, True):
+        model = DyDiT.from_dit(random_dit()).train()
+        model.gradient_checkpointing = ckpt
+        aux = {}
+        out = model(
+            x,
+            t,
+            y,
+            force_drop_ids=torch.zeros(3, dtype=torch.long),
+            generator=torch.Generator().manual_seed(0),
+            aux=aux,
+        )
+        (out.pow(2).mean() + aux["flops_ratio"].mean()).backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
 def test_flops_constraint_trains_the_routers_toward_the_target():
     model = all_on(DyDiT.from_dit(random_dit()).train())
     params = [p for n, p in model.named_parameters() if n.startswith("routers.")]

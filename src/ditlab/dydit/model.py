@@ -25,6 +25,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from ditlab.dydit import layers
 from ditlab.dydit.flops import block_flops_ratio
@@ -220,29 +221,14 @@ class DyDiT(DiT):
         head_fracs, group_fracs, token_fracs = [], [], []
         for i, (block, router) in enumerate(zip(self.blocks, self.routers)):
             u = noise[i] if noise is not None else None  # (N, 2(H-1) + T)
-            head_logits, group_logits = router.width_logits(e_t)  # (N, H-1) each
-            head_mask = with_unit_zero(self._decide(head_logits, None if u is None else u[:, : Hn - 1]))
-            group_mask = with_unit_zero(
-                self._decide(group_logits, None if u is None else u[:, Hn - 1 : 2 * (Hn - 1)])
-            )  # (N, H)
-            m_attn, m_mlp = block.modulations(c, shared)
-            h = layers.attention(block.attn, m_attn.apply(block.norm1(x)), head_mask=head_mask)  # (N, T, D)
-            if hasattr(block, "post_norm1"):
-                h = block.post_norm1(h)
-            x = x + m_attn.gated(h, block.gate_fn)
-            h = layers.mlp(block.mlp, m_mlp.apply(block.norm2(x)), group_mask=group_mask)  # (N, T, D)
-            if hasattr(block, "post_norm2"):
-                h = block.post_norm2(h)
-            h = m_mlp.gated(h, block.gate_fn)
-            if router.tokens is not None:
-                keep = self._decide(router.tokens(x).squeeze(-1), None if u is None else u[:, 2 * (Hn - 1) :])
-                h = h * keep.unsqueeze(-1)  # (N, T, D): a skipped token keeps its residual
-                token_fracs.append(keep.mean(1))
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                out = checkpoint(self._masked_block, block, router, x, c, shared, e_t, u, use_reentrant=False)
             else:
-                token_fracs.append(torch.ones_like(head_mask[:, 0]))
-            x = x + h
-            head_fracs.append(head_mask.mean(1))
-            group_fracs.append(group_mask.mean(1))
+                out = self._masked_block(block, router, x, c, shared, e_t, u)
+            x = out[0]
+            head_fracs.append(out[1])
+            group_fracs.append(out[2])
+            token_fracs.append(out[3])
         if aux is not None:
             attn_macs, mlp_macs = self.block_macs(hw)
             aux["flops_ratio"] = block_flops_ratio(
@@ -262,6 +248,32 @@ class DyDiT(DiT):
                 }
             )
         return x
+
+    def _masked_block(self, block, router, x, c, shared, e_t, u):
+        """One block with masks multiplied in; u: (N, 2(H-1) + T) uniform noise (training) or None (hard).
+        Returns x and the per-sample fractions of active heads, groups and kept tokens, each (N,)."""
+        Hn = self.num_heads
+        head_logits, group_logits = router.width_logits(e_t)  # (N, H-1) each
+        head_mask = with_unit_zero(self._decide(head_logits, None if u is None else u[:, : Hn - 1]))  # (N, H)
+        group_mask = with_unit_zero(
+            self._decide(group_logits, None if u is None else u[:, Hn - 1 : 2 * (Hn - 1)])
+        )
+        m_attn, m_mlp = block.modulations(c, shared)
+        h = layers.attention(block.attn, m_attn.apply(block.norm1(x)), head_mask=head_mask)  # (N, T, D)
+        if hasattr(block, "post_norm1"):
+            h = block.post_norm1(h)
+        x = x + m_attn.gated(h, block.gate_fn)
+        h = layers.mlp(block.mlp, m_mlp.apply(block.norm2(x)), group_mask=group_mask)  # (N, T, D)
+        if hasattr(block, "post_norm2"):
+            h = block.post_norm2(h)
+        h = m_mlp.gated(h, block.gate_fn)
+        if router.tokens is not None:
+            keep = self._decide(router.tokens(x).squeeze(-1), None if u is None else u[:, 2 * (Hn - 1) :])
+            h = h * keep.unsqueeze(-1)  # (N, T, D): a skipped token keeps its residual
+            kept = keep.mean(1)
+        else:
+            kept = torch.ones_like(head_mask[:, 0])
+        return x + h, head_mask.mean(1), group_mask.mean(1), kept
 
     def _forward_deployed(self, x, c, shared, e_t, t_value: float):
         """The batch shares t: each block runs on its precomputed sliced weights; the MLP on kept tokens only."""
