@@ -88,14 +88,7 @@ class Trainer:
             timestep_sampling=cfg.timestep_sampling,
         )
         self.objective = self.spec.build()
-        model_args = dict(
-            input_size=self.data.image_size,
-            in_channels=self.data.channels,
-            num_classes=self.data.num_classes,
-            learn_sigma=cfg.learn_sigma,
-        )
-        model_args.update(cfg.model_args)
-        self.model = create_model(cfg.model, variant=cfg.variant, **model_args).to(self.device)
+        self.model = self.build_model().to(self.device)
         self.model.objective_spec = self.spec.to_dict()
         if self.data.num_classes and self.model.num_classes != self.data.num_classes:
             raise ValueError(
@@ -120,6 +113,19 @@ class Trainer:
             )
         self.gflops_per_image = flops(self.model)
         self.peak = matmul_peak_gflops(self.device.type) if self.dist.is_main else float("nan")
+
+    def build_model(self):
+        """The model to train, sized for the data. Fine-tuning subclasses override this (start from a
+        checkpoint, freeze parameters): the optimizer takes exactly the parameters left trainable."""
+        cfg = self.cfg
+        model_args = dict(
+            input_size=self.data.image_size,
+            in_channels=self.data.channels,
+            num_classes=self.data.num_classes,
+            learn_sigma=cfg.learn_sigma,
+        )
+        model_args.update(cfg.model_args)
+        return create_model(cfg.model, variant=cfg.variant, **model_args)
 
     # ------------------------------------------------------------------ resume
     def _resume_path(self, resume) -> Path | None:
@@ -189,6 +195,11 @@ class Trainer:
         part = slice(r * B // W, (r + 1) * B // W)
         return [v[part].to(self.device) for v in (x0, y, t, noise, drop)]
 
+    def compute_loss(self, x0, model_kwargs, t, noise) -> dict:
+        """Per-sample loss terms ("loss" (N,), plus e.g. "mse", "vb") of one batch; subclasses may add terms
+        (DyDiT adds the complete-model loss and the FLOPs constraint)."""
+        return self.objective.loss(self.net, x0, model_kwargs=model_kwargs, t=t, noise=noise)
+
     def train_step(self) -> dict:
         cfg = self.cfg
         lr = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
@@ -197,7 +208,7 @@ class Trainer:
         x0, y, t, noise, drop = self.batch_for_step(self.step)
         kwargs = {"y": y, "force_drop_ids": drop} if self.model.num_classes else {}
         with autocast(self.device, self.precision):
-            terms = self.objective.loss(self.net, x0, model_kwargs=kwargs, t=t, noise=noise)
+            terms = self.compute_loss(x0, kwargs, t, noise)
         loss = terms["loss"].float().mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -209,9 +220,9 @@ class Trainer:
         self.ema.update(self.model, self.step)
         self.step += 1
         out = {"loss": loss.detach(), "grad_norm": grad_norm.detach(), "lr": lr}
-        for key in ("mse", "vb"):
-            if key in terms:
-                out[key] = terms[key].float().mean().detach()
+        for key, value in terms.items():
+            if key != "loss" and torch.is_tensor(value):
+                out[key] = value.float().mean().detach()
         return out
 
     # ------------------------------------------------------------------ outputs
