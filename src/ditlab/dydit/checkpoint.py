@@ -2,9 +2,13 @@
 optionally with the per-timestep width table of a sampling schedule fixed at export.
 
     save_dydit(model, "dydit.safetensors")                              # weights + routers
-    export_dydit(model, "deploy.safetensors", timesteps=schedule)       # + each step's heads/groups, fixed
+    export_dydit(model, "deploy.safetensors", timesteps=steps)          # + each step's heads/groups, fixed
     model = load_dydit("deploy.safetensors")                            # eval mode, table installed
     model = load_dydit("dit.safetensors")                               # any DiT checkpoint: routers all on
+
+`steps` are model timesteps, e.g. those of 50-step DDIM: `objective.respace(50).timestep_map.tolist()` with
+`objective = ditlab.sampling.objective_of(model).build()`. Timesteps not in the table are decided by the routers
+when first met, so a table is an optimisation and a fixed record, never a requirement.
 """
 
 from __future__ import annotations
