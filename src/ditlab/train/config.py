@@ -62,7 +62,9 @@ class TrainConfig:
     eval_every: int = 0  # FD during training every N steps (0 = off)
     eval_samples: int = 500
     eval_ref: str | None = None  # reference for FD, default "<data>:test"
-    eval_features: str = "classifier"  # feature extractor(s) for --eval-every, comma-separated
+    eval_features: str = (
+        "default"  # extractors for --eval-every, comma-separated; default: effnet + classifier
+    )
     progress: bool = True
 
     def __post_init__(self):
