@@ -98,3 +98,27 @@ def test_unknown_safetensors_file(tmp_path):
     save_file({"a": torch.zeros(2)}, str(path))
     with pytest.raises(ValueError, match="without a ditlab config"):
         load_model(path)
+
+
+def test_load_model_reads_adapter_and_dydit_files(tmp_path):
+    from ditlab.dydit import DyDiT, save_dydit
+    from ditlab.finetune import prepare_model, save_adapter
+
+    base = randomised(create_model("DiT-Nano/2", input_size=8, in_channels=3, num_classes=4))
+    base_path = tmp_path / "base.safetensors"
+    save_model(base, base_path)
+    tuned = prepare_model(load_model(base_path), "difffit")
+    with torch.no_grad():
+        for p in tuned.parameters():
+            if p.requires_grad:
+                p.add_(0.01)
+    adapter = tmp_path / "adapter.safetensors"
+    save_adapter(tuned, adapter, base=base_path)
+    x, t, y = inputs()
+    loaded = load_model(adapter)  # onto its base, merged into a plain DiT
+    torch.testing.assert_close(loaded(x, t, y), tuned.eval()(x, t, y), rtol=1e-5, atol=1e-5)
+
+    dynamic = DyDiT.from_dit(base)
+    dyn_path = tmp_path / "dydit.safetensors"
+    save_dydit(dynamic, dyn_path)
+    assert isinstance(load_model(dyn_path), DyDiT)

@@ -163,8 +163,21 @@ def infer_config(state: dict, model: str | None = None, **overrides) -> DiTConfi
     return DiTConfig().replace(**fields)
 
 
+def _extension_format(path: Path, state_keys=None) -> str | None:
+    """ "adapter" (a fine-tuning adapter file), "dydit" (a DyDiT with routers) or None (a plain DiT)."""
+    if state_keys is None:  # a safetensors file: its metadata and key names, without reading tensors
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta, state_keys = f.metadata() or {}, list(f.keys())
+        if "ditlab_adapter" in meta:
+            return "adapter"
+        if "ditlab_dydit" in meta:
+            return "dydit"
+    return "dydit" if any(k.startswith("routers.") for k in state_keys) else None
+
+
 def load_model(path: str | os.PathLike, model: str | None = None, device="cpu", **overrides) -> DiT:
-    """Load a DiT from a native .safetensors file, an official DiT .pt file, or a diffusers folder.
+    """Load a DiT from a native .safetensors file, an official DiT .pt file, or a diffusers folder; also
+    the files of ditlab's extensions: a fine-tuning adapter (loaded onto its base, merged) and a DyDiT.
 
     For official files `model` (a zoo name such as "DiT-XL/2") and `overrides` set what the tensors do not
     say; sizes and class counts are inferred from the tensors. Weights land on `device` (default CPU) and
@@ -182,6 +195,15 @@ def load_model(path: str | os.PathLike, model: str | None = None, device="cpu", 
     if path.suffix == ".safetensors":
         if overrides:
             raise ValueError("a native ditlab checkpoint carries its config; overrides are not accepted")
+        kind = _extension_format(path)
+        if kind == "adapter":
+            from ditlab.finetune.adapter import load_adapter
+
+            return load_adapter(path, merge_weights=True, device=device)
+        if kind == "dydit":
+            from ditlab.dydit import load_dydit
+
+            return load_dydit(path, device=device)
         return _load_native(path, device)
     obj = read_torch_file(path)
     objective = None
@@ -189,6 +211,10 @@ def load_model(path: str | os.PathLike, model: str | None = None, device="cpu", 
         config = DiTConfig.from_dict(obj["config"])
         state = official_state_dict(obj, str(path))
         objective = obj.get("objective")
+        if _extension_format(path, state) == "dydit":
+            from ditlab.dydit import load_dydit
+
+            return load_dydit(path, device=device)
     else:
         state = official_state_dict(obj, str(path))
         config = infer_config(state, model, **overrides)
