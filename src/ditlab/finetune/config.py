@@ -93,6 +93,7 @@ class FinetuneConfig(TrainConfig):
     labels: str = (
         "reset"  # label table for the data's classes: reset (new, DiffFit) | keep (keep rows, append)
     )
+    target_flops: float | None = None  # dydit: the target FLOPs ratio λ (same as method_args target_flops=)
     # --- inherited from the base when None ---
     model: str = ""  # a label for logs; default "<method> fine-tune"
     objective: str | None = None
@@ -106,6 +107,10 @@ class FinetuneConfig(TrainConfig):
         if not self.base:
             raise ValueError("set the checkpoint to fine-tune: base=PATH (--base PATH)")
         method = get_method(self.method)
+        if self.target_flops is not None:
+            if "target_flops" not in method.resolve_options({}):
+                raise ValueError(f"--target-flops applies to dynamic methods (dydit), not {self.method!r}")
+            self.method_args = {**self.method_args, "target_flops": self.target_flops}
         method.resolve_options(self.method_args)  # unknown options fail now, not after loading data
         if self.labels not in LABEL_MODES:
             raise ValueError(f"unknown label mode {self.labels!r}; choose one of: {', '.join(LABEL_MODES)}")

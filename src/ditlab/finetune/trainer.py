@@ -41,6 +41,7 @@ class FinetuneTrainer(Trainer):
             )
         num_classes = self.data.num_classes or None  # unlabelled data: keep the table (the null row trains)
         prepare_model(model, cfg.method, num_classes, labels=cfg.labels, seed=cfg.seed, **cfg.method_args)
+        model.train()  # load_model returns eval mode; training-time switches (checkpointing) need train mode
         self.trainable = trainable_summary(model)
         if self.dist.is_main:
             t = self.trainable
