@@ -15,7 +15,17 @@ from ditlab.models import (
     load_model,
     save_model,
 )
+from ditlab.sampling import sample
 
 __version__ = "0.1.0"
 
-__all__ = ["DiT", "DiTConfig", "count_parameters", "create_model", "flops", "load_model", "save_model"]
+__all__ = [
+    "DiT",
+    "DiTConfig",
+    "count_parameters",
+    "create_model",
+    "flops",
+    "load_model",
+    "sample",
+    "save_model",
+]
