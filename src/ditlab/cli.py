@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("ditlab.models.flops_cli", "parameter counts and analytic Gflops of zoo models"),
     "convert": ("ditlab.models.convert_cli", "convert checkpoints: official .pt, native .safetensors, diffusers"),
     "finetune": ("ditlab.finetune.cli", "fine-tune a trained DiT: DiffFit, adaLN-only, LoRA or full"),
+    "ablate": ("ditlab.ablate", "the DiT paper's conditioning study: FD table and plot of variants"),
 }
 
 
