@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ditlab.nn.norms import make_norm, modulate
+from ditlab.nn.norms import can_hold, make_norm, modulate
 
 GATES = ("none", "identity", "tanh")
 
@@ -33,9 +33,9 @@ class Modulation(NamedTuple):
     scale: torch.Tensor | None
     gate: torch.Tensor | None
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Modulate normalised tokens x (N, T, D)."""
-        return modulate(x, self.shift, self.scale)
+    def apply(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """Modulate normalised tokens x (N, T, D); `inplace`: x is a temporary handed over (see `modulate`)."""
+        return modulate(x, self.shift, self.scale, inplace)
 
     def gated(self, h: torch.Tensor, gate_fn: str = "identity") -> torch.Tensor:
         """Scale a branch output h (N, T, D) by its gate before the residual add (no gate: h itself)."""
@@ -43,6 +43,23 @@ class Modulation(NamedTuple):
             return h
         gate = torch.tanh(self.gate) if gate_fn == "tanh" else self.gate
         return gate.unsqueeze(1) * h
+
+    def residual(
+        self, x: torch.Tensor, h: torch.Tensor, gate_fn: str = "identity", inplace: bool = False
+    ) -> torch.Tensor:
+        """x + gate·h, the gated residual update of a branch output h (N, T, D).
+
+        `inplace=True` says h is a temporary handed over: without autograd the gate multiplies h in place,
+        and in every mode the sum is written into the product's buffer rather than a new one. Float
+        multiplication and addition commute, so this is bit-identical to `x + self.gated(h)`.
+        """
+        if self.gate is None:
+            return h.add_(x) if inplace and not torch.is_grad_enabled() and can_hold(h, x) else x + h
+        gate = (torch.tanh(self.gate) if gate_fn == "tanh" else self.gate).unsqueeze(1)  # (N, 1, D)
+        if not (inplace and can_hold(h, gate, x)):
+            return x + gate * h
+        product = h.mul_(gate) if not torch.is_grad_enabled() else gate * h  # (N, T, D), a buffer of ours
+        return product.add_(x)
 
 
 def params_per_branch(shift: bool, gate: bool) -> int:
