@@ -34,6 +34,10 @@ HELP = {
     "device": "auto, cpu or cuda",
     "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
     "compile": "torch.compile the model (falls back to eager if it fails)",
+    "fused_optimizer": "one-kernel AdamW where the device has it (--no-fused-optimizer: torch's per-tensor loop)",
+    "gradient_checkpointing": "recompute each block in the backward pass instead of storing its activations",
+    "checkpoint_policy": "with --gradient-checkpointing: full (least memory) or selective (keeps attention and "
+    "fc2 outputs: less recompute time)",
     "out": "run directory: config.json, checkpoints/, metrics.jsonl, loss.png, samples.png, model.safetensors",
     "ckpt_every": "write a checkpoint every N steps",
     "keep_last": "keep only the newest K checkpoints (0 = all)",

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ditlab.models.dit import CHECKPOINT_POLICIES
+
 OBJECTIVES = ("ddpm", "flow")
 
 
@@ -49,7 +51,9 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     threads: int = 0  # CPU threads; 0 = cores / local processes
     compile: bool = False  # torch.compile the model (falls back to eager if compilation fails)
+    fused_optimizer: bool = True  # one-kernel AdamW where the device has it (False: the per-tensor loop)
     gradient_checkpointing: bool = False
+    checkpoint_policy: str = "full"  # with gradient_checkpointing: full | selective (see ditlab.models.dit)
     # --- outputs ---
     out: str = "runs/dit"
     ckpt_every: int = 1000
@@ -80,6 +84,10 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 1 and lr > 0")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.checkpoint_policy not in CHECKPOINT_POLICIES:
+            raise ValueError(
+                f"unknown checkpoint_policy {self.checkpoint_policy!r}; choose one of: {', '.join(CHECKPOINT_POLICIES)}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -96,9 +96,10 @@ class Trainer:
                 f"{self.model.num_classes}; drop the override or use matching data"
             )
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
+        self.model.checkpoint_policy = cfg.checkpoint_policy
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+        self.opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cfg.fused_optimizer)
         self.step = 0
         resume_path = self._resume_path(resume)
         if resume_path is not None:
@@ -106,7 +107,7 @@ class Trainer:
 
         self.net = self.model
         if cfg.compile:
-            self.net = compile_or_eager(self.model, self._example_inputs())
+            self.net = compile_or_eager(self.model, self._example_inputs(), train=True)
         if self.dist.enabled:
             self.net = DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
@@ -148,7 +149,10 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
+        fused = [group.get("fused") for group in self.opt.param_groups]
         self.opt.load_state_dict(state["opt"])
+        for group, flag in zip(self.opt.param_groups, fused):  # this run's kernel choice, not the saved one
+            group["fused"] = flag
         self.step = int(state["step"])
         if "rng" in state:
             torch.set_rng_state(state["rng"])
@@ -272,12 +276,14 @@ class Trainer:
                 if done % cfg.log_every == 0 or done == self.total_steps:
                     last = self._log(window, time.perf_counter() - t_log, log, bar)
                     window, t_log = [], time.perf_counter()
+                t_aside = time.perf_counter()
                 if cfg.eval_every and done % cfg.eval_every == 0:
                     self._evaluate(log)
                 if cfg.sample_every and done % cfg.sample_every == 0:
                     self.write_samples()
                 if done % cfg.ckpt_every == 0 and done != self.total_steps:
                     self.save_checkpoint()
+                t_log += time.perf_counter() - t_aside  # step rates count training steps only
         except KeyboardInterrupt:  # keep the work done so far: `--resume auto` continues from here
             if main:
                 bar.write(f"interrupted at step {self.step}; writing a checkpoint to resume from")
@@ -307,6 +313,7 @@ class Trainer:
             values = torch.stack([torch.as_tensor(w[key], dtype=torch.float32) for w in window])
             record[key] = float(D.mean_across_ranks(values.mean(), self.dist))
         steps_per_s = len(window) / max(seconds, 1e-9)
+        record["step_seconds"] = seconds  # this window's training time (evaluations and checkpoints excluded)
         record["steps_per_s"] = steps_per_s
         record["img_per_s"] = steps_per_s * self.cfg.batch_size
         # forward + backward ≈ 3 forwards, 2 FLOPs per multiply-add, over all ranks' devices
@@ -330,19 +337,44 @@ class Trainer:
         D.barrier(self.dist)
 
 
-def compile_or_eager(model, example=None):
-    """torch.compile the model if it compiles and runs here (tried on `example` = (x, t, kwargs));
-    otherwise the eager model, with a warning: a missing compiler never fails a run."""
+def compile_or_eager(model, example=None, train: bool = False):
+    """torch.compile the model if it compiles and runs here, otherwise the eager model, with a warning: a
+    missing or broken compiler never fails a run.
+
+    The check runs `example` = (x, t, kwargs) the way the model will be used: `train=True` runs a forward
+    and backward in training mode (the graphs a training step needs; the gradients it leaves are dropped),
+    else a no-grad forward.
+    """
     try:
         compiled = torch.compile(model)
         if example is not None:
             x, t, kwargs = example
-            with torch.no_grad():
-                compiled(x, t, **kwargs)
+            if train:
+                compiled(x, t, **kwargs).float().square().mean().backward()
+                for p in model.parameters():
+                    p.grad = None
+            else:
+                with torch.no_grad():
+                    compiled(x, t, **kwargs)
         return compiled
     except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
-        warnings.warn(f"torch.compile failed ({e.__class__.__name__}: {e}); training eagerly", stacklevel=2)
+        for p in model.parameters():
+            p.grad = None
+        warnings.warn(f"torch.compile failed ({e.__class__.__name__}: {e}); running eagerly", stacklevel=2)
         return model
+
+
+def adamw(params, lr: float, weight_decay: float = 0.0, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW with betas (0.9, 0.999), as DiT. `fused` picks torch's single-kernel implementation where the
+    device has one (CPU and CUDA do): on a CPU torch's default is a Python loop over the parameters, ~3×
+    slower for DiT-S/2's 33M parameters (54 vs 17 ms per step on one core); results agree to ~1e-7."""
+    params = list(params)
+    if fused:
+        try:
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), fused=True)
+        except RuntimeError:  # a device or dtype without the fused kernel
+            pass
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
@@ -350,4 +382,4 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     return Trainer(cfg, resume=resume).run()
 
 
-__all__ = ["Trainer", "train", "step_generator", "compile_or_eager"]
+__all__ = ["Trainer", "train", "step_generator", "compile_or_eager", "adamw"]
