@@ -1,0 +1,92 @@
+"""The measuring tools of benchmarks/ (not the speeds they measure): round-robin timing, peak memory of a
+call, and the time-to-quality arithmetic on synthetic run logs."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_interleaved_runs_every_variant_round_robin_after_warmup():
+    timing = load("_timing")
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    before = []
+    best = timing.interleaved(fns, repeats=3, warmup=1, before=before.append)
+    assert calls == ["a", "b", "c"] * 4 and before == calls
+    assert set(best) == {"a", "b", "c"} and all(0 <= s < 1 for s in best.values())
+
+
+def test_peak_memory_sees_a_temporary_allocation():
+    timing = load("_timing")
+
+    def big():
+        torch.ones(64 * 2**20 // 4)  # 64 MiB, written, then freed
+
+    result = timing.peak_memory_of(big)
+    if not result["exact"]:
+        pytest.skip("the peak-RSS mark cannot be reset on this system")
+    assert result["activation_mib"] >= 48
+    assert timing.peak_memory_of(lambda: None)["activation_mib"] < 16
+
+
+def write_run(folder: Path, records: list[dict]) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def windows(steps_per_s: float, fds: dict, log_every=10, until=100, eval_seconds=None):
+    """A run log: a window every `log_every` steps at a fixed rate, FD records at the steps in `fds`.
+    eval_seconds=None writes this version's step_seconds; a number writes an old log whose window after an
+    evaluation also contains that evaluation's time."""
+    records, pending = [], 0.0
+    for step in range(log_every, until + 1, log_every):
+        seconds = log_every / steps_per_s
+        if eval_seconds is None:
+            records.append({"step": step, "loss": 1.0, "steps_per_s": steps_per_s, "step_seconds": seconds})
+        else:
+            records.append({"step": step, "loss": 1.0, "steps_per_s": log_every / (seconds + pending)})
+            pending = 0.0
+        if step in fds:
+            records.append({"step": step, "fd_x": fds[step], "eval_seconds": eval_seconds or 7.0})
+            pending = eval_seconds or 0.0
+    return records
+
+
+@pytest.mark.parametrize("old_logs", [False, True])
+def test_time_to_quality_ratio(tmp_path, old_logs):
+    ttq = load("time_to_quality")
+    extra = 100.0 if old_logs else None  # evaluations that old logs counted as training time
+    # baseline: 1 step/s, final FD 5 at step 100 (100 s); ours: 2 steps/s, FD 4 already at step 60 (30 s)
+    base = write_run(tmp_path / "base", windows(1.0, {50: 9.0, 100: 5.0}, eval_seconds=extra))
+    ours = write_run(tmp_path / "ours", windows(2.0, {20: 8.0, 60: 4.0, 100: 3.0}, eval_seconds=extra))
+    result = ttq.analyse(ours, base)
+    assert result["metric"] == "fd_x" and result["target_fd"] == 5.0
+    assert result["baseline_seconds"] == pytest.approx(100.0)
+    assert result["ours_seconds"] == pytest.approx(30.0) and result["ours_step"] == 60
+    assert result["ratio"] == pytest.approx(0.3)
+
+
+def test_time_to_quality_when_ours_never_gets_there(tmp_path):
+    ttq = load("time_to_quality")
+    base = write_run(tmp_path / "base", windows(1.0, {100: 2.0}))
+    ours = write_run(tmp_path / "ours", windows(1.0, {50: 3.0, 100: 2.5}))
+    result = ttq.analyse(ours, base)
+    assert result["ours_seconds"] is None and result["ratio"] is None and result["ours_best_fd"] == 2.5
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        ttq.analyse(tmp_path / "missing", base)
