@@ -185,6 +185,8 @@ def run_workload(w: W.Workload, args, peak: float, repeats: int) -> list[dict]:
                     note=c.notes.get(name),
                 )
             )
+    if c.compiled is not None:  # dynamo's caches hold the model: release it before the next workload
+        torch._dynamo.reset()
     return records
 
 
