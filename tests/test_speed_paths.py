@@ -212,12 +212,15 @@ def test_compile_failure_falls_back_to_the_eager_model(monkeypatch):
 
 
 @pytest.mark.slow
-def test_compiled_model_matches_eager_in_training():
+@pytest.mark.parametrize("policy", [None, "selective"])
+def test_compiled_model_matches_eager_in_training(policy):
     # Inductor computes GELU's tanh and the reductions its own way: ~1e-7 relative per op. Weights at a trained
     # DiT's scale (std 0.05; std 0.2 amplifies that to ~3e-5 at the output of this random model).
     model = random_model(std=0.05).train()
     x, t, y = inputs()
-    eager_out, eager_grads = forward_and_grads(model, True)
+    eager_out, eager_grads = forward_and_grads(model, True)  # plain eager, no checkpointing
+    if policy is not None:  # selective checkpointing traced by dynamo (in-place ops inside the region)
+        model.gradient_checkpointing, model.checkpoint_policy = True, policy
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="torch.compile failed")  # a fallback would make this vacuous
         net = compile_or_eager(model, (x, t, {"y": y}), train=True)
