@@ -27,7 +27,6 @@ from its newest checkpoint, so a long study can be stopped and continued with th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import platform
@@ -42,7 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ditlab.data.atomic import atomic_write
+from ditlab.atomic import atomic_write
+from ditlab.configs import DictConfig
 from ditlab.eval import default_features, evaluate
 from ditlab.models.checkpoint import load_model
 from ditlab.models.flops import count_parameters, flops
@@ -120,7 +120,9 @@ QUICK = dict(
 
 
 @dataclass
-class AblationConfig:
+class AblationConfig(DictConfig):
+    _what = "ablation option"
+
     # Defaults: the Fashion-MNIST study (8 variants, the paper's four with 2 seeds; ~2 CPU hours on 2 cores).
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     data: str = "fashion-mnist"
@@ -217,17 +219,6 @@ class AblationConfig:
     @property
     def ref(self) -> str:
         return self.eval_ref or f"{self.data}:test"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AblationConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ablation option(s) {unknown}; valid: {', '.join(sorted(known))}")
-        return cls(**d)
 
 
 def parse_variants(text: str) -> list[str]:

@@ -18,9 +18,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ditlab.demo", "train a DiT on the bundled digits, sample every class, report accuracy"),
     "train": ("ditlab.train.cli", "train (or resume) a DiT on digits, Fashion-MNIST or an image folder"),
     "sample": ("ditlab.sampling_cli", "sample images from a checkpoint into a PNG grid and an ADM .npz"),
-    "eval": ("ditlab.eval.cli", "score samples (.npz) against a reference: FD, FID, precision/recall, accuracy"),
+    "eval": (
+        "ditlab.eval.cli",
+        "score samples (.npz) against a reference: FD, FID, precision/recall, accuracy",
+    ),
     "flops": ("ditlab.models.flops_cli", "parameter counts and analytic Gflops of zoo models"),
-    "convert": ("ditlab.models.convert_cli", "convert checkpoints: official .pt, native .safetensors, diffusers"),
+    "convert": (
+        "ditlab.models.convert_cli",
+        "convert checkpoints: official .pt, native .safetensors, diffusers",
+    ),
     "finetune": ("ditlab.finetune.cli", "fine-tune a trained DiT: DiffFit, adaLN-only, LoRA or full"),
     "ablate": ("ditlab.ablate", "the DiT paper's conditioning study: FD table and plot of variants"),
 }

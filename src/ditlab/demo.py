@@ -62,6 +62,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import ditlab
+    from ditlab.atomic import atomic_write_text
     from ditlab.data import save_grid, save_npz
     from ditlab.eval import evaluate
     from ditlab.sampling import sample
@@ -122,7 +123,7 @@ def run(args) -> int:
             "checkpoints": str(out / "checkpoints"),
         },
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     acc = report["class_accuracy"]
     print(
         f"\nditlab demo done in {report['total_seconds']:.0f} s: {len(images)} samples, "

@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
+from ditlab.atomic import atomic_write
+
 from .base import Autoencoder, sample_from_moments
 
 __all__ = ["LatentCache", "cache_latents", "load_latent_cache"]
@@ -87,11 +89,8 @@ def cache_latents(
         "shift": repr(autoencoder.shift),
         "image_shape": json.dumps(list(images.shape[1:])),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written cache under the final name
+    # atomic: a crash never leaves a half-written cache under the final name
+    atomic_write(path, lambda f: save_file(tensors, f.name, metadata=metadata))
     return _to_cache(tensors, metadata)
 
 

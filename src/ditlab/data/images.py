@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ditlab.data.atomic import atomic_write
+from ditlab.atomic import atomic_write
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

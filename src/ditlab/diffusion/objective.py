@@ -4,9 +4,9 @@ sampling a checkpoint never needs the user to repeat it (DDPM schedule and varia
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
+from ditlab.configs import DictConfig
 from ditlab.diffusion.flow import FlowMatching
 from ditlab.diffusion.gaussian import GaussianDiffusion
 
@@ -14,7 +14,9 @@ KINDS = ("ddpm", "flow")
 
 
 @dataclass(frozen=True)
-class ObjectiveSpec:
+class ObjectiveSpec(DictConfig):
+    _what = "objective field"
+
     kind: str = "ddpm"  # ddpm | flow
     schedule: str = "linear"  # ddpm: β schedule
     steps: int = 1000  # ddpm: trained chain length
@@ -35,14 +37,6 @@ class ObjectiveSpec:
     def default_sampler(self) -> str:
         """The fast default for previews and evaluation: DDIM for DDPM models, Euler for flow models."""
         return "euler" if self.kind == "flow" else "ddim"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ObjectiveSpec:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod
     def official_dit(cls) -> ObjectiveSpec:

@@ -58,7 +58,7 @@ def save_dydit(
         metadata[WIDTHS_KEY] = json.dumps(
             {repr(float(t)): [list(map(list, w)) for w in v] for t, v in widths.items()}
         )
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda f: save_file(tensors, f.name, metadata=metadata))
 
 
 @torch.no_grad()

@@ -20,11 +20,11 @@ without a cycle.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, fields
 
 import torch
 
+from ditlab.configs import DictConfig
 from ditlab.dydit.model import DyDiT, DyDiTOptions
 from ditlab.train.trainer import step_generator
 
@@ -32,7 +32,9 @@ ROUTER_SEED_OFFSET = 104_729  # router noise gets its own per-step stream, indep
 
 
 @dataclass
-class DyDiTTrainOptions:
+class DyDiTTrainOptions(DictConfig):
+    _what = "DyDiT training option"
+
     target_flops: float = 0.5  # λ: the FLOPs ratio to reach
     flops_weight: float = 2.0  # weight of (mean ratio − λ_t)² (author code: 2)
     complete_weight: float = 1.0  # weight of the complete-model loss (0 = off)
@@ -54,17 +56,6 @@ class DyDiTTrainOptions:
             return 1.0
         done = 1.0 if self.anneal_steps == 0 else min(1.0, (step - self.hold_steps) / self.anneal_steps)
         return 1.0 - (1.0 - self.target_flops) * done
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DyDiTTrainOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DyDiT training option(s) {unknown}; valid: {', '.join(sorted(known))}")
-        return cls(**d)
 
 
 def dydit_loss(trainer, opts: DyDiTTrainOptions, x0, model_kwargs, t, noise) -> dict:

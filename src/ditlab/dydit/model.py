@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ditlab.configs import DictConfig
 from ditlab.dydit import layers
 from ditlab.dydit.flops import block_flops_ratio
 from ditlab.dydit.importance import reorder_by_importance
@@ -38,8 +38,10 @@ from ditlab.models.flops import flop_breakdown
 
 
 @dataclass
-class DyDiTOptions:
+class DyDiTOptions(DictConfig):
     """DyDiT's own knobs (paper/author-code defaults)."""
+
+    _what = "DyDiT option"
 
     tau: float = 5.0  # Gumbel-sigmoid temperature
     width_bias: float = 15.0  # initial head/group router bias: σ(15) ≈ 1, every unit starts on
@@ -52,17 +54,6 @@ class DyDiTOptions:
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if self.token_reduction < 1:
             raise ValueError(f"token_reduction must be >= 1, got {self.token_reduction}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DyDiTOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DyDiT option(s) {unknown}; valid: {', '.join(sorted(known))}")
-        return cls(**d)
 
 
 class DyDiT(DiT):

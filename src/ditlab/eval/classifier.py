@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ditlab.atomic import atomic_write
 from ditlab.data import load_dataset, parse_spec
-from ditlab.data.atomic import atomic_write
 from ditlab.eval.cache import cache_key, cache_path, dataset_fingerprint
 from ditlab.eval.features import FeatureExtractor, default_device
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ditlab.atomic import atomic_write
 from ditlab.data import DatasetSpec, check_images, load_dataset, parse_spec
-from ditlab.data.atomic import atomic_write
 from ditlab.eval.cache import cache_key, cache_path, dataset_fingerprint, file_fingerprint
 from ditlab.eval.features import FeatureExtractor, InceptionFeatures
 from ditlab.eval.frechet import feature_statistics, frechet_distance

@@ -21,8 +21,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ditlab.atomic import atomic_write
 from ditlab.finetune.methods import get_method, merge, prepare_model
-from ditlab.models.checkpoint import OBJECTIVE_KEY, atomic_write, load_model
+from ditlab.models.checkpoint import OBJECTIVE_KEY, load_model
 from ditlab.models.config import DiTConfig
 
 ADAPTER_KEY = "ditlab_adapter"
@@ -81,7 +82,7 @@ def save_adapter(
     if objective is not None:
         metadata[OBJECTIVE_KEY] = json.dumps(objective, sort_keys=True)
     path = Path(path)
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda f: save_file(tensors, f.name, metadata=metadata))
     return path
 
 

@@ -137,8 +137,5 @@ class FinetuneConfig(TrainConfig):
         if self.channels is None:
             self.channels = info.config.in_channels
 
-    def replace(self, **overrides) -> FinetuneConfig:
-        return type(self).from_dict({**self.to_dict(), **overrides})
-
 
 __all__ = ["DIT_PRETRAIN_LR", "BaseInfo", "FinetuneConfig", "read_base", "resolve_base"]

@@ -13,40 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ditlab.atomic import atomic_write
 from ditlab.models.config import DiTConfig
 from ditlab.models.dit import DiT
 from ditlab.models.zoo import MODELS, SIZES, model_config
 
 CONFIG_KEY = "ditlab_config"
 OBJECTIVE_KEY = "ditlab_objective"  # the training objective (see ditlab.diffusion.objective), as JSON
-
-
-def atomic_write(path: str | os.PathLike, write_fn) -> None:
-    """Write a file through `write_fn(tmp_path)` and rename it into place: readers never see half a file.
-
-    The temporary file lives in the same directory (same filesystem, so the rename is atomic) and is removed
-    if writing fails (e.g. disk full), leaving any previous file at `path` untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_model(model: DiT, path: str | os.PathLike, objective: dict | None = None) -> None:
@@ -59,7 +38,7 @@ def save_model(model: DiT, path: str | os.PathLike, objective: dict | None = Non
     objective = objective if objective is not None else getattr(model, "objective_spec", None)
     if objective is not None:
         metadata[OBJECTIVE_KEY] = json.dumps(objective, sort_keys=True)
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda f: save_file(tensors, f.name, metadata=metadata))
 
 
 def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, source: str = "checkpoint") -> None:

@@ -7,10 +7,10 @@ ditlab's own knobs for the conditioning study.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, fields
 
+from ditlab.configs import DictConfig
 from ditlab.nn.norms import NORMS
 
 # How the timestep/label condition enters the blocks (the DiT paper's Figure 3, plus PixArt-α's adaLN-single).
@@ -22,7 +22,9 @@ GATED = ("adaln-zero", "adaln-single")
 
 
 @dataclass
-class DiTConfig:
+class DiTConfig(DictConfig):
+    _what = "DiT config field"
+
     # --- the official constructor's arguments (defaults = DiT-XL/2 at 256 px, a 32×32×4 latent) ---
     input_size: int | tuple[int, int] = 32  # latent H (= W) or (H, W)
     patch_size: int = 2
@@ -114,23 +116,13 @@ class DiTConfig:
 
     # --- (de)serialisation ---
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = super().to_dict()
         if isinstance(d["input_size"], tuple):
             d["input_size"] = list(d["input_size"])
         return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DiTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown DiT config field(s) {unknown}; valid fields: {', '.join(sorted(known))}"
-            )
-        return cls(**d)
 
     def replace(self, **overrides) -> DiTConfig:
         known = {f.name for f in fields(self)}

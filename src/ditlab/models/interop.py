@@ -38,7 +38,8 @@ from types import MappingProxyType
 import torch
 from safetensors.torch import load_file, save_file
 
-from ditlab.models.checkpoint import atomic_write, load_state_dict_checked
+from ditlab.atomic import atomic_write
+from ditlab.models.checkpoint import load_state_dict_checked
 from ditlab.models.config import DiTConfig
 from ditlab.models.dit import DiT
 from ditlab.nn.embed import timestep_sinusoid
@@ -522,10 +523,10 @@ def save_diffusers(model: DiT, path: str | os.PathLike) -> Path:
         pass
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(
-        path / f"{WEIGHTS_NAME}.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})
+        path / f"{WEIGHTS_NAME}.safetensors", lambda f: save_file(tensors, f.name, metadata={"format": "pt"})
     )
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path / CONFIG_NAME, lambda f: f.write(text.encode()))
     return path
 
 

@@ -7,18 +7,18 @@ Defaults are the DiT paper's recipe (AdamW, lr 1e-4, no weight decay, EMA 0.9999
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 
+from ditlab.configs import DictConfig
 from ditlab.models.dit import CHECKPOINT_POLICIES
 
 OBJECTIVES = ("ddpm", "flow")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
+    _what = "training option"
+
     # --- data ---
     data: str = "digits"  # "digits", "fashion-mnist[:DIR]", or an ImageFolder path
     image_size: int | None = None  # resize to this side; None keeps the data's size
@@ -88,29 +88,3 @@ class TrainConfig:
             raise ValueError(
                 f"unknown checkpoint_policy {self.checkpoint_policy!r}; choose one of: {', '.join(CHECKPOINT_POLICIES)}"
             )
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; valid: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
-
-    def replace(self, **overrides) -> TrainConfig:
-        d = self.to_dict()
-        d.update(overrides)
-        return TrainConfig.from_dict(d)

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from ditlab.models.checkpoint import atomic_write
+from ditlab.atomic import atomic_write
 
 
 class MetricsLog:
@@ -20,7 +20,7 @@ class MetricsLog:
         if resume_step is not None and self.path.exists():
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             text = "".join(json.dumps(r) + "\n" for r in kept)
-            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+            atomic_write(self.path, lambda f: f.write(text.encode()))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self.writer = None
@@ -90,6 +90,6 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "")
         fig.suptitle(title)
     fig.tight_layout()
     png_path = Path(png_path)
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return png_path

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ditlab.models.checkpoint import atomic_write, read_torch_file
+from ditlab.atomic import atomic_write
+from ditlab.models.checkpoint import read_torch_file
 
 CKPT_NAME = re.compile(r"^(\d{7,})\.pt$")
 
@@ -43,7 +44,7 @@ def save_training_state(out: str | Path, state: dict, keep_last: int = 0) -> Pat
     write leaves the previous checkpoints untouched; pruning happens only after the new file is complete.
     """
     path = checkpoint_dir(out) / f"{int(state['step']):07d}.pt"
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda f: torch.save(state, f))
     if keep_last > 0:
         for _, old in list_checkpoints(out)[:-keep_last]:
             old.unlink(missing_ok=True)

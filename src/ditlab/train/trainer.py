@@ -21,6 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ditlab.atomic import atomic_write_text
 from ditlab.data import load_dataset, save_grid
 from ditlab.diffusion.objective import ObjectiveSpec
 from ditlab.models.checkpoint import save_model
@@ -253,7 +254,7 @@ class Trainer:
         cfg, main = self.cfg, self.dist.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         log = (
             MetricsLog(self.out / "metrics.jsonl", resume_step=self.step if self.step else None)
             if main
