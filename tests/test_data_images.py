@@ -66,10 +66,14 @@ def test_grid_places_tiles_row_major(tmp_path):
     assert grid.shape == (2 * 3 + 3, 3 * 2 + 4, 1)
     assert grid[1, 1, 0] == 10 and grid[1, 4, 0] == 20 and grid[5, 1, 0] == 40 and grid[5, 4, 0] == 50
     assert grid[0, 0, 0] == 0 and grid[5, 7, 0] == 0  # padding and the empty sixth cell
-    path = save_grid(torch.zeros(2, 3, 4, 4), tmp_path / "g.png", nrow=2)
+    path = save_grid(torch.zeros(2, 3, 4, 4), tmp_path / "g.png", nrow=2, min_side=1)
     with Image.open(path) as im:
         assert im.size == (2 * 4 + 3 * 2, 4 + 2 * 2) and im.mode == "RGB"
         assert im.getpixel((2, 2)) == (128, 128, 128)  # model output 0 -> 128
+    small = np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8, 1)  # 8×8 digits: enlarged ×4 to view
+    with Image.open(save_grid(small, tmp_path / "d.png", nrow=2, padding=0)) as im:
+        assert im.size == (64, 32)
+        assert np.array_equal(np.asarray(im)[:32, :32][::4, ::4], small[0, ..., 0])
 
 
 def test_check_images_accepts_grey_hw_and_rejects_empty():

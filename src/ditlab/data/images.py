@@ -128,9 +128,19 @@ def make_grid(images, nrow: int = 8, padding: int = 2, pad_value: int = 0) -> np
     return grid
 
 
-def save_grid(images, path: str | os.PathLike, nrow: int = 8, padding: int = 2) -> Path:
-    """Save images as one PNG grid (see `make_grid` for the accepted inputs)."""
-    grid = make_grid(images, nrow=nrow, padding=padding)
+def save_grid(images, path: str | os.PathLike, nrow: int = 8, padding: int = 2, min_side: int = 32) -> Path:
+    """Save images as one PNG grid (see `make_grid` for the accepted inputs).
+
+    Images smaller than `min_side` pixels (8×8 digits) are enlarged by an integer nearest-neighbour factor
+    so the grid is viewable; the pixels themselves are unchanged (the .npz keeps the real size).
+    """
+    arr = check_images(
+        to_uint8(images) if isinstance(images, torch.Tensor) and images.is_floating_point() else images
+    )
+    factor = max(1, -(-min_side // min(arr.shape[1:3])))
+    if factor > 1:
+        arr = arr.repeat(factor, axis=1).repeat(factor, axis=2)
+    grid = make_grid(arr, nrow=nrow, padding=padding)
     picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     path = Path(path)
     atomic_write(path, lambda f: picture.save(f, format="PNG"))
