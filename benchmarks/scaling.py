@@ -53,56 +53,68 @@ def child(payload: dict) -> None:
 
 
 def plot(rows: list[dict], path: str, peak: float) -> None:
+    """Time (left) and memory (right) against Gflops: one line per model size (S, B, ...) through its patch
+    sizes, so a line shows the token-count scaling and the gap between lines the width scaling."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
-    x = [r["gflops"] for r in rows]
-    ax_t.loglog(x, [r["train_seconds"] for r in rows], "o-", label="training step")
-    ax_t.loglog(x, [r["forward_seconds"] for r in rows], "s-", label="forward (no grad)")
-    lo, hi = min(x), max(x)
-    batch = rows[0]["batch"]
-    ideal = [lo, hi]
-    ax_t.loglog(
-        ideal, [3 * 2e9 * g * batch / (peak * 1e9) for g in ideal], "k--", lw=0.8, label="step at matmul peak"
-    )
+    families: dict[str, list[dict]] = {}
     for r in rows:
-        ax_t.annotate(
-            r["model"],
-            (r["gflops"], r["train_seconds"]),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
+        families.setdefault(r["model"].split("/")[0], []).append(r)
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (family, members) in enumerate(families.items()):
+        members = sorted(members, key=lambda r: r["gflops"])
+        x = [r["gflops"] for r in members]
+        color = f"C{i}"
+        ax_t.loglog(
+            x, [r["train_seconds"] for r in members], "o-", color=color, label=f"{family} training step"
         )
-    ax_t.set_xlabel("Gflops per image (paper's count, multiply-adds)")
-    ax_t.set_ylabel(f"seconds (batch {batch})")
-    ax_t.legend(fontsize=8)
-    ax_t.grid(True, which="both", alpha=0.3)
-    with_memory = [r for r in rows if r.get("activation_mib") is not None]
-    if with_memory:
-        ax_m.loglog(
-            [r["gflops"] for r in with_memory],
-            [r["activation_mib"] for r in with_memory],
-            "o-",
-            label="activation",
-        )
-        ax_m.loglog(
-            [r["gflops"] for r in with_memory], [r["peak_mib"] for r in with_memory], "s-", label="peak RSS"
-        )
-        for r in with_memory:
-            ax_m.annotate(
+        ax_t.loglog(x, [r["forward_seconds"] for r in members], "s--", color=color, label=f"{family} forward")
+        with_memory = [r for r in members if r.get("activation_mib") is not None]
+        if with_memory:
+            xm = [r["gflops"] for r in with_memory]
+            ax_m.loglog(
+                xm,
+                [r["activation_mib"] for r in with_memory],
+                "o-",
+                color=color,
+                label=f"{family} activation",
+            )
+            ax_m.loglog(
+                xm, [r["peak_mib"] for r in with_memory], "s--", color=color, label=f"{family} peak RSS"
+            )
+        for r in members:
+            ax_t.annotate(
                 r["model"],
-                (r["gflops"], r["activation_mib"]),
+                (r["gflops"], r["train_seconds"]),
                 fontsize=7,
                 xytext=(3, 3),
                 textcoords="offset points",
             )
-        ax_m.set_xlabel("Gflops per image")
-        ax_m.set_ylabel("MiB (training step)")
-        ax_m.legend(fontsize=8)
-        ax_m.grid(True, which="both", alpha=0.3)
+            if r.get("activation_mib") is not None:
+                ax_m.annotate(
+                    r["model"],
+                    (r["gflops"], r["activation_mib"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+    x = [r["gflops"] for r in rows]
+    batch = rows[0]["batch"]
+    ideal = [min(x), max(x)]
+    ax_t.loglog(
+        ideal, [3 * 2e9 * g * batch / (peak * 1e9) for g in ideal], "k:", lw=0.8, label="step at matmul peak"
+    )
+    ax_t.set_xlabel("Gflops per image (paper's count, multiply-adds)")
+    ax_t.set_ylabel(f"seconds (batch {batch})")
+    ax_t.legend(fontsize=7)
+    ax_t.grid(True, which="both", alpha=0.3)
+    ax_m.set_xlabel("Gflops per image")
+    ax_m.set_ylabel("MiB (training step)")
+    ax_m.legend(fontsize=7)
+    ax_m.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
