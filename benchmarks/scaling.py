@@ -113,7 +113,8 @@ def plot(rows: list[dict], path: str, peak: float) -> None:
     ax_t.grid(True, which="both", alpha=0.3)
     ax_m.set_xlabel("Gflops per image")
     ax_m.set_ylabel("MiB (training step)")
-    ax_m.legend(fontsize=7)
+    if ax_m.has_data():  # no memory rows with --no-memory
+        ax_m.legend(fontsize=7)
     ax_m.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
