@@ -52,6 +52,13 @@ def child(payload: dict) -> None:
     print(json.dumps(_timing.peak_memory_of(W.train_step(W.Trainee.of(model), model, W.make_batch(w)))))
 
 
+def _tag(ax, row: dict, key: str) -> None:
+    """Label a plotted point with its model name."""
+    ax.annotate(
+        row["model"], (row["gflops"], row[key]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+    )
+
+
 def plot(rows: list[dict], path: str, peak: float) -> None:
     """Time (left) and memory (right) against Gflops: one line per model size (S, B, ...) through its patch
     sizes, so a line shows the token-count scaling and the gap between lines the width scaling."""
@@ -86,21 +93,9 @@ def plot(rows: list[dict], path: str, peak: float) -> None:
                 xm, [r["peak_mib"] for r in with_memory], "s--", color=color, label=f"{family} peak RSS"
             )
         for r in members:
-            ax_t.annotate(
-                r["model"],
-                (r["gflops"], r["train_seconds"]),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
+            _tag(ax_t, r, "train_seconds")
             if r.get("activation_mib") is not None:
-                ax_m.annotate(
-                    r["model"],
-                    (r["gflops"], r["activation_mib"]),
-                    fontsize=7,
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                )
+                _tag(ax_m, r, "activation_mib")
     x = [r["gflops"] for r in rows]
     batch = rows[0]["batch"]
     ideal = [min(x), max(x)]
