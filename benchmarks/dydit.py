@@ -74,6 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--features", default=None, help="comma-separated extractors (default: eval's default)")
     p.add_argument("--plot", default="benchmarks/dydit_flops_per_step.png")
     p.add_argument("--write", default=None, help="write the Markdown report here (e.g. benchmarks/dydit.md)")
+    p.add_argument("--json", default=None, help="write every measured number (per step, per extractor) here")
     return p.parse_args(argv)
 
 
@@ -213,6 +214,17 @@ def plot_flops_per_step(model, records, path: Path) -> list[dict]:
     return rows
 
 
+def run_settings(model_path: Path, default_target: float) -> tuple[int | None, float]:
+    """(fine-tuning steps, λ) of the `ditlab finetune` run a DyDiT file came from, read from the config.json
+    beside it; (None, default_target) when the file stands alone."""
+    config = model_path.parent / "config.json"
+    if not config.is_file():
+        return None, default_target
+    cfg = json.loads(config.read_text())
+    target = (cfg.get("method_args") or {}).get("target_flops", cfg.get("target_flops")) or default_target
+    return cfg.get("steps"), target
+
+
 def full(args) -> dict:
     """Fine-tune (or load) the DyDiT, then time, record and score dense vs DyDiT sampling of the same labels."""
     from ditlab.data.images import to_uint8
@@ -242,8 +254,10 @@ def full(args) -> dict:
         t0 = time.perf_counter()
         dydit_path = finetune(cfg)["model"]
         finetune_s = time.perf_counter() - t0
+        finetune_steps, target_flops = args.steps, args.target_flops
     else:
         dydit_path = args.dydit
+        finetune_steps, target_flops = run_settings(Path(dydit_path), args.target_flops)
     dense = load_model(args.base, device=args.device)
     model = load_dydit(dydit_path, device=args.device)
     conditional = dense.num_classes > 0
@@ -287,9 +301,9 @@ def full(args) -> dict:
     return {
         "base": str(args.base),
         "dydit": str(dydit_path),
-        "finetune_steps": None if args.dydit else args.steps,
+        "finetune_steps": finetune_steps,
         "finetune_s": finetune_s,
-        "target_flops": args.target_flops,
+        "target_flops": target_flops,
         "flops_ratio": sum(r["ratio"] for r in rows) / len(rows),
         "batch": args.sample_batch,
         "sample_steps": len(rows),
@@ -311,6 +325,23 @@ def headline(metrics: dict) -> tuple[str, float | None, float | None]:
     return name, metrics[name].get("fd"), metrics[name].get("class_accuracy")
 
 
+def extractor_rows(dense: dict, dydit: dict) -> list[str]:
+    """One Markdown table row per feature extractor scored for both models."""
+
+    def num(value, fmt=".3f"):
+        return "–" if value is None else format(value, fmt)
+
+    rows = []
+    for name, d in dense.items():
+        y = dydit[name]
+        ratio = y["fd"] / d["fd"] if d.get("fd") else None
+        rows.append(
+            f"| {name} | {num(d.get('fd'))} | {num(y.get('fd'))} | {num(ratio)} | {num((d.get('floor') or {}).get('fd'))} | "
+            f"{num(d.get('precision'))} / {num(y.get('precision'))} | {num(d.get('recall'))} / {num(y.get('recall'))} |"
+        )
+    return rows
+
+
 def write_markdown(path: Path, command: str, env: dict, quick_res: dict, full_res: dict | None) -> None:
     lines = [
         "# DyDiT: measured speed-up and quality",
@@ -327,7 +358,8 @@ def write_markdown(path: Path, command: str, env: dict, quick_res: dict, full_re
             "## Trained model (fine-tuned DyDiT vs its dense base, same labels and noise)",
             "",
             f"Base `{full_res['base']}`, DyDiT `{full_res['dydit']}` (target λ = {full_res['target_flops']}, "
-            f"{full_res['finetune_steps']} fine-tuning steps). {full_res['samples']} samples per model.",
+            f"{full_res['finetune_steps'] or 'an unknown number of'} fine-tuning steps). "
+            f"{full_res['samples']} samples per model.",
             "",
             f"| model | FLOPs ratio (mean over steps) | sampling {full_res['batch']} images (min) | speed-up | "
             f"FD ({name}) | class accuracy |",
@@ -340,6 +372,12 @@ def write_markdown(path: Path, command: str, env: dict, quick_res: dict, full_re
             f"FD ratio DyDiT / dense: {fd_y / fd_d:.3f} (target ≤ 1.10). Speed-up target ≥ 1.5×. "
             f"Sampling all {full_res['samples']} images once each: {full_res['full_run_speedup']:.2f}× "
             f"({full_res['dense']['seconds']:.1f} s vs {full_res['dydit_model']['seconds']:.1f} s).",
+            "",
+            "Every extractor (FD against the test split; `floor`: held-out real images of the same count):",
+            "",
+            "| extractor | FD dense | FD DyDiT | ratio | floor | precision dense / DyDiT | recall dense / DyDiT |",
+            "|---|---|---|---|---|---|---|",
+            *extractor_rows(full_res["dense"]["metrics"], full_res["dydit_model"]["metrics"]),
             "",
             "FLOPs ratio per sampling step:",
             "",
@@ -384,6 +422,8 @@ def main(argv=None) -> int:
         if full_res is not None:  # the report links the plot relative to itself
             full_res["plot"] = os.path.relpath(args.plot, Path(args.write).parent)
         write_markdown(Path(args.write), command, env, quick_res, full_res)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"env": env, "quick": quick_res, "full": full_res}, indent=1))
     summary = dict(env)
     if full_res is None:
         summary.update(quick_res)

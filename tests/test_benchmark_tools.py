@@ -90,3 +90,16 @@ def test_time_to_quality_when_ours_never_gets_there(tmp_path):
     assert result["ours_seconds"] is None and result["ratio"] is None and result["ours_best_fd"] == 2.5
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         ttq.analyse(tmp_path / "missing", base)
+
+
+def test_dydit_report_reads_the_run_settings_and_compares_every_extractor(tmp_path):
+    dydit = load("dydit")
+    model = tmp_path / "model.safetensors"
+    assert dydit.run_settings(model, 0.5) == (None, 0.5)  # a file on its own: nothing to read
+    (tmp_path / "config.json").write_text(json.dumps({"steps": 1600, "method_args": {"target_flops": 0.4}}))
+    assert dydit.run_settings(model, 0.5) == (1600, 0.4)
+
+    dense = {"effnet": {"fd": 100.0, "floor": {"fd": 20.0}, "precision": 0.5, "recall": 0.25}}
+    dyn = {"effnet": {"fd": 110.0, "floor": {"fd": 20.0}, "precision": 0.5, "recall": None}}
+    (row,) = dydit.extractor_rows(dense, dyn)
+    assert row == "| effnet | 100.000 | 110.000 | 1.100 | 20.000 | 0.500 / 0.500 | 0.250 / – |"
