@@ -220,9 +220,11 @@ def run_settings(model_path: Path, default_target: float) -> tuple[int | None, f
     config = model_path.parent / "config.json"
     if not config.is_file():
         return None, default_target
-    cfg = json.loads(config.read_text())
-    target = (cfg.get("method_args") or {}).get("target_flops", cfg.get("target_flops")) or default_target
-    return cfg.get("steps"), target
+    from ditlab.dydit.method import DyDiTMethod
+
+    cfg = json.loads(config.read_text())  # FinetuneConfig folds --target-flops into method_args
+    train_options, _ = DyDiTMethod().split_options(cfg.get("method_args") or {})
+    return cfg.get("steps"), train_options.target_flops
 
 
 def full(args) -> dict:
