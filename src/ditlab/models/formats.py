@@ -4,7 +4,8 @@ A format is recognised by what the file says about itself, read without building
 safetensors file its header metadata and tensor names, for a torch `.pt` file its top-level entries (read once,
 `weights_only`), for a folder its files. Each format registers itself from the package that owns it:
 
-    ditlab.models.checkpoint   native safetensors, official .pt state dicts, train.py checkpoints, run folders
+    ditlab.models.checkpoint   native safetensors, official .pt files (state dicts or train.py checkpoints),
+                               ditlab training checkpoints, ditlab run folders (their model.safetensors)
     ditlab.models.interop      diffusers folders (DiTTransformer2DModel / DiTPipeline)
     ditlab.finetune.adapter    fine-tuning adapter files (loaded onto their base, merged)
     ditlab.dydit.checkpoint    DyDiT files and DyDiT training checkpoints
