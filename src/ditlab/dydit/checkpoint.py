@@ -128,7 +128,7 @@ def _read(path: Path):
 
 
 def is_dydit_file(path: str | os.PathLike) -> bool:
-    """Whether `path` holds a DyDiT (see `load_dydit`), which `ditlab.load_model` cannot read."""
+    """Whether `path` holds a DyDiT (see `load_dydit`; `ditlab.load_model` reads it the same way)."""
     path = Path(path)
     return path.is_file() and _read(path) is not None
 
