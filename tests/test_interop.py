@@ -2,14 +2,16 @@
 refusals (differing embedder copies, configs diffusers cannot express) and `ditlab convert`."""
 
 import json
+import logging
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
 from ditlab import cli
-from ditlab.models import create_model, load_model
+from ditlab.models import create_model, load_model, save_model
 from ditlab.models.interop import (
     OFFICIAL_NUMERICS,
     config_from_diffusers,
@@ -289,3 +291,101 @@ def test_folders_need_no_diffusers_install_and_in_memory_says_how_to_get_it(tmp_
     assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ImportError, match=r'pip install "ditlab\[diffusers\]"'):
         to_diffusers(model)
+
+
+# ------------------------------------------------------------------------------------------ (f) native <-> diffusers
+OBJECTIVES = {
+    "ddpm": dict(kind="ddpm", schedule="linear", steps=1000, learn_sigma=True, timestep_sampling="uniform"),
+    "flow": dict(
+        kind="flow", schedule="linear", steps=1000, learn_sigma=False, timestep_sampling="logit_normal"
+    ),
+}
+
+
+def recorded_model(kind):
+    """A trained-looking native model: official numerics (diffusers computes otherwise), a non-default
+    attention-branch eps and label dropout, its objective and its data with class names."""
+    fields = dict(timestep_freq_shift=0, norm_eps=1e-5, mlp_norm_eps=1e-6, class_dropout_prob=0.2)
+    model = tiny_ditlab(learn_sigma=OBJECTIVES[kind]["learn_sigma"], **fields)
+    model.objective_spec = OBJECTIVES[kind]
+    names = [f"class {i}" for i in range(10)]
+    model.data_spec = dict(name="folder:/data/x", class_names=names, image_size=[8, 8], channels=4)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "flow"])
+def test_native_diffusers_native_round_trip_changes_nothing(tmp_path, capsys, kind):
+    import ditlab
+
+    model = recorded_model(kind)
+    save_model(model, tmp_path / "a.safetensors")
+    assert cli.main(["convert", str(tmp_path / "a.safetensors"), str(tmp_path / "d")]) == 0
+    err = capsys.readouterr().err
+    assert "official timestep sinusoid" in err and "--official-numerics" in err
+    assert len(err.strip().splitlines()) == 1  # the numerics note is one line
+    # diffusers still loads the folder (the record is a private key it skips) and keeps the record.
+    dmodel = DiTTransformer2DModel.from_pretrained(tmp_path / "d")
+    assert dmodel.config["_ditlab"]["ditlab_objective"] == OBJECTIVES[kind]
+
+    assert cli.main(["convert", str(tmp_path / "d"), str(tmp_path / "b.safetensors")]) == 0
+    assert "official-numerics" not in capsys.readouterr().err  # nothing to say: the record is exact
+    back = load_model(tmp_path / "b.safetensors")
+    assert back.config == model.config
+    assert back.objective_spec == model.objective_spec and back.data_spec == model.data_spec
+    assert set(back.state_dict()) == set(model.state_dict())
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+    x, t, y = batch()
+    with torch.no_grad():
+        assert torch.equal(back(x, t, y), model(x, t, y))
+    # Samples with the default sampler of the recorded objective (Euler for flow, DDIM for DDPM), bit for bit.
+    a = ditlab.sample(model, classes=[0, 3], per_class=2, steps=4, seed=0)
+    b = ditlab.sample(back, classes=[0, 3], per_class=2, steps=4, seed=0)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    # The in-memory path keeps the record too.
+    again = from_diffusers(to_diffusers(model))
+    assert (again.config, again.objective_spec, again.data_spec) == (
+        model.config,
+        model.objective_spec,
+        model.data_spec,
+    )
+
+
+def test_diffusers_loads_a_recorded_folder_without_complaint(tmp_path):
+    """diffusers logs "... are not expected and will be ignored" for unknown public config keys; the record's
+    key is private, so it says nothing."""
+    from diffusers.utils import logging as dlogging
+
+    class Catch(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    save_diffusers(tiny_ditlab(timestep_freq_shift=1), tmp_path / "d")
+    catch = Catch()
+    dlogging.get_logger("diffusers").addHandler(catch)
+    try:
+        DiTTransformer2DModel.from_pretrained(tmp_path / "d")
+    finally:
+        dlogging.get_logger("diffusers").removeHandler(catch)
+    assert not [m for m in catch.messages if "not expected" in m]
+
+
+def test_folder_without_record_is_read_as_diffusers_with_a_one_line_note(tmp_path, capsys):
+    dmodel = tiny_diffusers()
+    dmodel.save_pretrained(tmp_path / "hub")  # a hub-style folder: no ditlab record
+    assert cli.main(["convert", str(tmp_path / "hub"), str(tmp_path / "n.safetensors")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no ditlab record" in err[0] and "--official-numerics" in err[0]
+    assert load_model(tmp_path / "n.safetensors").config.timestep_freq_shift == 1
+
+
+def test_a_record_that_disagrees_with_the_diffusers_fields_is_refused(tmp_path):
+    save_diffusers(tiny_ditlab(timestep_freq_shift=1), tmp_path / "d")
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    config["_ditlab"]["ditlab_config"]["num_classes"] = 7
+    (tmp_path / "d" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"disagree \(num_classes 7 vs 10\).*Delete the '_ditlab' entry"):
+        load_diffusers(tmp_path / "d")

@@ -6,13 +6,13 @@ print(ditlab.flops(model), "Gflops")
 ditlab.save_model(model, "dit.safetensors"); model = ditlab.load_model("dit.safetensors")
 """
 
+from ditlab.loading import load_model  # registers every checkpoint format (see ditlab.models.formats)
 from ditlab.models import (
     DiT,
     DiTConfig,
     count_parameters,
     create_model,
     flops,
-    load_model,
     save_model,
 )
 from ditlab.sampling import sample

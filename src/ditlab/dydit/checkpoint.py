@@ -27,12 +27,18 @@ from ditlab.models.checkpoint import (
     CONFIG_KEY,
     OBJECTIVE_KEY,
     atomic_write,
+    decode_metadata,
+    encode_metadata,
+    is_training_checkpoint,
     load_model,
     load_state_dict_checked,
+    model_metadata,
     official_state_dict,
     read_torch_file,
+    restore_metadata,
 )
 from ditlab.models.config import DiTConfig
+from ditlab.models.formats import CheckpointFormat, Probe, register_format
 
 DYDIT_KEY = "ditlab_dydit"  # the DyDiTOptions, as JSON
 WIDTHS_KEY = "ditlab_dydit_widths"  # {t: [[heads], [groups]] per block}, as JSON
@@ -50,10 +56,8 @@ def save_dydit(
             f"save_dydit takes a DyDiT, got {type(model).__name__}; use ditlab.save_model for a DiT"
         )
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {CONFIG_KEY: model.config.to_json(), DYDIT_KEY: json.dumps(model.options.to_dict())}
-    objective = objective if objective is not None else model.objective_spec
-    if objective is not None:
-        metadata[OBJECTIVE_KEY] = json.dumps(objective, sort_keys=True)
+    metadata = encode_metadata(model_metadata(model, objective))
+    metadata[DYDIT_KEY] = json.dumps(model.options.to_dict())
     if widths is not None:
         metadata[WIDTHS_KEY] = json.dumps(
             {repr(float(t)): [list(map(list, w)) for w in v] for t, v in widths.items()}
@@ -97,7 +101,8 @@ def _has_routers(keys) -> bool:
 
 
 def _read(path: Path):
-    """(DiT config dict, DyDiT options dict, state dict, objective, widths) of a file holding a DyDiT, or None.
+    """(recorded metadata (config, objective, data), DyDiT options dict, state dict, widths) of a file holding
+    a DyDiT, or None.
 
     Recognised: `save_dydit` files, DyDiT fine-tuning checkpoints (.pt), and native files or ditlab training
     checkpoints that `ditlab.save_model` / a generic trainer wrote from a DyDiT (router tensors present)."""
@@ -108,9 +113,8 @@ def _read(path: Path):
                 return None
             state = {k: f.get_tensor(k) for k in f.keys()}
         options = json.loads(meta[DYDIT_KEY]) if DYDIT_KEY in meta else _options_from_state(state)
-        objective = json.loads(meta[OBJECTIVE_KEY]) if OBJECTIVE_KEY in meta else None
         widths = json.loads(meta[WIDTHS_KEY]) if WIDTHS_KEY in meta else None
-        return json.loads(meta[CONFIG_KEY]), options, state, objective, widths
+        return decode_metadata(meta), options, state, widths
     if path.suffix == ".pt":  # a ditlab training checkpoint of a DyDiT run (its EMA weights)
         obj = read_torch_file(path)
         if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
@@ -118,12 +122,13 @@ def _read(path: Path):
             if _has_routers(state):
                 saved = obj.get("dydit")
                 options = saved["model"] if isinstance(saved, dict) else _options_from_state(state)
-                return obj["config"], options, state, obj.get("objective"), None
+                recorded = {CONFIG_KEY: obj["config"], OBJECTIVE_KEY: obj.get("objective")}
+                return recorded, options, state, None
     return None
 
 
 def is_dydit_file(path: str | os.PathLike) -> bool:
-    """Whether `path` holds a DyDiT (see `load_dydit`), which `ditlab.load_model` cannot read."""
+    """Whether `path` holds a DyDiT (see `load_dydit`; `ditlab.load_model` reads it the same way)."""
     path = Path(path)
     return path.is_file() and _read(path) is not None
 
@@ -142,11 +147,35 @@ def load_dydit(
         return DyDiT.from_dit(load_model(path), options, reorder=reorder).to(device).eval()
     if options is not None:
         raise ValueError(f"{path} is a DyDiT and carries its own options; load it without options=")
-    config, dydit, state, objective, widths = found
-    model = DyDiT(DiTConfig.from_dict(config), DyDiTOptions.from_dict(dydit))
+    recorded, dydit, state, widths = found
+    model = DyDiT(DiTConfig.from_dict(recorded[CONFIG_KEY]), DyDiTOptions.from_dict(dydit))
     load_state_dict_checked(model, state, source=str(path))
-    model.objective_spec = objective
-    model = model.to(device).eval()
+    model = restore_metadata(model, recorded).to(device).eval()
     if widths is not None:
         model.planner.install(model, {float(t): v for t, v in widths.items()})
     return model
+
+
+def _is_dydit(probe: Probe) -> bool:
+    """What `_read` recognises, told from the probe alone: a DyDiT marker or router tensors."""
+    if probe.kind == "safetensors":
+        return CONFIG_KEY in probe.metadata and (DYDIT_KEY in probe.metadata or _has_routers(probe.keys))
+    if probe.path.suffix != ".pt" or not is_training_checkpoint(probe):
+        return False
+    try:
+        return _has_routers(official_state_dict(probe.content, str(probe.path)))
+    except ValueError:  # no weights at all: the training-checkpoint format says so
+        return False
+
+
+# Outranks the native and training-checkpoint formats, of which a DyDiT file is a refinement.
+for _kind in ("safetensors", "torch"):
+    register_format(
+        CheckpointFormat(
+            f"dydit-{_kind}",
+            _kind,
+            _is_dydit,
+            lambda probe, device, **_: load_dydit(probe.path, device=device),
+            priority=20,
+        )
+    )

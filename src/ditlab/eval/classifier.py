@@ -26,7 +26,7 @@ from torch import nn
 from ditlab.atomic import atomic_write
 from ditlab.data import load_dataset, parse_spec
 from ditlab.eval.cache import cache_key, cache_path, dataset_fingerprint
-from ditlab.eval.features import FeatureExtractor, default_device
+from ditlab.eval.features import FeatureExtractor, default_device, register_extractor
 
 # Bump when the architecture or the training recipe changes, so cached classifiers are retrained.
 CLASSIFIER_RECIPE = 2
@@ -238,3 +238,12 @@ class ClassifierFeatures(FeatureExtractor):
 
     def _forward(self, x):
         return self.model(x / 127.5 - 1.0)  # [0, 255] -> [-1, 1], as in training
+
+
+def _classifier(arg: str, device, cache_dir) -> ClassifierFeatures:
+    if not arg:
+        raise ValueError("classifier needs a dataset: classifier:digits or classifier:fashion-mnist")
+    return ClassifierFeatures(arg, device=device, cache_dir=cache_dir)
+
+
+register_extractor("classifier", _classifier)

@@ -19,6 +19,7 @@ import contextlib
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,34 @@ class InceptionFeatures(FeatureExtractor):
 
 
 _EXTRACTORS: dict[tuple[str, str, str], FeatureExtractor] = {}
+# kind (the part of a name before ":") -> factory(arg, device, cache_dir). Extractors living in other modules of
+# this package register themselves (`classifier` in ditlab.eval.classifier, imported by ditlab.eval), so this
+# module never imports them back.
+_KINDS: dict[str, Callable[..., FeatureExtractor]] = {}
+
+
+def register_extractor(kind: str, factory) -> None:
+    """Make `get_feature_extractor("KIND:ARG")` call `factory(arg, device, cache_dir)`."""
+    _KINDS[kind] = factory
+
+
+def _effnet(arg: str, device, cache_dir) -> FeatureExtractor:
+    try:
+        resolution = int(arg) if arg else EFFNET_DEFAULT_RESOLUTION
+    except ValueError:
+        name = f"effnet-lite0:{arg}"
+        raise ValueError(f"bad feature extractor {name!r}: use effnet-lite0 or effnet-lite0:RES") from None
+    return EffNetLite0Features(resolution, device=device)
+
+
+def _inception(arg: str, device, cache_dir) -> FeatureExtractor:
+    if not arg:
+        raise ValueError("inception needs the path of its TorchScript file: inception:/path/to/file.pt")
+    return InceptionFeatures(arg, device=device)
+
+
+register_extractor("effnet-lite0", _effnet)
+register_extractor("inception", _inception)
 
 
 def get_feature_extractor(
@@ -212,25 +241,8 @@ def get_feature_extractor(
     if key in _EXTRACTORS:
         return _EXTRACTORS[key]
     kind, _, arg = name.partition(":")
-    if kind == "effnet-lite0":
-        try:
-            resolution = int(arg) if arg else EFFNET_DEFAULT_RESOLUTION
-        except ValueError:
-            raise ValueError(
-                f"bad feature extractor {name!r}: use effnet-lite0 or effnet-lite0:RES"
-            ) from None
-        extractor: FeatureExtractor = EffNetLite0Features(resolution, device=dev)
-    elif kind == "inception":
-        if not arg:
-            raise ValueError("inception needs the path of its TorchScript file: inception:/path/to/file.pt")
-        extractor = InceptionFeatures(arg, device=dev)
-    elif kind == "classifier":
-        from ditlab.eval.classifier import ClassifierFeatures
-
-        if not arg:
-            raise ValueError("classifier needs a dataset: classifier:digits or classifier:fashion-mnist")
-        extractor = ClassifierFeatures(arg, device=dev, cache_dir=cache_dir)
-    else:
+    if kind not in _KINDS:
         raise ValueError(f"unknown feature extractor {name!r}; choose one of: {', '.join(FEATURE_NAMES)}")
+    extractor = _KINDS[kind](arg, dev, cache_dir)
     _EXTRACTORS[key] = extractor
     return extractor

@@ -25,6 +25,7 @@ from ditlab.atomic import atomic_write
 from ditlab.finetune.methods import get_method, merge, prepare_model
 from ditlab.models.checkpoint import OBJECTIVE_KEY, load_model
 from ditlab.models.config import DiTConfig
+from ditlab.models.formats import CheckpointFormat, register_format
 
 ADAPTER_KEY = "ditlab_adapter"
 ADAPTER_FORMAT = 1
@@ -162,6 +163,17 @@ def load_adapter(
         model = merge(model)
     return model.to(device).eval()
 
+
+# `ditlab.load_model` reads an adapter file as its base with the adapter merged in: a plain DiT.
+register_format(
+    CheckpointFormat(
+        "adapter",
+        "safetensors",
+        lambda probe: ADAPTER_KEY in probe.metadata,
+        lambda probe, device, **_: load_adapter(probe.path, merge_weights=True, device=device),
+        priority=20,
+    )
+)
 
 __all__ = [
     "ADAPTER_KEY",

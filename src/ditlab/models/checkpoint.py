@@ -1,19 +1,27 @@
 """Saving and loading DiT weights: ditlab's native safetensors (config inside), official DiT `.pt` files
-(bare state dicts or train.py checkpoints with `model`/`ema`), and diffusers folders.
+(bare state dicts or train.py checkpoints with `model`/`ema`), ditlab training checkpoints and run folders.
+Each registers itself as a checkpoint format (see ditlab.models.formats), through which `load_model` dispatches.
 
     save_model(model, "dit.safetensors")
     model = load_model("dit.safetensors")                        # config comes from the file
     model = load_model("DiT-XL-2-256x256.pt")                    # official release: sizes inferred from tensors
     model = load_model("0050000.pt", model="DiT-XL/2")           # official train.py checkpoint: EMA weights
+    model = load_model("runs/digits")                            # a run folder: its model.safetensors
 
 Loading never executes code from a file: `.pt` files go through `torch.load(weights_only=True)`.
+
+What a native file records beside the tensors (`model_metadata`): the DiTConfig, the training objective and
+the data the model was trained on (spec, class names, image size, channels), each as JSON under its own
+metadata key. Diffusers folders keep the same record in their config.json (see ditlab.models.interop), so a
+model survives native -> diffusers -> native unchanged.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -22,22 +30,54 @@ from safetensors.torch import save_file
 from ditlab.atomic import atomic_write
 from ditlab.models.config import DiTConfig
 from ditlab.models.dit import DiT
-from ditlab.models.zoo import MODELS, SIZES, model_config
+from ditlab.models.formats import CheckpointFormat, Probe, load_model, read_torch_file, register_format
+from ditlab.models.zoo import SIZES, model_config
 
 CONFIG_KEY = "ditlab_config"
 OBJECTIVE_KEY = "ditlab_objective"  # the training objective (see ditlab.diffusion.objective), as JSON
+DATA_KEY = "ditlab_data"  # the training data: {"name", "class_names", "image_size", "channels"}, as JSON
+# What a model records beside its config: metadata key -> the model attribute holding it (None = unknown).
+RECORDED = {OBJECTIVE_KEY: "objective_spec", DATA_KEY: "data_spec"}
+RUN_MODEL_FILE = "model.safetensors"  # a ditlab run folder's final (EMA) model
+
+
+def model_metadata(model: DiT, objective: dict | None = None) -> dict[str, Any]:
+    """Everything ditlab records about `model` beside its tensors, as JSON-ready values by metadata key.
+
+    `objective` defaults to the model's `objective_spec` (set by the trainer and by load_model)."""
+    meta: dict[str, Any] = {CONFIG_KEY: model.config.to_dict()}
+    for key, attr in RECORDED.items():
+        value = objective if key == OBJECTIVE_KEY and objective is not None else getattr(model, attr)
+        if value is not None:
+            meta[key] = value
+    return meta
+
+
+def restore_metadata(model: DiT, meta: Mapping[str, Any]) -> DiT:
+    """Set the attributes `model_metadata` records from such a dict (absent keys: None); returns the model."""
+    for key, attr in RECORDED.items():
+        setattr(model, attr, meta.get(key))
+    return model
+
+
+def encode_metadata(meta: Mapping[str, Any]) -> dict[str, str]:
+    """`model_metadata` values as safetensors metadata strings (JSON, sorted keys)."""
+    return {key: json.dumps(value, sort_keys=True) for key, value in meta.items()}
+
+
+def decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
+    """The recorded entries (config included) of safetensors metadata, parsed; other keys are left out."""
+    return {key: json.loads(raw[key]) for key in (CONFIG_KEY, *RECORDED) if key in raw}
 
 
 def save_model(model: DiT, path: str | os.PathLike, objective: dict | None = None) -> None:
-    """Save weights, config and (if known) the training objective to one safetensors file, atomically.
+    """Save weights, config and what else the model records (training objective, data; see `model_metadata`)
+    to one safetensors file, atomically.
 
     `objective` defaults to the model's `objective_spec` attribute (set by the trainer and by load_model).
     """
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {CONFIG_KEY: model.config.to_json()}
-    objective = objective if objective is not None else getattr(model, "objective_spec", None)
-    if objective is not None:
-        metadata[OBJECTIVE_KEY] = json.dumps(objective, sort_keys=True)
+    metadata = encode_metadata(model_metadata(model, objective))
     atomic_write(path, lambda f: save_file(tensors, f.name, metadata=metadata))
 
 
@@ -68,32 +108,19 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, source: st
     model.load_state_dict(state_dict, strict=True)
 
 
-def _load_native(path: Path, device) -> DiT:
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        if CONFIG_KEY not in meta:
-            raise ValueError(
-                f"{path} is a safetensors file without a ditlab config; it was not written by ditlab.save_model. "
-                "For an official DiT state dict use the .pt file; for diffusers pass the model folder."
-            )
-        config = DiTConfig.from_dict(json.loads(meta[CONFIG_KEY]))
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    model = DiT(config)
-    load_state_dict_checked(model, state, source=str(path))
-    if OBJECTIVE_KEY in meta:
-        model.objective_spec = json.loads(meta[OBJECTIVE_KEY])
-    return model.to(device).eval()
-
-
-def read_torch_file(path: Path) -> dict:
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated/corrupt files and pickles with code both land here
+def _load_native(probe: Probe, device, **_) -> DiT:
+    path = probe.path
+    if CONFIG_KEY not in probe.metadata:
         raise ValueError(
-            f"cannot read checkpoint {path}: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-            "The file may be truncated or corrupt (re-download or use an earlier checkpoint), or it holds "
-            "objects other than tensors, which ditlab refuses to unpickle."
-        ) from None
+            f"{path} is a safetensors file without a ditlab config; it was not written by ditlab.save_model. "
+            "For an official DiT state dict use the .pt file; for diffusers pass the model folder."
+        )
+    meta = decode_metadata(probe.metadata)
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    model = DiT(DiTConfig.from_dict(meta[CONFIG_KEY]))
+    load_state_dict_checked(model, state, source=str(path))
+    return restore_metadata(model, meta).to(device).eval()
 
 
 def official_state_dict(obj: dict, path: str = "checkpoint") -> dict:
@@ -142,63 +169,64 @@ def infer_config(state: dict, model: str | None = None, **overrides) -> DiTConfi
     return DiTConfig().replace(**fields)
 
 
-def _extension_format(path: Path, state_keys=None) -> str | None:
-    """ "adapter" (a fine-tuning adapter file), "dydit" (a DyDiT with routers) or None (a plain DiT)."""
-    if state_keys is None:  # a safetensors file: its metadata and key names, without reading tensors
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta, state_keys = f.metadata() or {}, list(f.keys())
-        if "ditlab_adapter" in meta:
-            return "adapter"
-        if "ditlab_dydit" in meta:
-            return "dydit"
-    return "dydit" if any(k.startswith("routers.") for k in state_keys) else None
+def is_training_checkpoint(probe: Probe) -> bool:
+    """A ditlab training checkpoint: a .pt dict with the model's `config` beside its `model`/`ema` weights."""
+    return isinstance(probe.content, dict) and isinstance(probe.content.get("config"), dict)
 
 
-def load_model(path: str | os.PathLike, model: str | None = None, device="cpu", **overrides) -> DiT:
-    """Load a DiT from a native .safetensors file, an official DiT .pt file, or a diffusers folder; also
-    the files of ditlab's extensions: a fine-tuning adapter (loaded onto its base, merged) and a DyDiT.
-
-    For official files `model` (a zoo name such as "DiT-XL/2") and `overrides` set what the tensors do not
-    say; sizes and class counts are inferred from the tensors. Weights land on `device` (default CPU) and
-    the model is returned in eval mode (no label dropout), ready to sample.
-    """
-    path = Path(path)
-    if model is not None and model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; valid names: {', '.join(MODELS)}")
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        from ditlab.models.interop import load_diffusers
-
-        return load_diffusers(path, device=device, **overrides)
-    if path.suffix == ".safetensors":
-        if overrides:
-            raise ValueError("a native ditlab checkpoint carries its config; overrides are not accepted")
-        kind = _extension_format(path)
-        if kind == "adapter":
-            from ditlab.finetune.adapter import load_adapter
-
-            return load_adapter(path, merge_weights=True, device=device)
-        if kind == "dydit":
-            from ditlab.dydit import load_dydit
-
-            return load_dydit(path, device=device)
-        return _load_native(path, device)
-    obj = read_torch_file(path)
-    objective = None
-    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):  # a ditlab training checkpoint
-        config = DiTConfig.from_dict(obj["config"])
-        state = official_state_dict(obj, str(path))
-        objective = obj.get("objective")
-        if _extension_format(path, state) == "dydit":
-            from ditlab.dydit import load_dydit
-
-            return load_dydit(path, device=device)
-    else:
-        state = official_state_dict(obj, str(path))
-        config = infer_config(state, model, **overrides)
-    net = DiT(config)
-    load_state_dict_checked(net, state, source=str(path))
-    if objective is not None:
-        net.objective_spec = objective
+def _load_official(probe: Probe, device, model: str | None = None, **overrides) -> DiT:
+    state = official_state_dict(probe.content, str(probe.path))
+    net = DiT(infer_config(state, model, **overrides))
+    load_state_dict_checked(net, state, source=str(probe.path))
     return net.to(device).eval()
+
+
+def _load_training_checkpoint(probe: Probe, device, **_) -> DiT:
+    obj = probe.content
+    net = DiT(DiTConfig.from_dict(obj["config"]))
+    load_state_dict_checked(net, official_state_dict(obj, str(probe.path)), source=str(probe.path))
+    restore_metadata(net, {OBJECTIVE_KEY: obj.get("objective"), DATA_KEY: obj.get("data")})
+    return net.to(device).eval()
+
+
+def _load_run_folder(probe: Probe, device, model: str | None = None, **overrides):
+    return load_model(probe.path / RUN_MODEL_FILE, model=model, device=device, **overrides)
+
+
+# The formats this module reads. The plain ones match every file of their kind (lowest priority), so a file
+# that no refinement claims gets their clear error (no ditlab config, no DiT weights).
+register_format(CheckpointFormat("native", "safetensors", lambda p: True, _load_native))
+register_format(
+    CheckpointFormat(
+        "official", "torch", lambda p: True, _load_official, accepts_overrides=True, records_config=False
+    )
+)
+register_format(CheckpointFormat("training", "torch", is_training_checkpoint, _load_training_checkpoint, 10))
+register_format(  # outranks a diffusers folder: a run folder holds a config.json too (its TrainConfig)
+    CheckpointFormat(
+        "run",
+        "folder",
+        lambda p: RUN_MODEL_FILE in p.keys,
+        _load_run_folder,
+        priority=10,
+        accepts_overrides=True,  # passed on to the run's model file, whose format decides
+        records_config=False,  # likewise checked by the model file's format
+    )
+)
+
+__all__ = [
+    "CONFIG_KEY",
+    "DATA_KEY",
+    "OBJECTIVE_KEY",
+    "RUN_MODEL_FILE",
+    "decode_metadata",
+    "encode_metadata",
+    "infer_config",
+    "load_model",
+    "load_state_dict_checked",
+    "model_metadata",
+    "official_state_dict",
+    "read_torch_file",
+    "restore_metadata",
+    "save_model",
+]

@@ -1,11 +1,15 @@
 """`ditlab convert`: rewrite a DiT checkpoint in another format.
 
-Reads anything `ditlab.load_model` reads (native .safetensors, official DiT .pt, a diffusers folder or DiTPipeline
-root) and writes ditlab's native safetensors or a diffusers `DiTTransformer2DModel` folder.
+Reads anything `ditlab.load_model` reads (native .safetensors, official DiT .pt, a ditlab run folder, a diffusers
+folder or DiTPipeline root) and writes ditlab's native safetensors or a diffusers `DiTTransformer2DModel` folder.
+A diffusers folder written by ditlab converts back to exactly the model it came from (its config.json keeps
+ditlab's record of the model); one without that record (e.g. from the hub) is read as diffusers computes it,
+which the command says in one line naming --official-numerics.
 
 ditlab convert DiT-XL-2-256x256.pt dit-xl2.safetensors                  # official -> native
 ditlab convert DiT-XL-2-256x256.pt out/transformer --format diffusers   # official -> diffusers (warns: numerics)
 ditlab convert hub/DiT-XL-2-256 dit-xl2.safetensors --official-numerics # diffusers weights, official function
+ditlab convert runs/digits digits-diffusers/                            # a run folder: its model.safetensors
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import warnings
 from pathlib import Path
 
 from ditlab.models.checkpoint import load_model, save_model
-from ditlab.models.interop import OFFICIAL_NUMERICS, save_diffusers
+from ditlab.models.formats import find_format, probe
+from ditlab.models.interop import OFFICIAL_NUMERICS, ditlab_record, save_diffusers
 from ditlab.models.zoo import MODELS
 
 FORMATS = ("native", "diffusers")
@@ -23,7 +28,8 @@ FORMATS = ("native", "diffusers")
 
 def add_arguments(parser) -> None:
     parser.add_argument(
-        "src", help="checkpoint to read: .safetensors (ditlab), .pt (official DiT) or a diffusers folder"
+        "src",
+        help="checkpoint to read: .safetensors (ditlab), .pt (official DiT), a ditlab run folder or a diffusers folder",
     )
     parser.add_argument("dst", help="where to write: a .safetensors file (native) or a folder (diffusers)")
     parser.add_argument(
@@ -65,14 +71,24 @@ def convert(src, dst, model=None, fmt=None, embedder_block=None, official_numeri
     fmt = output_format(dst, fmt)
     if src.resolve() == dst.resolve():
         raise ValueError("SRC and DST are the same path; write the conversion somewhere else")
+    # Only a folder is cheap to probe (a .pt file would be read twice); a run folder is not a diffusers one.
+    from_diffusers = src.is_dir() and find_format(probe(src)).name == "diffusers"
     overrides = {}
     if embedder_block is not None or official_numerics:
-        if not src.is_dir():
+        if not from_diffusers:
             raise ValueError("--embedder-block and --official-numerics apply to diffusers folders only")
         if embedder_block is not None:
             overrides["embedder_block"] = embedder_block
         if official_numerics:
             overrides.update(OFFICIAL_NUMERICS)
+    elif from_diffusers and ditlab_record(src) is None:
+        warnings.warn(
+            f"{src} holds no ditlab record, so it is read as diffusers computes it (its timestep sinusoid, "
+            "timestep_freq_shift=1, and its norm_eps on the MLP norm); hub DiT checkpoints hold the official "
+            "weights: pass --official-numerics to compute the official DiT instead",
+            UserWarning,
+            stacklevel=2,
+        )
     net = load_model(src, model=model, **overrides)
     if fmt == "native":
         if dst.is_dir():

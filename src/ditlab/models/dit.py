@@ -157,6 +157,9 @@ class DiT(nn.Module):
         # How the model was trained (ditlab.diffusion.ObjectiveSpec as a dict); set by the trainer and by
         # load_model, saved with the weights, so sampling never needs it repeated. None = unknown/official.
         self.objective_spec: dict | None = None
+        # The data it was trained on ({"name", "class_names", "image_size", "channels"}; set by the trainer,
+        # saved with the weights). None = unknown.
+        self.data_spec: dict | None = None
 
         # Creation order = the official DiT's (x, t, y embedders, blocks, final layer): same seed, same init.
         self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, D)

@@ -17,9 +17,15 @@ norms are fixed at 1e-6 (the official model uses 1e-6 everywhere). Imports there
 1e-6), so ditlab computes exactly the diffusers model; pass `OFFICIAL_NUMERICS` (timestep_freq_shift=0,
 norm_eps=1e-6, mlp_norm_eps=None) as overrides to read a hub checkpoint (official weights) as the official
 model instead. Exports write the model's MLP-branch eps as diffusers' `norm_eps`. What diffusers cannot
-express is written with a warning quantifying the change: the official sinusoid (diffusers' own hub
+express is written with a one-line warning quantifying the change: the official sinusoid (diffusers' own hub
 checkpoints carry exactly this deviation from the official model) and an attention-branch `norm_eps` ≠ 1e-6
 (that norm's output moves by |Δeps|/(2·Var(x)) relative, ~5e-6 for unit-variance tokens).
+
+Round trips are exact: an export also writes ditlab's own record of the model (`model_metadata`: the full
+DiTConfig, numerics included, the training objective — DDPM or flow — and the training data with its class
+names) under the private key `_ditlab` in config.json, which diffusers skips when it builds the model (and
+keeps when it saves it again). Reading a folder with that record restores exactly the exported model; only
+a folder without it (e.g. a hub checkpoint) is read through the diffusers-numerics rule above.
 
     model = load_diffusers("DiT-XL-2-256/")                 # pipeline root or its transformer/ folder
     save_diffusers(model, "out/transformer")                # DiTTransformer2DModel.from_pretrained loads it
@@ -39,9 +45,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ditlab.atomic import atomic_write
-from ditlab.models.checkpoint import load_state_dict_checked
+from ditlab.models.checkpoint import CONFIG_KEY, load_state_dict_checked, model_metadata, restore_metadata
 from ditlab.models.config import DiTConfig
 from ditlab.models.dit import DiT
+from ditlab.models.formats import CheckpointFormat, register_format
 from ditlab.nn.embed import timestep_sinusoid
 
 DIFFUSERS_CLASS = "DiTTransformer2DModel"
@@ -58,6 +65,20 @@ OFFICIAL_NUMERICS = MappingProxyType(
 )  # read-only: shared
 # CombinedTimestepLabelEmbeddings always builds its label table with dropout 0.1 (hence a null row).
 DIFFUSERS_CLASS_DROPOUT = 0.1
+# config.json key of ditlab's own record of an exported model (see ditlab.models.checkpoint.model_metadata).
+# Private (leading "_"): diffusers drops such keys before building the model, silently, and saves them again.
+DITLAB_KEY = "_ditlab"
+# The fields a diffusers config fixes; a folder's ditlab record must agree with them.
+GEOMETRY = (
+    "image_hw",  # (H, W): an int and a square tuple are the same size
+    "patch_size",
+    "in_channels",
+    "hidden_size",
+    "depth",
+    "num_heads",
+    "num_classes",
+    "learn_sigma",
+)
 
 # Constructor defaults of the two diffusers classes, for the fields that decide the forward (a folder's
 # config.json may omit any field that keeps its default).
@@ -179,6 +200,40 @@ def config_from_diffusers(dconf: Mapping, **overrides) -> DiTConfig:
         timestep_freq_shift=1,  # diffusers' Timesteps(downscale_freq_shift=1)
     )
     return DiTConfig().replace(**{**fields, **overrides})
+
+
+def ditlab_config(dconf: Mapping, source: str = "diffusers config", **overrides) -> DiTConfig:
+    """The DiTConfig a diffusers config stands for: its ditlab record's config when it has one (the exact
+    exported model), else `config_from_diffusers`; `overrides` replace fields either way."""
+    described = config_from_diffusers(dconf)  # refuses what is not a DiT, with or without a record
+    recorded = _record(dconf, source)
+    if recorded is None:
+        return config_from_diffusers(dconf, **overrides)
+    own = DiTConfig.from_dict(recorded[CONFIG_KEY])
+    differ = [
+        f"{k} {getattr(own, k)!r} vs {getattr(described, k)!r}"
+        for k in GEOMETRY
+        if getattr(own, k) != getattr(described, k)
+    ]
+    if differ:
+        raise ValueError(
+            f"{source}: its ditlab record ({DITLAB_KEY!r}) and its diffusers fields disagree ({', '.join(differ)}); "
+            f"the config was edited after export. Delete the {DITLAB_KEY!r} entry to read it as diffusers describes it"
+        )
+    return own.replace(**overrides)
+
+
+def _record(dconf: Mapping, source: str) -> dict | None:
+    """The ditlab record of a diffusers config, or None when it has none."""
+    recorded = dconf.get(DITLAB_KEY)
+    if recorded is None:
+        return None
+    if not isinstance(recorded, Mapping) or not isinstance(recorded.get(CONFIG_KEY), Mapping):
+        raise ValueError(
+            f"{source}: {DITLAB_KEY!r} is not a ditlab record (a dict with {CONFIG_KEY!r}); delete it to read "
+            "the folder as diffusers describes it"
+        )
+    return dict(recorded)
 
 
 def diffusers_config(cfg: DiTConfig) -> dict:
@@ -363,20 +418,20 @@ def timestep_embedding_change(model: DiT, num_timesteps: int = 1000) -> float:
 
 
 def _warn_export_mismatch(model: DiT) -> None:
+    """One warning line saying what diffusers' model will compute differently, and that ditlab will not."""
     cfg = model.config
     notes = []
     if cfg.timestep_freq_shift != 1:
         notes.append(
-            f"it uses the official timestep sinusoid (timestep_freq_shift={cfg.timestep_freq_shift}) but diffusers "
-            "hard-codes downscale_freq_shift=1; the 256-d sinusoids differ by up to 1.94 per component and this "
-            f"model's timestep embedding changes by up to {100 * timestep_embedding_change(model):.0f}% (relative "
-            "L2 over t=0…999), so samples will differ (diffusers' hub DiT checkpoints carry the same deviation)"
+            f"it uses the official timestep sinusoid (timestep_freq_shift={cfg.timestep_freq_shift}) where diffusers "
+            "hard-codes downscale_freq_shift=1, so its timestep embedding changes by up to "
+            f"{100 * timestep_embedding_change(model):.0f}% (relative L2 over t=0…999) and diffusers' samples differ"
         )
     if cfg.norm_eps != DIFFUSERS_FIXED_EPS:
         notes.append(
             f"its attention-branch norm uses norm_eps={cfg.norm_eps:g} but diffusers fixes that norm's eps at "
             f"{DIFFUSERS_FIXED_EPS:g} (its norm_eps, written as {_mlp_norm_eps(cfg):g}, reaches only the norm "
-            "before the MLP); that norm's output changes by |Δeps|/(2·Var(x)) relative "
+            "before the MLP), a relative change of |Δeps|/(2·Var(x)) "
             f"(~{abs(cfg.norm_eps - DIFFUSERS_FIXED_EPS) / 2:.1e} for unit-variance tokens)"
         )
     if cfg.class_dropout_prob != DIFFUSERS_CLASS_DROPOUT:
@@ -387,7 +442,10 @@ def _warn_export_mismatch(model: DiT) -> None:
     if notes:
         warnings.warn(
             "the diffusers model will not compute exactly what this ditlab model computes: "
-            + "; ".join(notes),
+            + "; ".join(notes)
+            + f". ditlab reads the folder back unchanged (its record is kept under {DITLAB_KEY!r} in config.json); "
+            "a copy without that record reads as diffusers computes unless loaded with --official-numerics "
+            "(OFFICIAL_NUMERICS)",
             UserWarning,
             stacklevel=3,
         )
@@ -408,14 +466,14 @@ def from_diffusers(transformer, embedder_block: int | None = None, **overrides) 
 
 
 def _build(dconf: Mapping, dstate: Mapping, embedder_block, overrides: dict, source: str) -> DiT:
-    config = config_from_diffusers(dconf, **overrides)
+    config = ditlab_config(dconf, source, **overrides)
     state = state_dict_from_diffusers(dstate, config.depth, embedder_block)
     model = DiT(config)
     state["pos_embed"] = (
         model.pos_embed.detach().clone()
     )  # diffusers builds the same table (checked in tests)
     load_state_dict_checked(model, state, source=source)
-    return model.eval()
+    return restore_metadata(model, _record(dconf, source) or {}).eval()
 
 
 def _resolve_folder(path: Path) -> Path:
@@ -481,8 +539,14 @@ def load_diffusers(
         raise FileNotFoundError(f"diffusers model folder {path} does not exist")
     folder = _resolve_folder(path)
     dconf = json.loads((folder / CONFIG_NAME).read_text())
-    config_from_diffusers(dconf, **overrides)  # a bad config fails before the weights are read
+    ditlab_config(dconf, str(folder), **overrides)  # a bad config fails before the weights are read
     return _build(dconf, _read_weights(folder, variant), embedder_block, overrides, str(folder)).to(device)
+
+
+def ditlab_record(path: str | os.PathLike) -> dict | None:
+    """The ditlab record in a diffusers folder's config.json (see the module docstring), or None."""
+    folder = _resolve_folder(Path(path))
+    return _record(json.loads((folder / CONFIG_NAME).read_text()), str(folder))
 
 
 def to_diffusers(model: DiT):
@@ -495,6 +559,7 @@ def to_diffusers(model: DiT):
     kwargs = diffusers_config(model.config)
     _warn_export_mismatch(model)
     transformer = cls(**kwargs)
+    transformer.register_to_config(**{DITLAB_KEY: model_metadata(model)})  # from_diffusers restores it
     transformer.load_state_dict(state_dict_to_diffusers(model), strict=True)
     param = next(model.parameters())
     if param.dtype != torch.float32:  # diffusers logs a warning on any dtype cast, so only cast when needed
@@ -514,7 +579,7 @@ def save_diffusers(model: DiT, path: str | os.PathLike) -> Path:
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file; save_diffusers writes a folder")
     tensors = {k: v.contiguous().cpu() for k, v in state_dict_to_diffusers(model).items()}
-    config = {"_class_name": DIFFUSERS_CLASS, **kwargs}
+    config = {"_class_name": DIFFUSERS_CLASS, **kwargs, DITLAB_KEY: model_metadata(model)}
     try:
         import diffusers
 
@@ -530,10 +595,24 @@ def save_diffusers(model: DiT, path: str | os.PathLike) -> Path:
     return path
 
 
+# Any folder no other format claims is read as a diffusers folder (which says clearly when it is not one).
+register_format(
+    CheckpointFormat(
+        "diffusers",
+        "folder",
+        lambda probe: True,
+        lambda probe, device, model=None, **overrides: load_diffusers(probe.path, device=device, **overrides),
+        accepts_overrides=True,  # DiTConfig fields (e.g. OFFICIAL_NUMERICS), embedder_block, variant
+    )
+)
+
 __all__ = [
+    "DITLAB_KEY",
     "OFFICIAL_NUMERICS",
     "config_from_diffusers",
     "diffusers_config",
+    "ditlab_config",
+    "ditlab_record",
     "from_diffusers",
     "load_diffusers",
     "save_diffusers",

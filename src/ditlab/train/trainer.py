@@ -91,6 +91,12 @@ class Trainer:
         self.objective = self.spec.build()
         self.model = self.build_model().to(self.device)
         self.model.objective_spec = self.spec.to_dict()
+        self.model.data_spec = dict(  # saved with the model (ditlab.models.checkpoint.model_metadata)
+            name=self.data.name,
+            class_names=self.data.class_names,
+            image_size=list(self.data.image_size),
+            channels=self.data.channels,
+        )
         if self.data.num_classes and self.model.num_classes != self.data.num_classes:
             raise ValueError(
                 f"the data has {self.data.num_classes} classes but the model was given num_classes="
