@@ -156,3 +156,28 @@ def test_outputs_get_the_mode_open_would_give_them(tmp_path, umask):
     finally:
         os.umask(old_umask)
     assert torch.load(summary["checkpoint"], weights_only=True)["step"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*singular covariance")  # 10 samples: expected, and said
+def test_demo_run_twice_starts_clean_and_says_so_or_resumes(tmp_path, capsys):
+    """`make demo` twice. Before: the second run deleted metrics.jsonl and retrained next to the first run's
+    checkpoints. Now it moves the first run aside (one line says so), or continues it with --resume."""
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--steps", "4", "--per-class", "1", "--sample-steps", "2"]
+    args += ["--threads", "1", "--no-progress"]
+    assert cli(args) == 0
+    first = snapshot(out)
+    capsys.readouterr()
+    assert cli(args) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "earlier run" in line]
+    assert len(said) == 1 and "starting clean" in said[0]
+    (aside,) = (out / PREVIOUS_RUNS).iterdir()
+    assert snapshot(aside) == first  # the first run, whole
+    assert steps_of(out) == [4] and json.loads((out / "report.json").read_text())["train_steps"] == 4
+
+    assert cli([*args, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming from" in err and "earlier run" not in err
+    assert json.loads((out / "report.json").read_text())["train_steps"] == 4
+    assert len(list((out / PREVIOUS_RUNS).iterdir())) == 1
