@@ -13,6 +13,7 @@ nothing is deleted). Retention (`keep_last`) prunes only checkpoints of the run 
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ RUN_OUTPUTS = (
     "samples.npz",
     "report.json",
     "train.json",
+    "result.json",
 )
 PREVIOUS_RUNS = "previous-runs"
 
@@ -136,7 +138,7 @@ def resume_checkpoint(out: str | Path, resume: str | os.PathLike | None) -> tupl
                 continue
             warnings.warn(
                 f"checkpoint {path} is unreadable (truncated or corrupt): renamed it {aside.name}, "
-                "resuming from the newest checkpoint before it",
+                "trying the checkpoint before it",
                 stacklevel=2,
             )
     return None
@@ -146,7 +148,7 @@ def previous_run_files(out: str | Path, ignore: tuple[str, ...] = ()) -> list[st
     """The signs in `out` of a run already written there: checkpoints/ (with a checkpoint in it),
     config.json, metrics.jsonl, model.safetensors; names in `ignore` do not count."""
     out = Path(out)
-    found = ["checkpoints/"] if list_checkpoints(out) and "checkpoints" not in ignore else []
+    found = ["checkpoints/"] if list_checkpoints(out) else []
     found += [n for n in ("config.json", "metrics.jsonl", "model.safetensors") if (out / n).exists()]
     return [n for n in found if n not in ignore]
 
@@ -157,8 +159,9 @@ def check_run_folder(out: str | Path, overwrite: bool, ignore: tuple[str, ...] =
     if found and not overwrite:
         raise RunFolderInUseError(
             f"{out} already holds a run ({', '.join(found)}); a new run there would replace its files. "
-            f"Continue it with `--resume auto`, start a new run there with `--overwrite` (moves the old "
-            f"files into {Path(out) / PREVIOUS_RUNS}/<time>/, deletes nothing), or pick another --out"
+            "Continue it with `--resume auto` (from its newest checkpoint), start a new run there with "
+            f"`--overwrite` (moves the old files into {Path(out) / PREVIOUS_RUNS}/<time>/, deletes nothing), "
+            "or pick another --out"
         )
 
 
@@ -169,13 +172,13 @@ def move_aside(out: str | Path, paths: list[Path]) -> Path | None:
         return None
     out = Path(out)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    dest = out / PREVIOUS_RUNS / stamp
-    for n in range(1, 1000):  # two runs started within the same second get -1, -2, ...
+    for n in itertools.count():  # two runs moved aside within the same second get -1, -2, ...
+        dest = out / PREVIOUS_RUNS / (f"{stamp}-{n}" if n else stamp)
         try:
             dest.mkdir(parents=True)
             break
         except FileExistsError:
-            dest = out / PREVIOUS_RUNS / f"{stamp}-{n}"
+            continue
     for path in paths:
         target = dest / Path(path).relative_to(out)
         target.parent.mkdir(parents=True, exist_ok=True)
