@@ -316,10 +316,11 @@ def train_run(cfg: TrainConfig) -> dict:
         done = json.loads(done_path.read_text())
         if done.get("step") == cfg.steps:
             return done
-    resume = latest_checkpoint(folder)
-    trainer = _TimedTrainer(cfg, resume=resume)
-    if resume is not None:
-        trainer.train_seconds = float(load_training_state(resume).get("train_seconds", math.nan))
+    trainer = _TimedTrainer(cfg, resume="auto")  # check_resumable made sure the folder holds this run
+    if trainer.resumed_from is not None:
+        trainer.train_seconds = float(
+            load_training_state(trainer.resumed_from).get("train_seconds", math.nan)
+        )
     with _quiet_rank_warnings():
         summary = trainer.run()
     rows = read_metrics(folder / "metrics.jsonl")

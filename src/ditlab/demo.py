@@ -8,6 +8,9 @@ it names the class each sample was asked for.
     ditlab demo --out ditlab-demo          # grid.png, samples.npz, model.safetensors, loss.png, report.json
     ditlab demo --out ditlab-demo --resume # continue an interrupted demo run from its last checkpoint
 
+Run again without --resume, the demo starts clean: the earlier run's files move to
+`ditlab-demo/previous-runs/<UTC time>/` (nothing is deleted) and one line says so.
+
 Departures from the paper's ImageNet recipe, for a few CPU minutes instead of GPU-weeks: a small model
 (DiT-Ti/2 width, 8×8 pixels instead of latents), a higher learning rate with warm-up, and an EMA with
 warm-up (decay 0.9999 would still be near the initial weights after a few thousand steps). Samples use
@@ -55,7 +58,12 @@ def add_arguments(parser) -> None:
         default=1.5,
         help="classifier-free guidance (default 1.5, DiT's FID setting)",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (without it an earlier run there is moved to "
+        "--out/previous-runs/<UTC time>/ and the demo starts clean)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -77,7 +85,8 @@ def run(args) -> int:
     )
     start = time.perf_counter()
     print(f"ditlab demo: training {cfg.model} (adaLN-Zero) on {cfg.data} for {cfg.steps} steps -> {out}/")
-    summary = train(cfg, resume="auto" if args.resume else None)
+    # never next to an earlier run's files: continue it (--resume) or move it aside (the trainer says which)
+    summary = train(cfg, resume="auto" if args.resume else None, overwrite=not args.resume)
     train_seconds = time.perf_counter() - start
 
     model = ditlab.load_model(out / "model.safetensors")

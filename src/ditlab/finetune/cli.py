@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ditlab.finetune.trainer import finetune
 
     cfg, resume = config_from_args(args, FinetuneConfig)
-    summary = finetune(cfg, resume=resume)
+    summary = finetune(cfg, resume=resume, overwrite=args.overwrite)
     if summary.get("model"):
         print(json.dumps(summary))
     return 0

@@ -24,10 +24,10 @@ from ditlab.train.trainer import Trainer
 class FinetuneTrainer(Trainer):
     cfg: FinetuneConfig
 
-    def __init__(self, cfg: FinetuneConfig, resume=None):
+    def __init__(self, cfg: FinetuneConfig, resume=None, overwrite: bool = False):
         if not isinstance(cfg, FinetuneConfig):
             raise TypeError(f"FinetuneTrainer needs a FinetuneConfig, got {type(cfg).__name__}")
-        super().__init__(cfg, resume=resume)
+        super().__init__(cfg, resume=resume, overwrite=overwrite)
 
     def build_model(self):
         """The base checkpoint, its label table sized for the data, prepared for the method (frozen elsewhere)."""
@@ -72,9 +72,9 @@ class FinetuneTrainer(Trainer):
         return summary
 
 
-def finetune(cfg: FinetuneConfig, resume=None) -> dict:
+def finetune(cfg: FinetuneConfig, resume=None, overwrite: bool = False) -> dict:
     """Run (or resume) a fine-tuning run; returns the training summary plus adapter path/size and counts."""
-    return FinetuneTrainer(cfg, resume=resume).run()
+    return FinetuneTrainer(cfg, resume=resume, overwrite=overwrite).run()
 
 
 __all__ = ["FinetuneTrainer", "finetune"]

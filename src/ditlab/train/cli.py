@@ -16,7 +16,7 @@ import types
 import typing
 
 from ditlab.train.config import TrainConfig
-from ditlab.train.state import latest_checkpoint, load_training_state
+from ditlab.train.state import resume_checkpoint
 
 HELP = {
     "data": 'dataset: "digits", "fashion-mnist[:DIR]" or an ImageFolder path',
@@ -75,7 +75,14 @@ def add_arguments(
         "--resume",
         nargs="?",
         const="auto",
-        help="continue from a checkpoint: a path, or 'auto' (the newest in --out; starts fresh if none)",
+        help="continue from a checkpoint: a path, or 'auto' (the newest loadable one in --out; starts fresh "
+        "if none)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --out that holds another run: its files move to --out/previous-runs/<UTC "
+        "time>/ (nothing is deleted); without it such a folder is refused",
     )
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
@@ -110,13 +117,12 @@ def config_from_args(
     resume = args.resume
     if resume:
         out = given.get("out", base.get("out", config_cls.__dataclass_fields__["out"].default))
-        path = latest_checkpoint(out) if resume == "auto" else resume
-        if path is not None:
-            saved = load_training_state(path)["args"]
-            base = {**saved, **base}  # an explicit --config file refines the saved options
+        found = resume_checkpoint(out, resume)  # the Trainer gets this exact file: one choice, made once
+        if found is not None:
+            path, state = found
+            base = {**state["args"], **base}  # an explicit --config file refines the saved options
             resume = str(path)
-        else:
-            resume = None  # nothing to resume yet: start the run
+        # else "auto" stays: nothing to resume yet, the Trainer starts the run
     merged = {**base, **given}
     for name in dict_fields:
         if name in base:
@@ -128,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from ditlab.train.trainer import train
 
     cfg, resume = config_from_args(args)
-    summary = train(cfg, resume=resume)
+    summary = train(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))
     if summary.get("model"):
         print(json.dumps(summary))
     return 0

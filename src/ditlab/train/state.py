@@ -1,14 +1,24 @@
-"""Training checkpoints: everything needed to resume a run exactly, written atomically.
+"""Training checkpoints and the rules of a run folder.
 
 A checkpoint is `checkpoints/{step:07d}.pt` (the official DiT layout) holding `model`, `ema`, `opt` and
 `args` like the official train.py (so its `find_model` and ditlab.load_model both read it), plus ditlab's
 `config` (the model), `objective`, `step` and RNG state. Every value is a tensor, number, string, list or
 dict, so `torch.load(weights_only=True)` reads it without unpickling code.
+
+A run folder belongs to one run. A new run refuses a folder that holds another one unless it continues it
+(`--resume auto`) or was told to move it aside (`--overwrite`: its files go to `previous-runs/<UTC time>/`,
+nothing is deleted). Retention (`keep_last`) prunes only checkpoints of the run being written, and
+`--resume auto` takes the newest checkpoint that loads, renaming unreadable ones `*.pt.corrupt`.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+import shutil
+import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,6 +27,32 @@ from ditlab.atomic import atomic_write
 from ditlab.models.checkpoint import read_torch_file
 
 CKPT_NAME = re.compile(r"^(\d{7,})\.pt$")
+# What a run writes into its folder (trainer, fine-tuning, demo, ablation): what `--overwrite` moves aside.
+RUN_OUTPUTS = (
+    "config.json",
+    "checkpoints",
+    "metrics.jsonl",
+    "model.safetensors",
+    "adapter.safetensors",
+    "loss.png",
+    "samples.png",
+    "samples_*.png",
+    "tensorboard",
+    "grid.png",
+    "samples.npz",
+    "report.json",
+    "train.json",
+    "result.json",
+)
+PREVIOUS_RUNS = "previous-runs"
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt, or not a torch file)."""
+
+
+class RunFolderInUseError(ValueError):
+    """The output folder holds another run and the new run was given neither resume nor overwrite."""
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -43,19 +79,31 @@ def save_training_state(out: str | Path, state: dict, keep_last: int = 0) -> Pat
     The write goes to a temporary file that is renamed into place, so a crash or a full disk during the
     write leaves the previous checkpoints untouched; pruning happens only after the new file is complete.
     """
-    path = checkpoint_dir(out) / f"{int(state['step']):07d}.pt"
+    step = int(state["step"])
+    path = checkpoint_dir(out) / f"{step:07d}.pt"
     atomic_write(path, lambda f: torch.save(state, f))
-    if keep_last > 0:
-        for _, old in list_checkpoints(out)[:-keep_last]:
-            old.unlink(missing_ok=True)
+    prune_checkpoints(out, keep_last, step)
     return path
+
+
+def prune_checkpoints(out: str | Path, keep_last: int, saved_step: int) -> None:
+    """Delete all but the newest `keep_last` checkpoints at or before `saved_step` (the one just written,
+    which therefore always stays). A checkpoint of a later step is not this run's history: it is left alone."""
+    if keep_last <= 0:
+        return
+    mine = [path for step, path in list_checkpoints(out) if step <= saved_step]
+    for old in mine[:-keep_last]:
+        old.unlink(missing_ok=True)
 
 
 def load_training_state(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = read_torch_file(path)
+    try:
+        state = read_torch_file(path)
+    except ValueError as err:
+        raise CorruptCheckpointError(str(err)) from err
     missing = [k for k in ("model", "ema", "opt", "step", "config") if k not in state]
     if missing:
         raise ValueError(
@@ -63,3 +111,85 @@ def load_training_state(path: str | Path) -> dict:
             "weights use `ditlab finetune`, to sample use `ditlab sample`"
         )
     return state
+
+
+def resume_checkpoint(out: str | Path, resume: str | os.PathLike | None) -> tuple[Path, dict] | None:
+    """The checkpoint a run continues from and its loaded state, or None to start a new run.
+
+    `resume` is None/"" (start new), a checkpoint path (read it or fail), or "auto": the newest checkpoint
+    in `out` that loads. An unreadable one (a run killed while the disk filled, a truncated copy) is renamed
+    `<name>.corrupt`, with one warning, and the one before it is tried: the newest *loadable* state wins.
+    """
+    if not resume:
+        return None
+    if str(resume) != "auto":
+        path = Path(resume)
+        return path, load_training_state(path)
+    for _, path in reversed(list_checkpoints(out)):
+        try:
+            return path, load_training_state(path)
+        except CorruptCheckpointError:
+            aside, n = path.with_name(path.name + ".corrupt"), 1
+            while aside.exists():  # an earlier corrupt file of the same step stays too
+                aside, n = path.with_name(f"{path.name}.corrupt{n}"), n + 1
+            try:
+                os.replace(path, aside)
+            except FileNotFoundError:  # another process of the same run (torchrun) moved it first
+                continue
+            warnings.warn(
+                f"checkpoint {path} is unreadable (truncated or corrupt): renamed it {aside.name}, "
+                "trying the checkpoint before it",
+                stacklevel=2,
+            )
+    return None
+
+
+def previous_run_files(out: str | Path, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The signs in `out` of a run already written there: checkpoints/ (with a checkpoint in it),
+    config.json, metrics.jsonl, model.safetensors; names in `ignore` do not count."""
+    out = Path(out)
+    found = ["checkpoints/"] if list_checkpoints(out) else []
+    found += [n for n in ("config.json", "metrics.jsonl", "model.safetensors") if (out / n).exists()]
+    return [n for n in found if n not in ignore]
+
+
+def check_run_folder(out: str | Path, overwrite: bool, ignore: tuple[str, ...] = ()) -> None:
+    """Refuse (before anything is written) a folder holding another run, unless `overwrite` was asked."""
+    found = previous_run_files(out, ignore)
+    if found and not overwrite:
+        raise RunFolderInUseError(
+            f"{out} already holds a run ({', '.join(found)}); a new run there would replace its files. "
+            "Continue it with `--resume auto` (from its newest checkpoint), start a new run there with "
+            f"`--overwrite` (moves the old files into {Path(out) / PREVIOUS_RUNS}/<time>/, deletes nothing), "
+            "or pick another --out"
+        )
+
+
+def move_aside(out: str | Path, paths: list[Path]) -> Path | None:
+    """Move `paths` (files or folders inside `out`) into a new `out/previous-runs/<UTC time>/`, keeping
+    their places relative to `out`; returns that folder (None when there is nothing to move)."""
+    if not paths:
+        return None
+    out = Path(out)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    for n in itertools.count():  # two runs moved aside within the same second get -1, -2, ...
+        dest = out / PREVIOUS_RUNS / (f"{stamp}-{n}" if n else stamp)
+        try:
+            dest.mkdir(parents=True)
+            break
+        except FileExistsError:
+            continue
+    for path in paths:
+        target = dest / Path(path).relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(target))
+    return dest
+
+
+def move_previous_run_aside(out: str | Path) -> Path | None:
+    """Move every file a run writes (RUN_OUTPUTS) out of `out` into `out/previous-runs/<UTC time>/`."""
+    out = Path(out)
+    if not out.is_dir():
+        return None
+    paths = sorted({p for pattern in RUN_OUTPUTS for p in out.glob(pattern)})
+    return move_aside(out, paths)

@@ -13,6 +13,7 @@ global batch's randomness and keeps its own slice.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -40,7 +41,15 @@ from ditlab.train import distributed as D
 from ditlab.train.config import TrainConfig
 from ditlab.train.ema import EMA
 from ditlab.train.metrics import MetricsLog, plot_curves
-from ditlab.train.state import latest_checkpoint, load_training_state, save_training_state
+from ditlab.train.state import (
+    check_run_folder,
+    checkpoint_dir,
+    list_checkpoints,
+    move_aside,
+    move_previous_run_aside,
+    resume_checkpoint,
+    save_training_state,
+)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -49,8 +58,15 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None):
+    """One training run into `cfg.out`. `resume`: None (a new run), "auto" (the newest loadable checkpoint
+    in `cfg.out`, else a new run) or a checkpoint path. A new run refuses a folder that holds another run
+    unless `overwrite`, which moves that run's files into `previous-runs/<time>/` when `run()` starts."""
+
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False):
+        if overwrite and resume:
+            raise ValueError("--overwrite starts a new run and --resume continues one: pass only one of them")
         self.cfg = cfg
+        self.resume, self.overwrite = resume, overwrite
         device = resolve_device(cfg.device)
         self.dist = D.init_distributed(device)
         self.device = D.local_device(device, self.dist)
@@ -108,9 +124,10 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cfg.fused_optimizer)
         self.step = 0
-        resume_path = self._resume_path(resume)
-        if resume_path is not None:
-            self._load(resume_path)
+        self.resumed_from: Path | None = None
+        found = resume_checkpoint(self.out, resume)
+        if found is not None:
+            self._load(*found)
 
         self.net = self.model
         if cfg.compile:
@@ -136,15 +153,7 @@ class Trainer:
         return create_model(cfg.model, variant=cfg.variant, **model_args)
 
     # ------------------------------------------------------------------ resume
-    def _resume_path(self, resume) -> Path | None:
-        if resume in (None, False, ""):
-            return None
-        if resume == "auto":
-            return latest_checkpoint(self.out)
-        return Path(resume)
-
-    def _load(self, path: Path) -> None:
-        state = load_training_state(path)
+    def _load(self, path: Path, state: dict) -> None:
         if state["config"] != self.model.config.to_dict():
             diff = {
                 k: (v, self.model.config.to_dict().get(k))
@@ -161,8 +170,38 @@ class Trainer:
         for group, flag in zip(self.opt.param_groups, fused):  # this run's kernel choice, not the saved one
             group["fused"] = flag
         self.step = int(state["step"])
+        if self.step > self.total_steps:  # never "continue" a run that is already past this one's end
+            raise ValueError(
+                f"{path} is at step {self.step}, past this run's {self.total_steps} steps: ask for more "
+                "steps (--steps), or start a new run with --overwrite or another --out"
+            )
         if "rng" in state:
             torch.set_rng_state(state["rng"])
+        self.resumed_from = Path(path)
+
+    def prepare_folder(self) -> None:
+        """Before the first write. A new run: refuse a folder holding another run, or (overwrite) move that
+        run's files aside. A continued run: move aside its checkpoints past the resumed step, a history this
+        run replaces (else retention or a later `--resume auto` could take them for this run's)."""
+        here = checkpoint_dir(self.out).resolve()
+        if self.resumed_from is not None and self.resumed_from.resolve().parent == here:
+            newer = [path for step, path in list_checkpoints(self.out) if step > self.step]
+            if self.dist.is_main and newer:
+                dest = move_aside(self.out, newer)
+                self._note(f"moved {len(newer)} checkpoint(s) past the resumed step {self.step} to {dest}/")
+        else:
+            # "auto" with nothing to resume: the config.json and metrics.jsonl of a run killed before its
+            # first checkpoint are that run's own, which the caller asked to continue
+            ignore = ("config.json", "metrics.jsonl") if self.resume == "auto" else ()
+            check_run_folder(self.out, self.overwrite, ignore)  # every rank: all of them raise, none hangs
+            if self.dist.is_main and self.overwrite:
+                dest = move_previous_run_aside(self.out)
+                if dest is not None:
+                    self._note(f"{self.out} held an earlier run: moved its files to {dest}/, starting clean")
+        D.barrier(self.dist)
+
+    def _note(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)  # stderr: stdout stays the summary JSON
 
     def state(self) -> dict:
         return {
@@ -258,11 +297,14 @@ class Trainer:
 
     def run(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
+        self.prepare_folder()
         if main:
+            if self.resumed_from is not None:
+                self._note(f"resuming from {self.resumed_from} (step {self.step})")
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         log = (
-            MetricsLog(self.out / "metrics.jsonl", resume_step=self.step if self.step else None)
+            MetricsLog(self.out / "metrics.jsonl", resume_step=self.step if self.resumed_from else None)
             if main
             else None
         )
@@ -389,9 +431,10 @@ def adamw(params, lr: float, weight_decay: float = 0.0, fused: bool = True) -> t
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
-    """Run (or resume) a training run; returns a summary (final step, loss, paths, seconds)."""
-    return Trainer(cfg, resume=resume).run()
+def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False) -> dict:
+    """Run (or resume) a training run; returns a summary (final step, loss, paths, seconds). See Trainer
+    for `resume` and `overwrite`."""
+    return Trainer(cfg, resume=resume, overwrite=overwrite).run()
 
 
 __all__ = ["Trainer", "train", "step_generator", "compile_or_eager", "adamw"]
