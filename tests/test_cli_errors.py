@@ -1,0 +1,61 @@
+"""Issue 14 items 3, 5, 6, 7 and 9: mistakes a new user makes are refused early, by name, with what to do.
+
+Latent models without an autoencoder, CUDA asked for on a CPU machine, invalid --steps, samples that do not
+match the reference's size, fine-tuning data of another size than the base, corrupt images in a folder, and
+the one-time cost of the in-domain classifier said while it is paid.
+"""
+
+import pytest
+import torch
+
+import ditlab
+from ditlab.cli import main as cli
+
+
+def tiny_model(**kw):
+    args = dict(input_size=8, in_channels=1, num_classes=3)
+    args.update(kw)
+    torch.manual_seed(0)
+    return ditlab.create_model("DiT-Nano/2", **args).eval()
+
+
+# --- item 3: a latent model sampled without --vae ---------------------------------------------------------
+
+
+def test_latent_model_without_vae_is_refused_before_the_first_step(monkeypatch):
+    model = tiny_model(in_channels=4)
+    calls = []
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1))  # no sampler step may run
+    with pytest.raises(ValueError, match="4-channel latents: pass --vae"):
+        ditlab.sample(model, classes=[0], steps=2)
+    assert calls == []
+    latents, _ = ditlab.sample(tiny_model(in_channels=4), classes=[0], steps=2, return_tensors=True)
+    assert latents.shape == (1, 4, 8, 8)  # raw latents stay available to code that asks for them
+
+
+def test_sample_cli_refuses_a_latent_model_without_vae(tmp_path, capsys):
+    ckpt = tmp_path / "latent.safetensors"
+    ditlab.save_model(tiny_model(in_channels=4), ckpt)
+    out = tmp_path / "s"
+    assert cli(["sample", str(ckpt), "--steps", "2", "--out", str(out), "--no-progress"]) == 2
+    assert "4-channel latents: pass --vae" in capsys.readouterr().err
+    assert not (tmp_path / "s.npz").exists()
+
+
+# --- item 6: --steps validated at parse time; one device check everywhere ----------------------------------
+
+
+@pytest.mark.parametrize("bad", ["-3", "0", "abc", "ddim", "ddim-5", "25,0", "10,x"])
+def test_sample_steps_are_validated_when_parsed(tmp_path, capsys, bad):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["sample", str(tmp_path / "missing.safetensors"), f"--steps={bad}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--steps" in err and "is not a number of sampling steps" in err
+
+
+def test_sample_steps_accept_counts_and_respacings():
+    from ditlab.sampling_cli import sampling_steps
+
+    assert sampling_steps("50") == 50 and sampling_steps(" 7 ") == 7
+    assert sampling_steps("ddim25") == "ddim25" and sampling_steps("25,25,50") == "25,25,50"
