@@ -5,6 +5,7 @@ match the reference's size, fine-tuning data of another size than the base, corr
 the one-time cost of the in-domain classifier said while it is paid.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,3 +60,15 @@ def test_sample_steps_accept_counts_and_respacings():
 
     assert sampling_steps("50") == 50 and sampling_steps(" 7 ") == 7
     assert sampling_steps("ddim25") == "ddim25" and sampling_steps("25,25,50") == "25,25,50"
+
+
+def test_eval_device_cuda_without_a_gpu_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["eval", "--ref", "digits:test", "--features", "classifier:digits", "--device", "cuda"]
+    assert cli(args) == 2  # was an uncaught AssertionError: Torch not compiled with CUDA enabled
+    assert "torch sees no CUDA GPU; use --device cpu or auto" in capsys.readouterr().err
+    from ditlab.eval import evaluate
+
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        evaluate(images, ref="digits:test", features=["classifier:digits"], device="cuda")

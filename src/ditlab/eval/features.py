@@ -27,6 +27,7 @@ import torch
 from ditlab.data import RESIZE_FILTER, check_images, convert_channels, resize_images
 from ditlab.eval.cache import cache_dir as resolve_cache_dir
 from ditlab.eval.cache import file_fingerprint
+from ditlab.runtime import resolve_device
 
 EFFNET_DEFAULT_RESOLUTION = 64
 INCEPTION_RESOLUTION = 299
@@ -34,10 +35,8 @@ FEATURE_NAMES = ("effnet-lite0[:RES]", "inception:PATH", "classifier:DATASET")
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """`device`, or CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`device`, or CUDA when available, else CPU; CUDA on a machine without it is a clear ValueError."""
+    return resolve_device("auto" if device is None else str(device))
 
 
 class FeatureExtractor:
