@@ -72,3 +72,40 @@ def test_eval_device_cuda_without_a_gpu_is_a_clear_error(monkeypatch, capsys):
     images = np.zeros((4, 8, 8, 1), np.uint8)
     with pytest.raises(ValueError, match="no CUDA GPU"):
         evaluate(images, ref="digits:test", features=["classifier:digits"], device="cuda")
+
+
+# --- item 7: a corrupt image in a folder names the CLI flag that skips it ----------------------------------
+
+TINY_RUN = [
+    "--model", "DiT-Nano/2", "--batch-size", "4", "--steps", "1", "--sample-steps", "1", "--threads", "1",
+    "--no-progress", "--log-every", "1",
+]  # fmt: skip
+
+
+@pytest.fixture
+def folder_with_a_corrupt_image(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+                tmp_path / "data" / name / f"{i}.png"
+            )
+    (tmp_path / "data" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return tmp_path / "data"
+
+
+def test_corrupt_image_message_names_the_flag_and_the_flag_skips_it(folder_with_a_corrupt_image, tmp_path):
+    data = str(folder_with_a_corrupt_image)
+    with pytest.raises(ValueError, match=r"broken\.png.*--bad-images skip"):
+        cli(["train", "--data", data, *TINY_RUN, "--out", str(tmp_path / "refused")])
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+        assert (
+            cli(["train", "--data", data, *TINY_RUN, "--bad-images", "skip", "--out", str(tmp_path / "r")])
+            == 0
+        )
+    assert (tmp_path / "r" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="unknown bad_images 'ignore'; choose one of: raise, skip"):
+        cli(["train", "--data", data, *TINY_RUN, "--bad-images", "ignore", "--out", str(tmp_path / "x")])

@@ -133,7 +133,8 @@ def load_image_folder_arrays(
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             if bad_images == "raise":
                 raise ValueError(
-                    f"cannot read image {path}: {e}; remove or replace the file, or pass bad_images='skip'"
+                    f"cannot read image {path}: {e}; remove or replace the file, or leave unreadable files out "
+                    "with --bad-images skip (ditlab train / finetune; in Python bad_images='skip')"
                 ) from e
             bad.append(f"{path} ({e})")
             continue
