@@ -109,3 +109,52 @@ def test_corrupt_image_message_names_the_flag_and_the_flag_skips_it(folder_with_
     assert (tmp_path / "r" / "model.safetensors").is_file()
     with pytest.raises(ValueError, match="unknown bad_images 'ignore'; choose one of: raise, skip"):
         cli(["train", "--data", data, *TINY_RUN, "--bad-images", "ignore", "--out", str(tmp_path / "x")])
+
+
+# --- item 5: samples and reference of different sizes; fine-tuning data of another size than the base ------
+
+
+def test_eval_refuses_samples_of_another_size_than_the_reference(tmp_path, capsys):
+    from ditlab.data import save_npz
+
+    rng = np.random.default_rng(0)
+    samples = rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)  # 16x16 RGB vs digits' 8x8 grey
+    save_npz(tmp_path / "s.npz", samples, np.arange(20) % 10)
+    args = [
+        "eval",
+        "--samples",
+        str(tmp_path / "s.npz"),
+        "--ref",
+        "digits:test",
+        "--features",
+        "classifier:digits",
+    ]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        "the samples are 16x16 RGB but the reference digits:test is 8x8 grey" in err and "--resize-ref" in err
+    )
+    assert cli([*args, "--resize-ref", "--no-floor"]) == 0  # asked for: scored, and the JSON says both shapes
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert '"image_size": [16, 16], "channels": 3' in out and '"ref_shape": [8, 8, 1]' in out
+
+
+def test_evaluate_api_warns_about_a_size_mismatch_and_can_refuse():
+    from ditlab.eval import evaluate
+
+    samples = np.zeros((4, 16, 16, 1), np.uint8)
+    with pytest.raises(ValueError, match="16x16 grey but the reference digits:test is 8x8 grey"):
+        evaluate(samples, ref="digits:test", features=["classifier:digits"], resize_ref=False)
+    with pytest.warns(UserWarning, match="16x16 grey but the reference digits:test is 8x8 grey"):
+        evaluate(samples, ref="digits:test", features=["classifier:digits"], floor=False)
+
+
+def test_reference_shape_reads_headers_only(tmp_path):
+    from ditlab.data import save_npz
+    from ditlab.eval.reference import reference_shape
+
+    save_npz(tmp_path / "imgs.npz", np.zeros((3, 12, 10, 3), np.uint8), np.zeros(3, np.int64))
+    np.savez(tmp_path / "stats.npz", mu=np.zeros(4), sigma=np.eye(4))
+    assert reference_shape(str(tmp_path / "imgs.npz")) == (12, 10, 3)
+    assert reference_shape(str(tmp_path / "stats.npz")) is None
+    assert reference_shape("fashion-mnist:test") == (28, 28, 1) and reference_shape("digits") == (8, 8, 1)
