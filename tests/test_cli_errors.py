@@ -158,3 +158,23 @@ def test_reference_shape_reads_headers_only(tmp_path):
     assert reference_shape(str(tmp_path / "imgs.npz")) == (12, 10, 3)
     assert reference_shape(str(tmp_path / "stats.npz")) is None
     assert reference_shape("fashion-mnist:test") == (28, 28, 1) and reference_shape("digits") == (8, 8, 1)
+
+
+def test_finetune_says_in_one_line_that_it_resizes_the_data_to_the_base(tmp_path, capsys):
+    from ditlab.finetune import FinetuneConfig, FinetuneTrainer
+
+    base = ditlab.create_model("DiT-Nano/2", input_size=16, in_channels=3, num_classes=10, learn_sigma=False)
+    ditlab.save_model(base, tmp_path / "base.safetensors", objective={"kind": "flow", "learn_sigma": False})
+    cfg = dict(
+        base=str(tmp_path / "base.safetensors"), data="digits", steps=1, batch_size=8, progress=False,
+        threads=1, sample_steps=1, log_every=1, labels="keep",
+    )  # fmt: skip
+    FinetuneTrainer(FinetuneConfig(**cfg, out=str(tmp_path / "ft")))  # the data and model are set up here
+    lines = [line for line in capsys.readouterr().out.splitlines() if "resized" in line]
+    assert lines == [
+        "finetune: digits holds 8x8 grey images; they are resized to 16x16 RGB, the base's input size"
+    ]
+    with pytest.raises(
+        ValueError, match="the base works on 16x16 RGB images but --image-size/--channels load"
+    ):
+        FinetuneTrainer(FinetuneConfig(**cfg, image_size=8, out=str(tmp_path / "ft8")))
