@@ -178,3 +178,25 @@ def test_finetune_says_in_one_line_that_it_resizes_the_data_to_the_base(tmp_path
         ValueError, match="the base works on 16x16 RGB images but --image-size/--channels load"
     ):
         FinetuneTrainer(FinetuneConfig(**cfg, image_size=8, out=str(tmp_path / "ft8")))
+
+
+# --- item 9: the one-time classifier training and long feature extraction show progress ---------------------
+
+
+def test_classifier_training_and_feature_extraction_show_progress(tmp_path, monkeypatch, capsys):
+    from ditlab.eval import classifier as clf
+
+    real_train = clf.train_classifier
+    monkeypatch.setattr(clf, "train_classifier", lambda *a, **k: real_train(*a, **{**k, "steps": 5}))  # fast
+    extractor = clf.ClassifierFeatures("digits", cache_dir=tmp_path)
+    err = capsys.readouterr().err
+    cached = clf.classifier_file("digits", tmp_path)
+    assert "training classifier:digits: 100%" in err and "5/5" in err  # the bar of the training steps
+    assert "classifier:digits trained in " in err and f"and cached at {cached}" in err and cached.is_file()
+    clf.ClassifierFeatures("digits", cache_dir=tmp_path)  # from the cache: silent
+    assert capsys.readouterr().err == ""
+    extractor.run(np.zeros((100, 8, 8, 1), np.uint8))
+    assert capsys.readouterr().err == ""  # small sets (in-training evaluation) stay quiet
+    extractor.run(np.zeros((extractor.progress_min_images, 8, 8, 1), np.uint8))
+    err = capsys.readouterr().err
+    assert "classifier:digits features:" in err and f"/{extractor.progress_min_images} " in err  # a bar

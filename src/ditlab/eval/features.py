@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ditlab.data import RESIZE_FILTER, check_images, convert_channels, resize_images
 from ditlab.eval.cache import cache_dir as resolve_cache_dir
@@ -52,6 +54,9 @@ class FeatureExtractor:
     resolution: tuple[int, int]
     channels: int = 3
     has_logits: bool = False
+    progress_min_images: int = (
+        2000  # a progress bar (stderr) from this many images: reference sets take minutes
+    )
 
     def __init__(self, device: str | torch.device | None = None, batch_size: int = 100) -> None:
         self.device = default_device(device)
@@ -79,13 +84,19 @@ class FeatureExtractor:
         """Features float64 (N, dim) and, if asked and available, logits float64 (N, K)."""
         images = check_images(images)
         feats, logits = [], []
-        with torch.inference_mode():
-            for start in range(0, images.shape[0], self.batch_size):
+        n = images.shape[0]
+        quiet = n < self.progress_min_images
+        bar = tqdm(
+            total=n, desc=f"{self.name} features", unit="img", file=sys.stderr, leave=False, disable=quiet
+        )
+        with torch.inference_mode(), bar:
+            for start in range(0, n, self.batch_size):
                 x = self._prepare(images[start : start + self.batch_size]).to(self.device)
                 f, lg = self._forward(x)
                 feats.append(f.double().cpu().numpy())
                 if want_logits and lg is not None:
                     logits.append(lg.double().cpu().numpy())
+                bar.update(len(x))
         return np.concatenate(feats), (np.concatenate(logits) if logits else None)
 
     def features(self, images) -> np.ndarray:
