@@ -90,6 +90,7 @@ RESUMABLE_FIELDS = (
     "log_every",
     "ckpt_every",
     "keep_last",
+    "bad_images",  # runs that started were not stopped by a bad file; older config.json files lack it
 )
 
 # The study's model: DiT-Ti/4 cut to 4 blocks, so that each of its 12 runs trains ~1200 steps in ~10 CPU

@@ -55,6 +55,22 @@ def sample_labels(model, classes=None, per_class: int = 1, num_samples: int | No
     return labels
 
 
+def check_decodable(model, vae=None, return_tensors: bool = False) -> None:
+    """Refuse, before any sampler step, to sample a latent model into images without an autoencoder.
+
+    A model whose channels are not 1 (grey) or 3 (RGB) works on latents (4 for the SD VAE): its raw
+    outputs are not images, and without this check the failure came only after all sampling, from the
+    image writer (or, in Python, as uint8 "images" of latents). `return_tensors=True` keeps raw latents.
+    """
+    channels = model.in_channels
+    if vae is None and not return_tensors and channels not in (1, 3):
+        raise ValueError(
+            f"this model works on {channels}-channel latents: pass --vae <folder> (a local diffusers "
+            "AutoencoderKL folder; in Python vae=ditlab.autoencoders.load_vae(folder)) to decode them into "
+            "images, or return_tensors=True to keep the raw latents"
+        )
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -75,6 +91,7 @@ def sample(
     return_tensors: bool = False,
 ) -> Samples:
     """Sample images; see the module docstring. `steps` may be an int or a DDPM respacing string ("250")."""
+    check_decodable(model, vae, return_tensors)
     spec = objective_of(model)
     objective = spec.build()
     sampler = sampler or spec.default_sampler

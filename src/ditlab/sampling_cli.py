@@ -7,10 +7,31 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 from ditlab.diffusion.samplers import SAMPLERS
+
+
+def sampling_steps(text: str) -> int | str:
+    """argparse type of --steps: a positive step count (50), or a DDPM respacing string (ddim50, 25,25,50).
+
+    Checked at parse time, so `--steps -3` is refused by name instead of failing inside the respacing code.
+    """
+    spec = str(text).strip()
+    counts = spec[len("ddim") :] if spec.startswith("ddim") else spec
+    try:
+        values = [int(part) for part in counts.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1 or (counts != spec and len(values) != 1):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of sampling steps: use a positive integer (50), ddimN (ddim50) or "
+            "steps per section of the chain (25,25,50), every count at least 1"
+        )
+    return values[0] if counts == spec and len(values) == 1 else spec
 
 
 def add_arguments(parser) -> None:
@@ -27,7 +48,10 @@ def add_arguments(parser) -> None:
         "--sampler", choices=list(SAMPLERS), help="default: ddim (DDPM models) or euler (flow)"
     )
     parser.add_argument(
-        "--steps", default="50", help="sampling steps, or a DDPM respacing such as 250 (default 50)"
+        "--steps",
+        type=sampling_steps,
+        default=50,
+        help="sampling steps, or a DDPM respacing such as 250 (default 50)",
     )
     parser.add_argument(
         "--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)"
@@ -47,6 +71,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback (as `ditlab eval`)
+        print(f"ditlab sample: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     import ditlab
     from ditlab.data import save_grid, save_npz
     from ditlab.runtime import resolve_device
@@ -59,14 +91,13 @@ def run(args) -> int:
         from ditlab.autoencoders import load_vae
 
         vae = load_vae(args.vae, device=device)
-    steps = int(args.steps) if str(args.steps).isdigit() else args.steps
     images, labels = sample(
         model,
         classes=args.classes,
         per_class=args.per_class,
         num_samples=args.num_samples,
         sampler=args.sampler,
-        steps=steps,
+        steps=args.steps,
         guidance_scale=args.guidance_scale,
         guidance_channels=args.guidance_channels,
         seed=args.seed,

@@ -21,6 +21,8 @@ from ditlab.data.images import check_images, load_npz, make_grid, save_grid, sav
 from ditlab.data.specs import (
     NAMED_DATASETS,
     DatasetSpec,
+    dataset_shape,
+    describe_shape,
     format_classes,
     load_dataset,
     parse_classes,
@@ -40,6 +42,8 @@ __all__ = [
     "ImageDataset",
     "check_images",
     "convert_channels",
+    "dataset_shape",
+    "describe_shape",
     "format_classes",
     "load_dataset",
     "load_digits_arrays",

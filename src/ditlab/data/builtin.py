@@ -34,6 +34,7 @@ DIGITS_CLASSES = tuple(str(d) for d in range(10))
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 SPLITS = ("train", "test", "all")
+NATIVE_SHAPES = {"digits": (8, 8, 1), "fashion-mnist": (28, 28, 1)}  # (H, W, C) as the files store them
 
 _IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x0803: uint8 3-d array; 0x0801: uint8 1-d array
 _FMNIST_FILES = {"train": "train", "test": "t10k"}

@@ -82,6 +82,26 @@ def scan_image_folder(
     return paths, labels, list(per_class)
 
 
+def folder_image_shape(root: str | os.PathLike) -> tuple[int, int, int] | None:
+    """(H, W, C) of every image below `root`, read from file headers only; None when the sizes differ.
+
+    C follows the loader: 1 when every image is grey, else 3. Unreadable files are left out here (loading
+    reports them).
+    """
+    sizes, grey = set(), True
+    for path in _images_below(Path(root)):
+        try:
+            with Image.open(path) as im:  # lazy: the header gives size and mode without decoding pixels
+                sizes.add(im.size)
+                grey = grey and im.mode in _GREY_MODES
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            continue
+    if len(sizes) != 1:
+        return None
+    (width, height) = sizes.pop()
+    return height, width, 1 if grey else 3
+
+
 def _decode(path: Path) -> Image.Image:
     with Image.open(path) as im:
         im.load()  # decode now, so a truncated file fails here with its path
@@ -133,7 +153,8 @@ def load_image_folder_arrays(
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             if bad_images == "raise":
                 raise ValueError(
-                    f"cannot read image {path}: {e}; remove or replace the file, or pass bad_images='skip'"
+                    f"cannot read image {path}: {e}; remove or replace the file, or leave unreadable files out "
+                    "with --bad-images skip (ditlab train / finetune; in Python bad_images='skip')"
                 ) from e
             bad.append(f"{path} ({e})")
             continue

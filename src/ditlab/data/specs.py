@@ -32,12 +32,13 @@ from ditlab.data.builtin import (
     DIGITS_CLASSES,
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
+    NATIVE_SHAPES,
     SPLITS,
     load_digits_arrays,
     load_fashion_mnist_arrays,
 )
 from ditlab.data.dataset import ImageDataset
-from ditlab.data.image_folder import load_image_folder_arrays
+from ditlab.data.image_folder import folder_image_shape, load_image_folder_arrays
 from ditlab.data.transforms import convert_channels, resize_images
 
 NAMED_DATASETS = ("digits", "fashion-mnist")
@@ -182,6 +183,30 @@ def _folder_for_split(root: Path, split: str) -> Path:
     raise ValueError(
         f"{root} has no {split!r} sub-folder; ImageFolder splits are sub-folders named train/ and test/ "
         "(a folder without them is all 'train')"
+    )
+
+
+def dataset_shape(
+    spec: str | os.PathLike | DatasetSpec, split: str | None = None
+) -> tuple[int, int, int] | None:
+    """(H, W, C) of a dataset's images as stored, before any resize (None: a folder of mixed sizes).
+
+    Cheap: named sets have a fixed shape and folders are read from file headers, so callers can say what a
+    load will resize before paying for it.
+    """
+    parsed = parse_spec(spec).with_split(split)
+    if parsed.kind == "folder":
+        return folder_image_shape(_folder_for_split(Path(parsed.path), parsed.split))
+    return NATIVE_SHAPES[parsed.kind]
+
+
+def describe_shape(shape: tuple[int, int, int] | None) -> str:
+    """(28, 28, 1) -> "28x28 grey", (32, 32, 3) -> "32x32 RGB"; None -> "of mixed sizes"."""
+    if shape is None:
+        return "of mixed sizes"
+    height, width, channels = shape
+    return (
+        f"{height}x{width} {'grey' if channels == 1 else 'RGB' if channels == 3 else f'{channels}-channel'}"
     )
 
 

@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="effnet-lite0[:RES] | inception:PATH | classifier:DATASET (default: effnet-lite0, plus "
         "classifier:<dataset> for digits / Fashion-MNIST references)",
     )
+    parser.add_argument(
+        "--resize-ref",
+        action="store_true",
+        help="score samples whose size or channels differ from the reference's (it is resized; default: refuse)",
+    )
     parser.add_argument("--k", type=int, default=3, help="neighbours for precision/recall (default 3)")
     parser.add_argument("--no-floor", action="store_true", help="skip the train-vs-test floor")
     parser.add_argument(
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
                     floor=not args.no_floor,
                     device=args.device,
                     cache_dir=args.cache_dir,
+                    resize_ref=args.resize_ref,
                 )
             result = {"samples": str(args.samples), **result}
     except (FileNotFoundError, ValueError, TypeError, ImportError) as e:

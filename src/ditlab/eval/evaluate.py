@@ -16,12 +16,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ditlab.data import RESIZE_FILTER, check_images
+from ditlab.data import RESIZE_FILTER, check_images, describe_shape
 from ditlab.eval.features import get_feature_extractor
 from ditlab.eval.frechet import feature_statistics, frechet_distance, warn_if_singular
 from ditlab.eval.label_scores import class_accuracy, inception_score
 from ditlab.eval.precision_recall import precision_recall
-from ditlab.eval.reference import MAX_PR_FEATURES, floor_fd, parse_reference, reference_stats
+from ditlab.eval.reference import (
+    MAX_PR_FEATURES,
+    floor_fd,
+    parse_reference,
+    reference_shape,
+    reference_stats,
+)
 
 DEFAULT_FEATURES = ("effnet-lite0",)
 
@@ -37,6 +43,32 @@ def default_features(ref) -> tuple[str, ...]:
     return DEFAULT_FEATURES
 
 
+def check_reference_shape(samples_shape, ref, resize_ref: bool | None) -> tuple[int, int, int] | None:
+    """The reference's stored (H, W, C); when it differs from the samples', refuse (resize_ref=False),
+    warn (None) or accept (True). Returns the reference shape (None when unknown).
+
+    Across sizes the real images are resized (a dataset reference to the samples' size) and channels are
+    converted before any feature is computed: the score then measures the samples against interpolated
+    images, which is seldom what was meant (32x32 RGB samples against 28x28 grey Fashion-MNIST come from a
+    model of other data). Training at --image-size compares with its own resized test split on purpose.
+    """
+    ref_shape = reference_shape(ref)
+    if ref_shape is None or tuple(ref_shape) == tuple(samples_shape) or resize_ref:
+        return ref_shape
+    message = (
+        f"the samples are {describe_shape(samples_shape)} but the reference {ref} is "
+        f"{describe_shape(ref_shape)}: a score across sizes or channels compares the samples with resized, "
+        "channel-converted real images"
+    )
+    if resize_ref is False:
+        raise ValueError(
+            f"{message}; sample at the reference's size, or pass --resize-ref (Python: resize_ref=True) to "
+            "compare anyway"
+        )
+    warnings.warn(f"{message} (resize_ref=True accepts this, resize_ref=False refuses it)", stacklevel=2)
+    return ref_shape
+
+
 def evaluate(
     images,
     labels=None,
@@ -47,6 +79,7 @@ def evaluate(
     floor: bool = True,
     device=None,
     cache_dir: str | os.PathLike | None = None,
+    resize_ref: bool | None = None,
 ) -> dict:
     """Score uint8 samples (N, H, W, C) against `ref` with each feature extractor.
 
@@ -59,11 +92,14 @@ def evaluate(
             `default_features(ref)`.
         k: neighbours for precision/recall (computed on at most 10k samples and 10k reference vectors).
         floor: also report the FD of real held-out data against the reference, with as many images.
+        resize_ref: when the reference's images have another size or channel count than the samples:
+            None warns and resizes, True resizes silently, False refuses (`ditlab eval` without --resize-ref).
 
     Returns:
-        a JSON-ready dict: `n_samples`, `image_size`, `ref`, `k`, `resize`, `metrics` (one entry per
-        extractor: `metric` name, `fd`, `n_ref`, `precision`, `recall`, `floor`, extractor settings; for
-        classifiers also `inception_score`, `class_accuracy`), and `warnings` (also issued as warnings).
+        a JSON-ready dict: `n_samples`, `image_size`, `ref`, `ref_shape` (its stored H, W, C or None), `k`,
+        `resize`, `metrics` (one entry per extractor: `metric` name, `fd`, `n_ref`, `precision`, `recall`,
+        `floor`, extractor settings; for classifiers also `inception_score`, `class_accuracy`), and
+        `warnings` (also issued as warnings).
     """
     images = check_images(images, what="samples")
     n, height, width, channels = images.shape
@@ -81,12 +117,15 @@ def evaluate(
         "image_size": [height, width],
         "channels": channels,
         "ref": str(spec),
+        "ref_shape": None,
         "k": k,
         "resize": RESIZE_FILTER,
         "metrics": {},
     }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        ref_shape = check_reference_shape((height, width, channels), spec, resize_ref)  # before any work
+        result["ref_shape"] = list(ref_shape) if ref_shape is not None else None
         for name in names:
             extractor = get_feature_extractor(name, device=device, cache_dir=cache_dir)
             feats, logits = extractor.run(images, want_logits=extractor.has_logits)

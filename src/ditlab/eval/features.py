@@ -18,16 +18,19 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ditlab.data import RESIZE_FILTER, check_images, convert_channels, resize_images
 from ditlab.eval.cache import cache_dir as resolve_cache_dir
 from ditlab.eval.cache import file_fingerprint
+from ditlab.runtime import resolve_device
 
 EFFNET_DEFAULT_RESOLUTION = 64
 INCEPTION_RESOLUTION = 299
@@ -35,10 +38,8 @@ FEATURE_NAMES = ("effnet-lite0[:RES]", "inception:PATH", "classifier:DATASET")
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """`device`, or CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`device`, or CUDA when available, else CPU; CUDA on a machine without it is a clear ValueError."""
+    return resolve_device("auto" if device is None else str(device))
 
 
 class FeatureExtractor:
@@ -54,6 +55,9 @@ class FeatureExtractor:
     resolution: tuple[int, int]
     channels: int = 3
     has_logits: bool = False
+    progress_min_images: int = (
+        2000  # a progress bar (stderr) from this many images: reference sets take minutes
+    )
 
     def __init__(self, device: str | torch.device | None = None, batch_size: int = 100) -> None:
         self.device = default_device(device)
@@ -81,13 +85,19 @@ class FeatureExtractor:
         """Features float64 (N, dim) and, if asked and available, logits float64 (N, K)."""
         images = check_images(images)
         feats, logits = [], []
-        with torch.inference_mode():
-            for start in range(0, images.shape[0], self.batch_size):
+        n = images.shape[0]
+        quiet = n < self.progress_min_images
+        bar = tqdm(
+            total=n, desc=f"{self.name} features", unit="img", file=sys.stderr, leave=False, disable=quiet
+        )
+        with torch.inference_mode(), bar:
+            for start in range(0, n, self.batch_size):
                 x = self._prepare(images[start : start + self.batch_size]).to(self.device)
                 f, lg = self._forward(x)
                 feats.append(f.double().cpu().numpy())
                 if want_logits and lg is not None:
                     logits.append(lg.double().cpu().numpy())
+                bar.update(len(x))
         return np.concatenate(feats), (np.concatenate(logits) if logits else None)
 
     def features(self, images) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from ditlab.atomic import atomic_write
-from ditlab.data import DatasetSpec, check_images, load_dataset, parse_spec
+from ditlab.data import DatasetSpec, check_images, dataset_shape, load_dataset, parse_spec
 from ditlab.eval.cache import cache_key, cache_path, dataset_fingerprint, file_fingerprint
 from ditlab.eval.features import FeatureExtractor, InceptionFeatures
 from ditlab.eval.frechet import feature_statistics, frechet_distance
@@ -78,6 +79,26 @@ def parse_reference(ref: str | os.PathLike | ReferenceSpec) -> ReferenceSpec:
         has_test = spec.kind != "folder" or (Path(spec.path) / "test").is_dir()
         spec = dataclasses.replace(spec, split="test" if has_test else "train")
     return ReferenceSpec(dataset=spec)
+
+
+def reference_shape(ref: str | os.PathLike | ReferenceSpec) -> tuple[int, int, int] | None:
+    """(H, W, C) of the reference's images as stored, without loading them; None when unknown (a
+    statistics-only `.npz`, a folder of mixed sizes)."""
+    spec = parse_reference(ref)
+    if spec.dataset is not None:
+        return dataset_shape(spec.dataset)
+    try:  # the .npy header of arr_0: the shape without reading (possibly gigabytes of) pixels
+        with zipfile.ZipFile(spec.npz) as archive, archive.open("arr_0.npy") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            )
+            shape = read_header(f)[0]
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return None
+    if len(shape) == 3:
+        return shape[1], shape[2], 1
+    return tuple(shape[1:4]) if len(shape) == 4 else None
 
 
 def _subset(n_total: int, n: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from ditlab.data import dataset_shape, describe_shape
 from ditlab.finetune.adapter import save_adapter
 from ditlab.finetune.config import FinetuneConfig
 from ditlab.finetune.methods import get_method, merge, prepare_model, trainable_summary
@@ -39,6 +40,7 @@ class FinetuneTrainer(Trainer):
                 f"(learn_sigma={model.config.learn_sigma}) but the run asks learn_sigma={cfg.learn_sigma}; "
                 "leave learn_sigma unset to inherit it"
             )
+        self._check_data_shape(model)
         num_classes = self.data.num_classes or None  # unlabelled data: keep the table (the null row trains)
         prepare_model(model, cfg.method, num_classes, labels=cfg.labels, seed=cfg.seed, **cfg.method_args)
         model.train()  # load_model returns eval mode; training-time switches (checkpointing) need train mode
@@ -51,6 +53,28 @@ class FinetuneTrainer(Trainer):
                 flush=True,
             )
         return model
+
+    def _check_data_shape(self, model) -> None:
+        """The data must reach the base at its input shape; say in one line when that meant a resize.
+
+        A DiT's patch grid and position embedding fix its input size, so a fine-tune has no other size to
+        use: refusing until --image-size repeats the base's size would only make the user type the one value
+        that works. The resize is said (8x8 grey digits become 32x32 RGB) because it changes the data.
+        """
+        base = (*model.config.image_hw, model.in_channels)
+        loaded = (*self.data.image_size, self.data.channels)
+        if loaded != base:
+            raise ValueError(
+                f"the base works on {describe_shape(base)} images but --image-size/--channels load "
+                f"{self.cfg.data} at {describe_shape(loaded)}; leave them unset to use the base's"
+            )
+        stored = dataset_shape(self.cfg.data)
+        if stored != loaded and self.dist.is_main:
+            print(
+                f"finetune: {self.cfg.data} holds {describe_shape(stored)} images; they are resized to "
+                f"{describe_shape(loaded)}, the base's input size",
+                flush=True,
+            )
 
     def compute_loss(self, x0, model_kwargs, t, noise) -> dict:
         return get_method(self.cfg.method).compute_loss(self, x0, model_kwargs, t, noise)

@@ -20,6 +20,7 @@ from ditlab.train.state import resume_checkpoint
 
 HELP = {
     "data": 'dataset: "digits", "fashion-mnist[:DIR]" or an ImageFolder path',
+    "bad_images": "unreadable files in an image folder: raise (stop, naming the file) or skip (leave out, warn)",
     "image_size": "resize images to this side (default: the data's own size)",
     "model": "zoo name, e.g. DiT-S/2, DiT-Ti/2, DiT-XL/2",
     "variant": "conditioning variant (in-context, cross-attention, adaln, adaln-zero, adaln-single, ...)",

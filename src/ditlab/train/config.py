@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ditlab.configs import DictConfig
+from ditlab.data.image_folder import BAD_IMAGE_POLICIES
 from ditlab.models.dit import CHECKPOINT_POLICIES
 
 OBJECTIVES = ("ddpm", "flow")
@@ -25,6 +26,7 @@ class TrainConfig(DictConfig):
     channels: int | None = None  # 1 or 3; None keeps the data's
     flip: bool = False  # random horizontal flips (the official recipe flips ImageNet; digits must not)
     unconditional: bool = False  # ignore labels
+    bad_images: str = "raise"  # unreadable files in an image folder: raise (stop, naming it) | skip (warn)
     # --- model ---
     model: str = "DiT-S/2"
     variant: str | None = None  # a conditioning variant of ditlab.models.VARIANTS
@@ -78,6 +80,10 @@ class TrainConfig(DictConfig):
             self.learn_sigma = self.objective == "ddpm"
         if self.objective == "flow" and self.learn_sigma:
             raise ValueError("flow matching predicts a velocity only: learn_sigma must be False")
+        if self.bad_images not in BAD_IMAGE_POLICIES:
+            raise ValueError(
+                f"unknown bad_images {self.bad_images!r}; choose one of: {', '.join(BAD_IMAGE_POLICIES)}"
+            )
         if self.steps <= 0 and self.epochs <= 0:
             raise ValueError("set the run length: steps > 0 or epochs > 0")
         if self.batch_size < 1 or self.lr <= 0:

@@ -33,7 +33,9 @@ def evaluate_during_training(trainer) -> dict:
         batch_size=250,
         device=trainer.device,
     )
-    result = evaluate(images, labels if model.num_classes else None, ref=ref, features=features, floor=False)
+    labels = labels if model.num_classes else None
+    # resize_ref: a run at --image-size is compared with its test split resized the way its data was
+    result = evaluate(images, labels, ref=ref, features=features, floor=False, resize_ref=True)
     record = {}
     for name, entry in result["metrics"].items():
         key = name.split(":")[0].replace("-", "_")

@@ -88,6 +88,7 @@ class Trainer:
             channels=cfg.channels,
             flip=cfg.flip,
             unconditional=cfg.unconditional or None,
+            bad_images=cfg.bad_images,
         )
         if len(self.data) < cfg.batch_size:
             raise ValueError(
