@@ -9,8 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ditlab.models import VARIANTS, create_model
-from ditlab.nn.modulation import Modulation
-from ditlab.nn.norms import can_hold, modulate
+from ditlab.nn.modulation import Modulation, can_hold, modulate
 from ditlab.train.config import TrainConfig
 from ditlab.train.trainer import adamw, compile_or_eager
 

@@ -161,7 +161,7 @@ class DiffFit(FinetuneMethod):
             block = model.blocks[i]
             # γ scales what the gate multiplies: the branch output, after the post-norm when there is one.
             for branch, post in (("attn", "post_norm1"), ("mlp", "post_norm2")):
-                name = post if hasattr(block, post) else branch
+                name = post if getattr(block, post) is not None else branch
                 setattr(block, name, BranchScale(getattr(block, name), D))
 
     def trainable_parameters(self, model, **options):
