@@ -1,4 +1,5 @@
-"""The adaptive-layer-norm family: how a condition vector c becomes per-sample shift, scale and gate.
+"""The adaptive-layer-norm family: how a condition vector c becomes per-sample shift, scale and gate, and
+how they act on tokens (`modulate`, the gated residual `Modulation.residual`).
 
 One mechanism covers the variants the DiT paper and later models compare:
 
