@@ -83,6 +83,11 @@ class DyDiT(DiT):
                 f"DyDiT needs an adaLN-family DiT (one of {', '.join(MODULATED)}), got conditioning="
                 f"{cfg.conditioning!r}"
             )
+        if cfg.arrangement != "sequential":
+            raise ValueError(
+                f"DyDiT routes tokens between a block's attention and its MLP, so it needs "
+                f"arrangement='sequential', got {cfg.arrangement!r}"
+            )
         if cfg.mlp_hidden % cfg.num_heads:
             raise ValueError(
                 f"the MLP width {cfg.mlp_hidden} must split into num_heads={cfg.num_heads} equal groups; "

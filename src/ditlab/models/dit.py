@@ -25,9 +25,10 @@ How the text-to-image blocks plug in, as new parts rather than new bodies:
   through per-stream output projections. The gated residuals and `mlp_branch` are the same code applied once
   per stream; the block returns (x, context) and `run_blocks` threads the context stream from block to block
   (today's `context` argument, the cross-attention variant's condition tokens, is where it enters).
-- Single stream with parallel attention + MLP (Flux single blocks, Z-Image): an `arrangement` part,
-  "parallel" instead of "sequential": one norm and one modulation (shift, scale, gate) per block,
-  x + gate·(attn(h) + mlp(h)) with h = modulate(norm1(x)); norm2 and the second modulation branch are None.
+- Single stream with parallel attention + MLP (Flux single blocks, Z-Image): the arrangement part,
+  `DiTConfig(arrangement="parallel")` (implemented, `Block.parallel_forward`): one norm and one modulation
+  (shift, scale, gate) per block, x + gate·(attn(h) + mlp(h)) with h = modulate(norm1(x)); `norm2` is None and
+  the modulation has one branch.
   Flux's fused linear1/linear2 are the same function as separate qkv + fc1 and proj + fc2 (a linear map of a
   concatenation is the sum of the maps), so a checkpoint converter splits them into these official names.
 """
@@ -46,7 +47,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 from ditlab.models.config import MODULATED, DiTConfig
 from ditlab.nn.attention import Attention, AttentionSlice, CrossAttention, Mlp, MlpSlice
 from ditlab.nn.embed import LabelEmbedder, PatchEmbed, PooledEmbedder, TimestepEmbedder, sincos_2d
-from ditlab.nn.modulation import AdaLNModulation, AdaLNSingle, Modulation, ScaleShiftTable
+from ditlab.nn.modulation import AdaLNModulation, AdaLNSingle, Modulation, ScaleShiftTable, params_per_branch
 from ditlab.nn.norms import RMSNorm, make_norm
 
 NO_MODULATION = Modulation(None, None, None)
@@ -104,7 +105,8 @@ class Block(nn.Module):
 
     Parts (None where the config does not use them): `adaLN_modulation` (per-block adaLN projection) or
     `adaLN_table` (adaLN-single's per-block table), else no modulation (in-context, cross-attention);
-    `norm_cross`, `cross_attn` (the cross-attention variant); `post_norm1`, `post_norm2` (Lumina's sandwich).
+    `norm_cross`, `cross_attn` (the cross-attention variant); `post_norm1`, `post_norm2` (Lumina's sandwich);
+    `norm2` is None in the parallel arrangement, where both mixers read the output of norm1.
     Module creation order matches the official DiTBlock so seeded inits are identical.
 
     `inplace_ops` (default True) lets modulate and the gated residuals write into the temporaries they are
@@ -119,17 +121,23 @@ class Block(nn.Module):
         self.gate_fn = cfg.gate_fn
         self.norm1 = make_norm(cfg.norm, D, eps=cfg.norm_eps)
         self.attn = Attention(D, cfg.num_heads, qkv_bias=True)
-        self.norm2 = make_norm(
-            cfg.norm, D, eps=cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps
+        self.parallel = cfg.arrangement == "parallel"  # attention and MLP both read modulate(norm1(x))
+        self.norm2 = (
+            None
+            if self.parallel
+            else make_norm(cfg.norm, D, eps=cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps)
         )
         self.mlp = Mlp(D, cfg.mlp_hidden)
+        self.branches = cfg.branches
         self.adaLN_modulation = (
-            AdaLNModulation(D, D, branches=2, shift=cfg.shift, gate=cfg.gated, zero_init=cfg.zero_init)
+            AdaLNModulation(
+                D, D, branches=cfg.branches, shift=cfg.shift, gate=cfg.gated, zero_init=cfg.zero_init
+            )
             if cfg.conditioning in ("adaln", "adaln-zero")
             else None
         )
         self.adaLN_table = (
-            ScaleShiftTable(D, branches=2, shift=cfg.shift, gate=True)
+            ScaleShiftTable(D, branches=cfg.branches, shift=cfg.shift, gate=True)
             if cfg.conditioning == "adaln-single"
             else None
         )
@@ -145,10 +153,12 @@ class Block(nn.Module):
             return self.adaLN_modulation(c)
         if self.adaLN_table is not None:
             return self.adaLN_table(shared)
-        return [NO_MODULATION, NO_MODULATION]
+        return [NO_MODULATION] * self.branches
 
     def forward(self, x, c, shared=None, context=None, route: BlockRoute | None = None):
         # x: (N, T, D) tokens; c: (N, D) condition; shared: (N, 6D) adaLN-single projection; context: (N, S, D)
+        if self.parallel:
+            return self.parallel_forward(x, c, shared, route)
         m_attn, m_mlp = self.modulations(c, shared)
         inplace = self.inplace_ops  # the norm and branch outputs below are temporaries of this block
         h = m_attn.apply(self.norm1(x), inplace)
@@ -166,6 +176,18 @@ class Block(nn.Module):
             if index is not None:
                 return self.mlp_on_tokens(x, m_mlp, route, index)
         return m_mlp.residual(x, self.mlp_branch(x, m_mlp, route), self.gate_fn, inplace)
+
+    def parallel_forward(self, x, c, shared=None, route: BlockRoute | None = None):
+        """x + gate·(attention(h) + MLP(h)), h = modulate(norm1(x)): one branch, both mixers on the same h."""
+        (m,) = self.modulations(c, shared)
+        h = m.apply(self.norm1(x), self.inplace_ops)  # read by both mixers, written by neither
+        if route is None:
+            out = self.attn(h) + self.mlp(h)
+        else:
+            out = self.attn(h, route.head_mask, route.attn_weights) + self.mlp(
+                h, route.group_mask, route.mlp_weights
+            )
+        return m.residual(x, out, self.gate_fn, self.inplace_ops)
 
     def mlp_branch(self, x, m: Modulation, route: BlockRoute | None = None) -> torch.Tensor:
         """The MLP branch's output before its gate: norm2 → modulate → MLP [→ post-norm], (N, T, D)."""
@@ -265,7 +287,9 @@ class DiT(nn.Module):
             PooledEmbedder(cfg.pooled_dim, D, cfg.class_dropout_prob) if cfg.pooled_dim else None
         )
         self.adaLN_single = (
-            AdaLNSingle(D, D, n=6 if cfg.shift else 4) if cfg.conditioning == "adaln-single" else None
+            AdaLNSingle(D, D, n=cfg.branches * params_per_branch(cfg.shift, True))
+            if cfg.conditioning == "adaln-single"
+            else None
         )
         self._pos_cache: dict[tuple, torch.Tensor] = {}
         self.initialize_weights()

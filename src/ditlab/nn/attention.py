@@ -54,12 +54,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        head_mask: torch.Tensor | None = None,
-        weights: AttentionSlice | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, head_mask=None, weights: AttentionSlice | None = None) -> torch.Tensor:
         """x (N, T, D) -> (N, T, D) on all heads, on the heads of `weights`, or with each head's output
         multiplied by `head_mask` (N, H) before the output projection."""
         N, T, _ = x.shape
@@ -122,12 +117,7 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        group_mask: torch.Tensor | None = None,
-        weights: MlpSlice | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, group_mask=None, weights: MlpSlice | None = None) -> torch.Tensor:
         """x (N, T, D) -> (N, T, D) on all hidden channels, on the groups of `weights`, or with fc1's output
         multiplied per group by `group_mask` (N, G) before the GELU (GELU(0) = 0: a masked group is removed)."""
         h = self.fc1(x) if weights is None else F.linear(x, weights.fc1_weight, weights.fc1_bias)
