@@ -13,7 +13,7 @@ from ditlab.nn.modulation import Modulation, can_hold, modulate
 from ditlab.train.config import TrainConfig
 from ditlab.train.trainer import adamw, compile_or_eager
 
-# Every conditioning path of DiTBlock: gates or none, shift or none, tanh gates, RMSNorm sandwich, in-context
+# Every conditioning path of the Block: gates or none, shift or none, tanh gates, RMSNorm sandwich, in-context
 # tokens, cross-attention, adaLN-single tables.
 PATH_VARIANTS = ["adaln-zero", "adaln", "adaln-single", "adaln-tanh-rms", "in-context", "cross-attention"]
 

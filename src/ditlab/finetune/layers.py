@@ -6,7 +6,7 @@
     merge_adapters(model)          replace every such module by the plain layer computing the same function
 
 A block computes x + gate ⊙ f(·); wrapping f gives x + gate ⊙ (γ ⊙ f(·)) = x + γ ⊙ gate ⊙ f(·), DiffFit's
-form, without touching DiTBlock. Merging folds γ into the last affine map of f (attn.proj, mlp.fc2, or an
+form, without touching the Block. Merging folds γ into the last affine map of f (attn.proj, mlp.fc2, or an
 affine post-norm), which is exact in real arithmetic: the merged model has the base architecture again.
 """
 

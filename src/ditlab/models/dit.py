@@ -347,7 +347,7 @@ class DiT(nn.Module):
     def fast_paths(self) -> bool:
         """The eager speed-ups, settable as one switch (False = the plain model, the benchmarks' eager
         baseline): a contiguous token stream (`PatchEmbed.contiguous`) and temporaries reused by modulate and
-        the gated residuals (`DiTBlock.inplace_ops`). Outputs agree with the plain model to float rounding
+        the gated residuals (`Block.inplace_ops`). Outputs agree with the plain model to float rounding
         (the stream's memory layout changes the matmuls' summation order, ~1e-7 relative)."""
         return self.x_embedder.contiguous and all(block.inplace_ops for block in self.blocks)
 
