@@ -1,10 +1,13 @@
 """The one Block's parts: unused parts are None fields, the attention and MLP modules take DyDiT's masks and
 sliced weights themselves, and DiffFit's scale keeps DiffFit's parameter name."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils import flop_counter
 
+import ditlab.dydit
 from ditlab.dydit import DyDiT
 from ditlab.finetune import BranchScale, DiffFitScale, prepare_model
 from ditlab.finetune.adapter import adapter_parameter_names
@@ -146,3 +149,11 @@ def test_parallel_arrangement_refuses_what_it_cannot_hold():
         tiny(arrangement="diagonal")
     with pytest.raises(ValueError, match="arrangement='sequential'"):
         DyDiT.from_dit(tiny(arrangement="parallel"))
+
+
+def test_the_dydit_package_holds_no_block_body():
+    """DyDiT decides routes; the norms, modulation, attention, MLP and residuals run in the Block only."""
+    body = ("scaled_dot_product_attention", "F.linear", "F.gelu", ".norm1(", ".norm2(", ".apply(", ".gated(")
+    for path in Path(ditlab.dydit.__file__).parent.glob("*.py"):
+        source = path.read_text()
+        assert [s for s in body if s in source] == [], path.name
