@@ -1,5 +1,6 @@
 """The one Block's parts: unused parts are None fields, the attention and MLP modules take DyDiT's masks and
-sliced weights themselves, and DiffFit's scale keeps DiffFit's parameter name."""
+sliced weights themselves, DiffFit's scale keeps DiffFit's parameter name, the parallel arrangement (Flux's
+single-stream block) is a part of the same Block, and the DyDiT package holds no block body."""
 
 from pathlib import Path
 
@@ -10,7 +11,6 @@ from torch.utils import flop_counter
 import ditlab.dydit
 from ditlab.dydit import DyDiT
 from ditlab.finetune import BranchScale, DiffFitScale, prepare_model
-from ditlab.finetune.adapter import adapter_parameter_names
 from ditlab.models import create_model, flop_breakdown
 from ditlab.nn.attention import Attention, Mlp
 
@@ -72,7 +72,7 @@ def test_difffit_scale_is_named_for_difffit_and_keeps_its_saved_names(variant):
     model = prepare_model(tiny(variant), "difffit", gamma_blocks="all")
     scaled = "attn" if variant == "adaln-zero" else "post_norm1"  # γ sits right before the gate
     assert isinstance(getattr(model.blocks[1], scaled), DiffFitScale) and BranchScale is DiffFitScale
-    names = adapter_parameter_names(model)  # the tensor names adapter files were written with
+    names = [n for n, _ in model.named_parameters()]  # adapter files store γ under these names
     assert (
         f"blocks.1.{scaled}.gamma" in names
         and f"blocks.1.{'mlp' if scaled == 'attn' else 'post_norm2'}.gamma" in names
