@@ -9,12 +9,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ditlab.models import VARIANTS, create_model
-from ditlab.nn.modulation import Modulation
-from ditlab.nn.norms import can_hold, modulate
+from ditlab.nn.modulation import Modulation, can_hold, modulate
 from ditlab.train.config import TrainConfig
 from ditlab.train.trainer import adamw, compile_or_eager
 
-# Every conditioning path of DiTBlock: gates or none, shift or none, tanh gates, RMSNorm sandwich, in-context
+# Every conditioning path of the Block: gates or none, shift or none, tanh gates, RMSNorm sandwich, in-context
 # tokens, cross-attention, adaLN-single tables.
 PATH_VARIANTS = ["adaln-zero", "adaln", "adaln-single", "adaln-tanh-rms", "in-context", "cross-attention"]
 

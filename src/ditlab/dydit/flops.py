@@ -50,9 +50,9 @@ def dynamic_flop_breakdown(
     out = dict(dense)
     out["attention"] = sum(float(h) / H for h in heads) * dense["per_block_attention"]
     out["mlp"] = sum(float(g) / H * float(k) for g, k in zip(groups, tokens)) * dense["per_block_mlp"]
-    reduction = getattr(getattr(model, "options", None), "token_reduction", None)
-    routed = reduction is not None and getattr(model.options, "token_routing", False)
-    out["token_router"] = depth * token_router_macs(cfg, hw, reduction) if routed else 0
+    options = getattr(model, "options", None)  # a DyDiT's DyDiTOptions; a DiT or a config has none
+    routed = options is not None and options.token_routing
+    out["token_router"] = depth * token_router_macs(cfg, hw, options.token_reduction) if routed else 0
     parts = [k for k in dense if k not in ("total", "per_block_attention", "per_block_mlp")]
     out["total"] = sum(out[k] for k in parts) + out["token_router"]
     out["dense_total"] = dense["total"]

@@ -15,6 +15,10 @@ on), and a token router before the MLP. Three ways to run it:
   runs on weights sliced to its active heads and groups (cached per distinct mask, see `WidthPlanner`), and the
   MLP runs only on the gathered kept tokens. `masked=True` instead multiplies by the hard masks (the public
   DyDiT code's way, which saves nothing); it is the reference the deployed path is tested against.
+
+Every path runs the DiT's own Block (ditlab.models.dit): this module only decides, per block, a `BlockRoute`
+(head and group masks or sliced weights, and a token decision the block asks for after its attention branch)
+and accounts for what the routes cost.
 """
 
 from __future__ import annotations
@@ -22,19 +26,26 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
+from functools import partial
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ditlab.configs import DictConfig
-from ditlab.dydit import layers
 from ditlab.dydit.flops import block_flops_ratio
 from ditlab.dydit.importance import reorder_by_importance
 from ditlab.dydit.planner import WidthPlanner
 from ditlab.dydit.routers import BlockRouters, gumbel_sigmoid, with_unit_zero
 from ditlab.models.config import MODULATED, DiTConfig
-from ditlab.models.dit import DiT
+from ditlab.models.dit import BlockRoute, DiT
 from ditlab.models.flops import flop_breakdown
+
+
+@dataclass
+class DeployedRoute(BlockRoute):
+    """A block's route at deployment, with the active heads and groups it was sliced to (for the records)."""
+
+    heads: tuple[int, ...] = ()
+    groups: tuple[int, ...] = ()
 
 
 @dataclass
@@ -71,6 +82,11 @@ class DyDiT(DiT):
             raise ValueError(
                 f"DyDiT needs an adaLN-family DiT (one of {', '.join(MODULATED)}), got conditioning="
                 f"{cfg.conditioning!r}"
+            )
+        if cfg.arrangement != "sequential":
+            raise ValueError(
+                f"DyDiT routes tokens between a block's attention and its MLP, so it needs "
+                f"arrangement='sequential', got {cfg.arrangement!r}"
             )
         if cfg.mlp_hidden % cfg.num_heads:
             raise ValueError(
@@ -173,132 +189,108 @@ class DyDiT(DiT):
         masks' noise (drawn on the CPU). `aux`: a dict that receives "flops_ratio" (N,) in training."""
         if complete:
             return super().forward(x, t, y, pooled, force_drop_ids)
-        self._check_input(x)
-        N, _, H, W = x.shape
-        gh, gw = H // self.patch_size, W // self.patch_size
-        tokens = self.x_embedder(x) + self.positions(gh, gw, x)  # (N, T, D)
-        c, parts = self.embed_condition(t, y, pooled, force_drop_ids, batch=N)  # (N, D)
-        e_t = parts[0]  # (N, D): the routers see the timestep only, never the class
-        shared = self.adaLN_single(c) if self.adaLN_single is not None else None  # (N, 6D)
-        if self.training:
-            tokens = self._forward_masked(tokens, c, shared, e_t, (H, W), generator, aux)
+        tokens, cond = self.embed(x, t, y, pooled, force_drop_ids)
+        t_value = None if self.training or masked else self._shared_timestep(t)
+        if t_value is None:  # training, the masked reference, or per-sample widths (mixed timesteps)
+            tokens = self._run_masked(tokens, cond, tuple(x.shape[-2:]), generator, aux)
         else:
-            t_values = t if torch.is_tensor(t) else torch.tensor(t)
-            uniform = t_values.numel() <= 1 or bool((t_values == t_values.reshape(-1)[0]).all())
-            if uniform and not masked:
-                tokens = self._forward_deployed(tokens, c, shared, e_t, float(t_values.reshape(-1)[0]))
-            else:  # per-sample widths (mixed timesteps in one batch) or the masked reference
-                tokens = self._forward_masked(tokens, c, shared, e_t, (H, W), None, aux)
-        tokens = self.final_layer(tokens, c)  # (N, T, p·p·C_out)
-        return self.unpatchify(tokens, gh, gw)  # (N, C_out, H, W)
+            tokens = self._run_deployed(tokens, cond, t_value)
+        return self.unembed(tokens, cond)
+
+    @staticmethod
+    def _shared_timestep(t) -> float | None:
+        """The batch's one timestep value, or None when its samples have different ones."""
+        t_values = (t if torch.is_tensor(t) else torch.tensor(t)).reshape(-1)
+        return float(t_values[0]) if t_values.numel() <= 1 or bool((t_values == t_values[0]).all()) else None
+
+    def _run_masked(self, tokens, cond, hw, generator, aux) -> torch.Tensor:
+        routes, kept = self._masked_routes(tokens, cond.timestep, generator if self.training else None)
+        tokens = self.run_blocks(tokens, cond, routes)
+        heads = torch.stack([r.head_mask.mean(1) for r in routes])  # (depth, N) fractions of active units
+        groups = torch.stack([r.group_mask.mean(1) for r in routes])
+        if aux is not None:
+            attn_macs, mlp_macs = self.block_macs(hw)
+            aux["flops_ratio"] = block_flops_ratio(attn_macs, mlp_macs, heads, groups, torch.stack(kept))
+        if not self.training:
+            H = self.num_heads
+            self._record(
+                None, [float(f) * H for f in heads.mean(1)], [float(f) * H for f in groups.mean(1)], kept
+            )
+        return tokens
+
+    def _run_deployed(self, tokens, cond, t_value: float) -> torch.Tensor:
+        routes, kept = self._deployed_routes(cond.timestep, t_value)
+        tokens = self.run_blocks(tokens, cond, routes)
+        self._record(
+            t_value, [float(len(r.heads)) for r in routes], [float(len(r.groups)) for r in routes], kept
+        )
+        return tokens
+
+    def _record(self, t_value, heads: list[float], groups: list[float], tokens: list) -> None:
+        """One record of `recording()`: per-block active heads, groups and kept-token fraction."""
+        if self.records is not None:
+            tokens = [float(k.mean()) if torch.is_tensor(k) else k for k in tokens]
+            self.records.append({"t": t_value, "heads": heads, "groups": groups, "tokens": tokens})
 
     def _decide(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         if noise is None:  # inference: σ(logit) > 0.5
             return (logits > 0).to(logits.dtype)
         return gumbel_sigmoid(logits, noise, self.options.tau)
 
-    def _forward_masked(self, x, c, shared, e_t, hw, generator, aux):
-        """Masks multiply heads, groups and token branches: training (noisy, straight-through) or inference."""
+    def _masked_routes(self, x, e_t, generator) -> tuple[list[BlockRoute], list[torch.Tensor]]:
+        """Per-block masks on heads, groups and token updates: noisy and straight-through in training (one
+        uniform draw per routed unit and token, per block), hard at inference. Returns the routes and the
+        per-block kept-token fractions (N,), filled in as the blocks run."""
         N, T, _ = x.shape
         Hn, depth = self.num_heads, len(self.blocks)
         noise = None
-        if self.training:  # one uniform draw per routed unit and token, per block
+        if self.training:
             shape = (depth, N, 2 * (Hn - 1) + T)
             noise = (
                 torch.rand(shape, generator=generator).to(x.device)
                 if generator is not None
                 else torch.rand(shape, device=x.device)
             )
-        head_fracs, group_fracs, token_fracs = [], [], []
-        for i, (block, router) in enumerate(zip(self.blocks, self.routers)):
+        routes, kept = [], [torch.ones(N, device=x.device, dtype=x.dtype)] * depth
+        for i, router in enumerate(self.routers):
             u = noise[i] if noise is not None else None  # (N, 2(H-1) + T)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                out = checkpoint(self._masked_block, block, router, x, c, shared, e_t, u, use_reentrant=False)
-            else:
-                out = self._masked_block(block, router, x, c, shared, e_t, u)
-            x = out[0]
-            head_fracs.append(out[1])
-            group_fracs.append(out[2])
-            token_fracs.append(out[3])
-        if aux is not None:
-            attn_macs, mlp_macs = self.block_macs(hw)
-            aux["flops_ratio"] = block_flops_ratio(
-                attn_macs,
-                mlp_macs,
-                torch.stack(head_fracs),
-                torch.stack(group_fracs),
-                torch.stack(token_fracs),
-            )  # (N,)
-        if self.records is not None and not self.training:
-            self.records.append(
-                {
-                    "t": None,
-                    "heads": [float(f.mean()) * Hn for f in head_fracs],
-                    "groups": [float(f.mean()) * Hn for f in group_fracs],
-                    "tokens": [float(f.mean()) for f in token_fracs],
-                }
+            head_logits, group_logits = router.width_logits(e_t)  # (N, H-1) each
+            route = BlockRoute(
+                head_mask=with_unit_zero(self._decide(head_logits, None if u is None else u[:, : Hn - 1])),
+                group_mask=with_unit_zero(
+                    self._decide(group_logits, None if u is None else u[:, Hn - 1 : 2 * (Hn - 1)])
+                ),
             )
-        return x
+            if router.tokens is not None:
+                route.token_mask = partial(
+                    self._token_mask, router, None if u is None else u[:, 2 * (Hn - 1) :], kept, i
+                )
+            routes.append(route)
+        return routes, kept
 
-    def _masked_block(self, block, router, x, c, shared, e_t, u):
-        """One block with masks multiplied in; u: (N, 2(H-1) + T) uniform noise (training) or None (hard).
-        Returns x and the per-sample fractions of active heads, groups and kept tokens, each (N,)."""
-        Hn = self.num_heads
-        head_logits, group_logits = router.width_logits(e_t)  # (N, H-1) each
-        head_mask = with_unit_zero(self._decide(head_logits, None if u is None else u[:, : Hn - 1]))  # (N, H)
-        group_mask = with_unit_zero(
-            self._decide(group_logits, None if u is None else u[:, Hn - 1 : 2 * (Hn - 1)])
-        )
-        m_attn, m_mlp = block.modulations(c, shared)
-        h = layers.attention(block.attn, m_attn.apply(block.norm1(x)), head_mask=head_mask)  # (N, T, D)
-        if hasattr(block, "post_norm1"):
-            h = block.post_norm1(h)
-        x = x + m_attn.gated(h, block.gate_fn)
-        h = layers.mlp(block.mlp, m_mlp.apply(block.norm2(x)), group_mask=group_mask)  # (N, T, D)
-        if hasattr(block, "post_norm2"):
-            h = block.post_norm2(h)
-        h = m_mlp.gated(h, block.gate_fn)
-        if router.tokens is not None:
-            keep = self._decide(router.tokens(x).squeeze(-1), None if u is None else u[:, 2 * (Hn - 1) :])
-            h = h * keep.unsqueeze(-1)  # (N, T, D): a skipped token keeps its residual
-            kept = keep.mean(1)
-        else:
-            kept = torch.ones_like(head_mask[:, 0])
-        return x + h, head_mask.mean(1), group_mask.mean(1), kept
+    def _token_mask(self, router, noise, kept: list, i: int, x: torch.Tensor) -> torch.Tensor:
+        keep = self._decide(router.tokens(x).squeeze(-1), noise)  # (N, T): a skipped token keeps its residual
+        kept[i] = keep.mean(1)
+        return keep
 
-    def _forward_deployed(self, x, c, shared, e_t, t_value: float):
-        """The batch shares t: each block runs on its precomputed sliced weights; the MLP on kept tokens only."""
-        N, T, _ = x.shape
-        plan = self.planner.plan(
-            self, t_value, e_t[:1]
-        )  # [(heads, groups, SlicedAttention|None, SlicedMlp|None)]
-        kept = []
-        for block, router, (_, _, attn_w, mlp_w) in zip(self.blocks, self.routers, plan):
-            m_attn, m_mlp = block.modulations(c, shared)
-            h = layers.attention(block.attn, m_attn.apply(block.norm1(x)), weights=attn_w)  # (N, T, D)
-            if hasattr(block, "post_norm1"):
-                h = block.post_norm1(h)
-            x = x + m_attn.gated(h, block.gate_fn)
-            keep = router.tokens(x).squeeze(-1) > 0 if router.tokens is not None else None  # (N, T)
-            n_kept = N * T if keep is None else int(keep.sum())
-            if n_kept == N * T:  # every token: the plain (possibly narrower) MLP, no gather
-                h = layers.mlp(block.mlp, m_mlp.apply(block.norm2(x)), weights=mlp_w)
-                if hasattr(block, "post_norm2"):
-                    h = block.post_norm2(h)
-                x = x + m_mlp.gated(h, block.gate_fn)
-            elif n_kept:
-                x = layers.mlp_branch_on_kept_tokens(block, x, m_mlp, keep, weights=mlp_w)
-            kept.append(n_kept / (N * T))
-        if self.records is not None:
-            self.records.append(
-                {
-                    "t": t_value,
-                    "heads": [float(len(p[0])) for p in plan],
-                    "groups": [float(len(p[1])) for p in plan],
-                    "tokens": kept,
-                }
-            )
-        return x
+    def _deployed_routes(self, e_t, t_value: float) -> tuple[list[DeployedRoute], list[float]]:
+        """The batch shares t: each block runs on its precomputed sliced weights, the MLP on kept tokens only.
+        Returns the routes and the per-block kept-token fractions, filled in as the blocks run."""
+        plan = self.planner.plan(self, t_value, e_t[:1])  # per block (heads, groups, attn slice, mlp slice)
+        routes, kept = [], [1.0] * len(self.blocks)
+        for i, (router, (heads, groups, attn_w, mlp_w)) in enumerate(zip(self.routers, plan)):
+            route = DeployedRoute(attn_weights=attn_w, mlp_weights=mlp_w, heads=heads, groups=groups)
+            if router.tokens is not None:
+                route.token_index = partial(self._kept_tokens, router, kept, i)
+            routes.append(route)
+        return routes, kept
+
+    @staticmethod
+    def _kept_tokens(router, kept: list, i: int, x: torch.Tensor) -> torch.Tensor | None:
+        keep = router.tokens(x).squeeze(-1) > 0  # (N, T)
+        index = keep.reshape(-1).nonzero().squeeze(1)  # (K,)
+        kept[i] = index.numel() / keep.numel()
+        return None if index.numel() == keep.numel() else index  # None: every token, the plain MLP
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", dydit={self.options.to_dict()}"

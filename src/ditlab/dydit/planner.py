@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from ditlab.dydit import layers
-
 Width = tuple[tuple[int, ...], tuple[int, ...]]  # (active heads, active MLP groups) of one block
 
 
@@ -29,7 +27,7 @@ class WidthPlanner:
         self.widths: dict[float, list[Width]] = {}  # t -> per-block active units
         self.plans: dict[
             float, list
-        ] = {}  # t -> per-block (heads, groups, SlicedAttention|None, SlicedMlp|None)
+        ] = {}  # t -> per-block (heads, groups, AttentionSlice|None, MlpSlice|None)
         self.slices: dict[tuple, object] = {}  # (block, "attn"|"mlp", units) -> sliced weights
         self._stamp: tuple | None = None
 
@@ -92,9 +90,7 @@ class WidthPlanner:
         if key not in self.slices:
             block = model.blocks[i]
             self.slices[key] = (
-                layers.slice_attention(block.attn, units)
-                if kind == "attn"
-                else layers.slice_mlp(block.mlp, units, model.num_heads)
+                block.attn.sliced(units) if kind == "attn" else block.mlp.sliced(units, model.num_heads)
             )
         return self.slices[key]
 

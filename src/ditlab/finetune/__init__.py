@@ -12,7 +12,7 @@
 
 from ditlab.finetune.adapter import ADAPTER_KEY, base_sha256, load_adapter, read_adapter, save_adapter
 from ditlab.finetune.config import FinetuneConfig, read_base, resolve_base
-from ditlab.finetune.layers import BranchScale, LoRALinear, MergeableAdapter, merge_adapters
+from ditlab.finetune.layers import BranchScale, DiffFitScale, LoRALinear, MergeableAdapter, merge_adapters
 from ditlab.finetune.methods import (
     LABEL_MODES,
     METHODS,
@@ -30,6 +30,7 @@ __all__ = [
     "LABEL_MODES",
     "METHODS",
     "BranchScale",
+    "DiffFitScale",
     "FinetuneConfig",
     "FinetuneMethod",
     "FinetuneTrainer",

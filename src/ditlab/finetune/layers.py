@@ -1,11 +1,12 @@
 """The modules fine-tuning methods add to a trained DiT, each able to fold itself back into plain layers.
 
-    BranchScale(block.attn, D)     DiffFit's γ: the branch output times a learnable per-channel scale (init 1)
+    DiffFitScale(block.attn, D)    DiffFit's per-block scale factor γ: the branch output times a learnable
+                                   per-channel scale (init 1)
     LoRALinear(linear, rank=8)     W x + b + (α/r)·B A x, B initialised to zero (the model starts unchanged)
     merge_adapters(model)          replace every such module by the plain layer computing the same function
 
 A block computes x + gate ⊙ f(·); wrapping f gives x + gate ⊙ (γ ⊙ f(·)) = x + γ ⊙ gate ⊙ f(·), DiffFit's
-form, without touching DiTBlock. Merging folds γ into the last affine map of f (attn.proj, mlp.fc2, or an
+form, without touching the Block. Merging folds γ into the last affine map of f (attn.proj, mlp.fc2, or an
 affine post-norm), which is exact in real arithmetic: the merged model has the base architecture again.
 """
 
@@ -40,8 +41,9 @@ def _output_layer(module: nn.Module) -> nn.Module:
     )
 
 
-class BranchScale(MergeableAdapter):
-    """`branch(x) * gamma`: a learnable scale per output channel (D,) on a residual branch, initialised to 1."""
+class DiffFitScale(MergeableAdapter):
+    """DiffFit's scale factor γ (Xie et al. 2023): `branch(x) * gamma`, a learnable scale per output channel
+    (D,) on one residual branch of a block, initialised to 1. The parameter keeps DiffFit's name, `gamma`."""
 
     def __init__(self, branch: nn.Module, dim: int):
         super().__init__()
@@ -67,6 +69,9 @@ class BranchScale(MergeableAdapter):
         if getattr(out, "bias", None) is not None:
             out.bias.mul_(gamma)
         return self.branch
+
+
+BranchScale = DiffFitScale  # its name before issue 15, kept for one release
 
 
 class LoRALinear(MergeableAdapter):
@@ -123,4 +128,4 @@ def has_adapters(model: nn.Module) -> bool:
     return any(isinstance(m, MergeableAdapter) for m in model.modules())
 
 
-__all__ = ["BranchScale", "LoRALinear", "MergeableAdapter", "has_adapters", "merge_adapters"]
+__all__ = ["BranchScale", "DiffFitScale", "LoRALinear", "MergeableAdapter", "has_adapters", "merge_adapters"]

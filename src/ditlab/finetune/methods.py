@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ditlab.dydit.method import DyDiTMethod
-from ditlab.finetune.layers import BranchScale, LoRALinear, merge_adapters
+from ditlab.finetune.layers import DiffFitScale, LoRALinear, merge_adapters
 from ditlab.nn.embed import LabelEmbedder
 from ditlab.nn.modulation import AdaLNModulation, AdaLNSingle, ScaleShiftTable
 from ditlab.nn.norms import RMSNorm
@@ -161,8 +161,8 @@ class DiffFit(FinetuneMethod):
             block = model.blocks[i]
             # γ scales what the gate multiplies: the branch output, after the post-norm when there is one.
             for branch, post in (("attn", "post_norm1"), ("mlp", "post_norm2")):
-                name = post if hasattr(block, post) else branch
-                setattr(block, name, BranchScale(getattr(block, name), D))
+                name = post if getattr(block, post) is not None else branch
+                setattr(block, name, DiffFitScale(getattr(block, name), D))
 
     def trainable_parameters(self, model, **options):
         for module in model.modules():

@@ -16,6 +16,9 @@ from ditlab.nn.norms import NORMS
 # How the timestep/label condition enters the blocks (the DiT paper's Figure 3, plus PixArt-α's adaLN-single).
 CONDITIONINGS = ("in-context", "cross-attention", "adaln", "adaln-zero", "adaln-single")
 GATE_FNS = ("identity", "tanh")
+# How a block's two mixers are arranged: one after the other (DiT) or side by side on the same normalised
+# tokens with one modulation and one gated residual (Flux's single-stream blocks).
+ARRANGEMENTS = ("sequential", "parallel")
 # Conditionings that produce per-branch modulation, and those whose modulation includes residual gates.
 MODULATED = ("adaln", "adaln-zero", "adaln-single")
 GATED = ("adaln-zero", "adaln-single")
@@ -51,6 +54,7 @@ class DiTConfig(DictConfig):
     timestep_freq_shift: int = (
         0  # 0 = official DiT timestep sinusoid, 1 = diffusers' (downscale_freq_shift=1)
     )
+    arrangement: str = "sequential"  # one of ARRANGEMENTS: attention then MLP, or both on the same tokens
 
     def __post_init__(self):
         if isinstance(self.input_size, list):
@@ -87,6 +91,11 @@ class DiTConfig(DictConfig):
     def gated(self) -> bool:
         return self.conditioning in GATED
 
+    @property
+    def branches(self) -> int:
+        """Residual branches per block, each with its own modulation: 2 sequential, 1 parallel."""
+        return 1 if self.arrangement == "parallel" else 2
+
     def validate(self) -> None:
         def choose(name, value, options):
             if value not in options:
@@ -95,6 +104,12 @@ class DiTConfig(DictConfig):
         choose("conditioning", self.conditioning, CONDITIONINGS)
         choose("norm", self.norm, NORMS)
         choose("gate_fn", self.gate_fn, GATE_FNS)
+        choose("arrangement", self.arrangement, ARRANGEMENTS)
+        if self.arrangement == "parallel" and (self.conditioning == "cross-attention" or self.sandwich_norm):
+            raise ValueError(
+                "arrangement='parallel' (one branch of attention + MLP) has no place for a cross-attention "
+                "layer or sandwich norms; use arrangement='sequential' for those"
+            )
         for name in ("patch_size", "in_channels", "hidden_size", "depth", "num_heads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")

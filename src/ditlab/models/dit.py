@@ -1,28 +1,53 @@
 """The Diffusion Transformer (Peebles & Xie, arXiv:2212.09748) and its one Block.
 
-    patchify → + fixed 2-D sin-cos positions → depth × DiTBlock → final adaptive layer → unpatchify
+    patchify → + fixed 2-D sin-cos positions → depth × Block → final adaptive layer → unpatchify
 
 Every conditioning the DiT paper compares (in-context, cross-attention, adaLN, adaLN-Zero), PixArt-α's
 adaLN-single and the RMSNorm / shift-free / tanh-gated variants of later models are choices inside the same
-DiTBlock (see DiTConfig), not copies of it. With the default config the parameter names, construction order,
+Block (see DiTConfig), not copies of it. With the default config the parameter names, construction order,
 initialisation and numerics are the official DiT's, so its checkpoints load with `load_state_dict` as they are.
 
     model = DiT(DiTConfig(input_size=8, in_channels=1, hidden_size=64, depth=2, num_heads=4, num_classes=10))
     out = model(x, t, y)            # (N, 2C, H, W): ε and the variance interpolation v
+
+A Block is parts plugged into one body: norm → modulation → token mixer (`attn`) → gated residual, then
+norm → modulation → MLP → gated residual, each part an explicit field that is None where the config does not
+use it. Dynamic-width models do not copy the body: DyDiT hands each block a `BlockRoute` (head and channel-group
+masks, sliced weight views, a token decision the block asks for after its attention branch) and the same
+Block code runs its training, masked and deployed paths; `DiT.forward` = `embed` → `run_blocks` → `unembed`,
+and a subclass changes only what it passes to `run_blocks`.
+
+How the text-to-image blocks plug in, as new parts rather than new bodies:
+- Joint attention (SD3's MMDiT): a second stream of text tokens with its own weights. The Block gains a
+  `context_stream` part (its own norm1/norm2, adaLN projection and MLP, None for every DiT config), and the
+  token mixer becomes a `JointAttention` that takes the two modulated streams, projects each with its own qkv,
+  concatenates them along the token axis for one scaled-dot-product attention and splits the result back
+  through per-stream output projections. The gated residuals and `mlp_branch` are the same code applied once
+  per stream; the block returns (x, context) and `run_blocks` threads the context stream from block to block
+  (today's `context` argument, the cross-attention variant's condition tokens, is where it enters).
+- Single stream with parallel attention + MLP (Flux single blocks, Z-Image): the arrangement part,
+  `DiTConfig(arrangement="parallel")` (implemented, `Block.parallel_forward`): one norm and one modulation
+  (shift, scale, gate) per block, x + gate·(attn(h) + mlp(h)) with h = modulate(norm1(x)); `norm2` is None and
+  the modulation has one branch.
+  Flux's fused linear1/linear2 are the same function as separate qkv + fc1 and proj + fc2 (a linear map of a
+  concatenation is the sum of the maps), so a checkpoint converter splits them into these official names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ditlab.models.config import MODULATED, DiTConfig
-from ditlab.nn.attention import Attention, CrossAttention, Mlp
+from ditlab.nn.attention import Attention, AttentionSlice, CrossAttention, Mlp, MlpSlice
 from ditlab.nn.embed import LabelEmbedder, PatchEmbed, PooledEmbedder, TimestepEmbedder, sincos_2d
-from ditlab.nn.modulation import AdaLNModulation, AdaLNSingle, Modulation, ScaleShiftTable
+from ditlab.nn.modulation import AdaLNModulation, AdaLNSingle, Modulation, ScaleShiftTable, params_per_branch
 from ditlab.nn.norms import RMSNorm, make_norm
 
 NO_MODULATION = Modulation(None, None, None)
@@ -55,15 +80,37 @@ def _keep_costly_outputs(ctx, op, *args, **kwargs):
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
-class DiTBlock(nn.Module):
-    """norm → modulate → attention → gate → residual, [cross-attention,] norm → modulate → MLP → gate → residual.
+@dataclass
+class BlockRoute:
+    """What a dynamic-width model (DyDiT) asks of one Block forward; a None field leaves that part dense.
 
-    Which of these parts exist is decided by the config: adaLN variants own `adaLN_modulation` (per block)
-    or `adaLN_table` (adaLN-single); the cross-attention variant owns `cross_attn`; Lumina-style blocks own
-    `post_norm1/2`. Module creation order matches the official DiTBlock so seeded inits are identical.
+    The masks and sliced weights go to the attention and MLP modules as they are (see ditlab.nn.attention).
+    The token fields are called with the residual stream after the attention branch, where DyDiT's token router
+    decides: `token_mask(x)` gives an (N, T) multiplier of each token's MLP update (training, masked
+    inference); `token_index(x)` gives the flat (K,) indices into the N·T tokens that run the MLP, which then
+    runs on those K tokens only (the others keep their residual), or None for every token.
+    """
+
+    head_mask: torch.Tensor | None = None  # (N, H)
+    attn_weights: AttentionSlice | None = None
+    group_mask: torch.Tensor | None = None  # (N, G)
+    mlp_weights: MlpSlice | None = None
+    token_mask: Callable[[torch.Tensor], torch.Tensor] | None = None
+    token_index: Callable[[torch.Tensor], torch.Tensor | None] | None = None
+
+
+class Block(nn.Module):
+    """norm → modulate → attention → [post-norm →] gate → residual, [cross-attention,]
+    norm → modulate → MLP → [post-norm →] gate → residual.
+
+    Parts (None where the config does not use them): `adaLN_modulation` (per-block adaLN projection) or
+    `adaLN_table` (adaLN-single's per-block table), else no modulation (in-context, cross-attention);
+    `norm_cross`, `cross_attn` (the cross-attention variant); `post_norm1`, `post_norm2` (Lumina's sandwich);
+    `norm2` is None in the parallel arrangement, where both mixers read the output of norm1.
+    Module creation order matches the official DiTBlock so seeded inits are identical.
 
     `inplace_ops` (default True) lets modulate and the gated residuals write into the temporaries they are
-    handed (see `ditlab.nn.norms.modulate`) instead of allocating new (N, T, D) buffers; False is the plain
+    handed (see `ditlab.nn.modulation.modulate`) instead of allocating new (N, T, D) buffers; False is the plain
     path (the eager baseline of benchmarks/). The two are bit-identical. Forward hooks on `norm1`, `norm2`,
     `attn` or `mlp` that keep their output see it overwritten; set False for such inspection.
     """
@@ -74,70 +121,137 @@ class DiTBlock(nn.Module):
         self.gate_fn = cfg.gate_fn
         self.norm1 = make_norm(cfg.norm, D, eps=cfg.norm_eps)
         self.attn = Attention(D, cfg.num_heads, qkv_bias=True)
-        self.norm2 = make_norm(
-            cfg.norm, D, eps=cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps
+        self.parallel = cfg.arrangement == "parallel"  # attention and MLP both read modulate(norm1(x))
+        self.norm2 = (
+            None
+            if self.parallel
+            else make_norm(cfg.norm, D, eps=cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps)
         )
         self.mlp = Mlp(D, cfg.mlp_hidden)
-        if cfg.conditioning in ("adaln", "adaln-zero"):
-            self.adaLN_modulation = AdaLNModulation(
-                D, D, branches=2, shift=cfg.shift, gate=cfg.gated, zero_init=cfg.zero_init
+        self.branches = cfg.branches
+        self.adaLN_modulation = (
+            AdaLNModulation(
+                D, D, branches=cfg.branches, shift=cfg.shift, gate=cfg.gated, zero_init=cfg.zero_init
             )
-        elif cfg.conditioning == "adaln-single":
-            self.adaLN_table = ScaleShiftTable(D, branches=2, shift=cfg.shift, gate=True)
-        if cfg.conditioning == "cross-attention":
-            self.norm_cross = make_norm(cfg.norm, D, eps=cfg.norm_eps)
-            self.cross_attn = CrossAttention(D, cfg.num_heads)
-        if cfg.sandwich_norm:
-            self.post_norm1 = RMSNorm(D, eps=cfg.norm_eps)
-            self.post_norm2 = RMSNorm(D, eps=cfg.norm_eps)
+            if cfg.conditioning in ("adaln", "adaln-zero")
+            else None
+        )
+        self.adaLN_table = (
+            ScaleShiftTable(D, branches=cfg.branches, shift=cfg.shift, gate=True)
+            if cfg.conditioning == "adaln-single"
+            else None
+        )
+        cross = cfg.conditioning == "cross-attention"
+        self.norm_cross = make_norm(cfg.norm, D, eps=cfg.norm_eps) if cross else None
+        self.cross_attn = CrossAttention(D, cfg.num_heads) if cross else None
+        self.post_norm1 = RMSNorm(D, eps=cfg.norm_eps) if cfg.sandwich_norm else None
+        self.post_norm2 = RMSNorm(D, eps=cfg.norm_eps) if cfg.sandwich_norm else None
         self.inplace_ops = True
 
     def modulations(self, c: torch.Tensor, shared: torch.Tensor | None) -> list[Modulation]:
-        if hasattr(self, "adaLN_modulation"):
+        if self.adaLN_modulation is not None:
             return self.adaLN_modulation(c)
-        if hasattr(self, "adaLN_table"):
+        if self.adaLN_table is not None:
             return self.adaLN_table(shared)
-        return [NO_MODULATION, NO_MODULATION]
+        return [NO_MODULATION] * self.branches
 
-    def forward(self, x, c, shared=None, context=None):
+    def forward(self, x, c, shared=None, context=None, route: BlockRoute | None = None):
         # x: (N, T, D) tokens; c: (N, D) condition; shared: (N, 6D) adaLN-single projection; context: (N, S, D)
+        if self.parallel:
+            return self.parallel_forward(x, c, shared, route)
         m_attn, m_mlp = self.modulations(c, shared)
         inplace = self.inplace_ops  # the norm and branch outputs below are temporaries of this block
-        h = self.attn(m_attn.apply(self.norm1(x), inplace))  # (N, T, D)
-        if hasattr(self, "post_norm1"):
+        h = m_attn.apply(self.norm1(x), inplace)
+        h = self.attn(h) if route is None else self.attn(h, route.head_mask, route.attn_weights)  # (N, T, D)
+        if self.post_norm1 is not None:
             h = self.post_norm1(h)
         x = m_attn.residual(x, h, self.gate_fn, inplace)
-        if hasattr(self, "cross_attn"):
+        if self.cross_attn is not None:
             x = x + self.cross_attn(self.norm_cross(x), context)
-        h = self.mlp(m_mlp.apply(self.norm2(x), inplace))  # (N, T, D)
-        if hasattr(self, "post_norm2"):
-            h = self.post_norm2(h)
-        return m_mlp.residual(x, h, self.gate_fn, inplace)
+        if route is not None and route.token_mask is not None:  # each token's update times its {0, 1} mask
+            h = m_mlp.gated(self.mlp_branch(x, m_mlp, route), self.gate_fn)
+            return x + h * route.token_mask(x).unsqueeze(-1)  # (N, T, D): a skipped token keeps its residual
+        if route is not None and route.token_index is not None:
+            index = route.token_index(x)  # (K,) or None
+            if index is not None:
+                return self.mlp_on_tokens(x, m_mlp, route, index)
+        return m_mlp.residual(x, self.mlp_branch(x, m_mlp, route), self.gate_fn, inplace)
+
+    def parallel_forward(self, x, c, shared=None, route: BlockRoute | None = None):
+        """x + gate·(attention(h) + MLP(h)), h = modulate(norm1(x)): one branch, both mixers on the same h."""
+        (m,) = self.modulations(c, shared)
+        h = m.apply(self.norm1(x), self.inplace_ops)  # read by both mixers, written by neither
+        if route is None:
+            out = self.attn(h) + self.mlp(h)
+        else:
+            out = self.attn(h, route.head_mask, route.attn_weights) + self.mlp(
+                h, route.group_mask, route.mlp_weights
+            )
+        return m.residual(x, out, self.gate_fn, self.inplace_ops)
+
+    def mlp_branch(self, x, m: Modulation, route: BlockRoute | None = None) -> torch.Tensor:
+        """The MLP branch's output before its gate: norm2 → modulate → MLP [→ post-norm], (N, T, D)."""
+        h = m.apply(self.norm2(x), self.inplace_ops)
+        h = self.mlp(h) if route is None else self.mlp(h, route.group_mask, route.mlp_weights)
+        return h if self.post_norm2 is None else self.post_norm2(h)
+
+    def mlp_on_tokens(self, x, m: Modulation, route: BlockRoute, index: torch.Tensor) -> torch.Tensor:
+        """x + gate·MLP branch for the flat token indices `index` (K,) of x (N, T, D); the others keep x.
+
+        The kept tokens of the whole batch are gathered and run as one (K, 1, D) batch (each token a "sample"
+        of one token, its sample's modulation gathered alongside), then added back into their rows.
+        """
+        N, T, D = x.shape
+        if index.numel() == 0:
+            return x
+        flat = x.reshape(N * T, D)
+        m = m.select(torch.div(index, T, rounding_mode="floor"))  # (K, D) fields
+        h = self.mlp_branch(flat.index_select(0, index).unsqueeze(1), m, route)  # (K, 1, D)
+        return flat.index_add(0, index, m.gated(h, self.gate_fn).squeeze(1)).view(N, T, D)
+
+
+DiTBlock = Block  # the name the official code and earlier ditlab releases use
 
 
 class FinalLayer(nn.Module):
-    """norm → modulate(shift, scale from c) → Linear(D, p·p·out_channels)."""
+    """norm → modulate(shift, scale from c) → Linear(D, p·p·out_channels).
+
+    Parts: `adaLN_modulation` (adaLN variants) or `adaLN_table` (adaLN-single), None where unused."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         D, p = cfg.hidden_size, cfg.patch_size
         self.norm_final = make_norm(cfg.norm, D, eps=1e-6)
         self.linear = nn.Linear(D, p * p * cfg.out_channels, bias=True)
-        if cfg.conditioning in ("adaln", "adaln-zero"):
-            self.adaLN_modulation = AdaLNModulation(
-                D, D, branches=1, shift=cfg.shift, gate=False, zero_init=True
-            )
-        elif cfg.conditioning == "adaln-single":  # PixArt: a (2, D) table plus the raw condition
-            self.adaLN_table = ScaleShiftTable(D, branches=1, shift=cfg.shift, gate=False)
+        self.adaLN_modulation = (
+            AdaLNModulation(D, D, branches=1, shift=cfg.shift, gate=False, zero_init=True)
+            if cfg.conditioning in ("adaln", "adaln-zero")
+            else None
+        )
+        self.adaLN_table = (  # PixArt: a (2, D) table plus the raw condition
+            ScaleShiftTable(D, branches=1, shift=cfg.shift, gate=False)
+            if cfg.conditioning == "adaln-single"
+            else None
+        )
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # (N, T, D) -> (N, T, p·p·C_out)
-        if hasattr(self, "adaLN_modulation"):
+        if self.adaLN_modulation is not None:
             (m,) = self.adaLN_modulation(c)
-        elif hasattr(self, "adaLN_table"):
+        elif self.adaLN_table is not None:
             (m,) = self.adaLN_table(c)
         else:
             m = NO_MODULATION
         return self.linear(m.apply(self.norm_final(x)))
+
+
+class Condition(NamedTuple):
+    """What the blocks and the final layer read besides the tokens, for one forward (see `DiT.embed`)."""
+
+    c: torch.Tensor  # (N, D): the summed condition
+    timestep: torch.Tensor  # (N, D): the timestep embedding alone (DyDiT's width routers read only this)
+    shared: torch.Tensor | None  # (N, 6D): adaLN-single's shared projection
+    context: torch.Tensor | None  # (N, S, D): the condition tokens cross-attention attends to
+    grid: tuple[int, int]  # (gh, gw) token grid of the input
 
 
 class DiT(nn.Module):
@@ -170,13 +284,15 @@ class DiT(nn.Module):
         # Fixed positions for the configured grid; a checkpoint carries them (key `pos_embed`) but they are
         # never trained. Other grid sizes get a table built on the fly.
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, D), requires_grad=False)
-        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg)
         self.pooled_embedder = (
             PooledEmbedder(cfg.pooled_dim, D, cfg.class_dropout_prob) if cfg.pooled_dim else None
         )
         self.adaLN_single = (
-            AdaLNSingle(D, D, n=6 if cfg.shift else 4) if cfg.conditioning == "adaln-single" else None
+            AdaLNSingle(D, D, n=cfg.branches * params_per_branch(cfg.shift, True))
+            if cfg.conditioning == "adaln-single"
+            else None
         )
         self._pos_cache: dict[tuple, torch.Tensor] = {}
         self.initialize_weights()
@@ -208,10 +324,10 @@ class DiT(nn.Module):
             nn.init.normal_(self.adaLN_single.t_block[1].weight, std=0.02)
         # adaLN-Zero: every block's modulation outputs zeros, so every gate is 0 and each block is the identity.
         for block in self.blocks:
-            if hasattr(block, "adaLN_modulation") and block.adaLN_modulation.zero_init:
+            if block.adaLN_modulation is not None and block.adaLN_modulation.zero_init:
                 block.adaLN_modulation.reset_to_zero()
         # The output layer starts at zero: the model's first prediction is exactly 0.
-        if hasattr(self.final_layer, "adaLN_modulation"):
+        if self.final_layer.adaLN_modulation is not None:
             self.final_layer.adaLN_modulation.reset_to_zero()
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
@@ -234,7 +350,7 @@ class DiT(nn.Module):
     def fast_paths(self) -> bool:
         """The eager speed-ups, settable as one switch (False = the plain model, the benchmarks' eager
         baseline): a contiguous token stream (`PatchEmbed.contiguous`) and temporaries reused by modulate and
-        the gated residuals (`DiTBlock.inplace_ops`). Outputs agree with the plain model to float rounding
+        the gated residuals (`Block.inplace_ops`). Outputs agree with the plain model to float rounding
         (the stream's memory layout changes the matmuls' summation order, ~1e-7 relative)."""
         return self.x_embedder.contiguous and all(block.inplace_ops for block in self.blocks)
 
@@ -308,28 +424,45 @@ class DiT(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x, t, y=None, pooled=None, force_drop_ids=None):
         """x: (N, C, H, W) noisy input, t: (N,) timesteps (original 0…T-1 scale), y: (N,) labels, pooled: (N, P)."""
+        tokens, cond = self.embed(x, t, y, pooled, force_drop_ids)
+        return self.unembed(self.run_blocks(tokens, cond), cond)
+
+    def embed(self, x, t, y=None, pooled=None, force_drop_ids=None) -> tuple[torch.Tensor, Condition]:
+        """-> tokens (N, T, D) (plus the condition tokens for in-context conditioning) and the Condition."""
         self._check_input(x)
         N, _, H, W = x.shape
-        gh, gw = H // self.patch_size, W // self.patch_size
-        x = self.x_embedder(x) + self.positions(gh, gw, x)  # (N, T, D)
+        grid = (H // self.patch_size, W // self.patch_size)
+        tokens = self.x_embedder(x) + self.positions(*grid, x)  # (N, T, D)
         c, parts = self.embed_condition(t, y, pooled, force_drop_ids, batch=N)  # (N, D)
         shared = self.adaLN_single(c) if self.adaLN_single is not None else None  # (N, 6D)
-        cond_tokens = torch.stack(parts, dim=1)  # (N, S, D): t, y, pooled embeddings as tokens
-        context = cond_tokens if self.config.conditioning == "cross-attention" else None
-        in_context = self.config.conditioning == "in-context"
-        if in_context:
-            x = torch.cat([x, cond_tokens], dim=1)  # (N, T + S, D)
+        conditioning = self.config.conditioning
+        context = None
+        if conditioning in ("cross-attention", "in-context"):
+            context = torch.stack(parts, dim=1)  # (N, S, D): t, y, pooled embeddings as tokens
+            if conditioning == "in-context":
+                tokens, context = torch.cat([tokens, context], dim=1), None  # (N, T + S, D)
+        return tokens, Condition(c, parts[0], shared, context, grid)
+
+    def run_blocks(self, x, cond: Condition, routes: list[BlockRoute] | None = None) -> torch.Tensor:
+        """The blocks in order, each with its route (None: dense), under the gradient-checkpointing policy."""
         checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         options = self._checkpoint_options() if checkpointed else {}
-        for block in self.blocks:
+        c, shared, context = cond.c, cond.shared, cond.context
+        for i, block in enumerate(self.blocks):
+            route = None if routes is None else routes[i]
             if checkpointed:
-                x = checkpoint(block, x, c, shared, context, use_reentrant=False, **options)
+                x = checkpoint(block, x, c, shared, context, route, use_reentrant=False, **options)
             else:
-                x = block(x, c, shared, context)  # (N, T, D)
-        if in_context:
-            x = x[:, : gh * gw]  # drop the condition tokens
-        x = self.final_layer(x, c)  # (N, T, p·p·C_out)
-        return self.unpatchify(x, gh, gw)  # (N, C_out, H, W)
+                x = block(x, c, shared, context, route)  # (N, T, D)
+        return x
+
+    def unembed(self, x, cond: Condition) -> torch.Tensor:
+        """Block output tokens -> (N, C_out, H, W): drop in-context tokens, final layer, unpatchify."""
+        gh, gw = cond.grid
+        if x.shape[1] != gh * gw:
+            x = x[:, : gh * gw]  # drop the in-context condition tokens
+        x = self.final_layer(x, cond.c)  # (N, T, p·p·C_out)
+        return self.unpatchify(x, gh, gw)
 
     def _checkpoint_options(self) -> dict:
         if self.checkpoint_policy not in CHECKPOINT_POLICIES:
@@ -360,4 +493,14 @@ class DiT(nn.Module):
         return f"conditioning={cfg.conditioning}, norm={cfg.norm}, input_size={cfg.input_size}, patch={cfg.patch_size}"
 
 
-__all__ = ["DiT", "DiTBlock", "FinalLayer", "DiTConfig", "MODULATED", "CHECKPOINT_POLICIES"]
+__all__ = [
+    "Block",
+    "BlockRoute",
+    "CHECKPOINT_POLICIES",
+    "Condition",
+    "DiT",
+    "DiTBlock",
+    "DiTConfig",
+    "FinalLayer",
+    "MODULATED",
+]

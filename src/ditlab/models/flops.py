@@ -47,18 +47,19 @@ def flop_breakdown(model_or_config, input=None) -> dict[str, float]:
 
     out = {"patch_embed": T * C * p * p * D, "timestep_embed": 256 * D + D * D}
     out["pooled_embed"] = (cfg.pooled_dim * D + D * D) if cfg.pooled_dim else 0
-    out["shared_modulation"] = D * 2 * k * D if cfg.conditioning == "adaln-single" else 0
+    B = cfg.branches  # modulated branches per block (2; 1 for the parallel arrangement)
+    out["shared_modulation"] = D * B * k * D if cfg.conditioning == "adaln-single" else 0
 
     attn = Tb * D * 3 * D + 2 * Tb * Tb * D + Tb * D * D  # qkv, QKᵀ and AV, out-projection
     mlp = 2 * Tb * D * F
-    modulation = D * 2 * k * D if cfg.conditioning in ("adaln", "adaln-zero") else 0
+    modulation = D * B * k * D if cfg.conditioning in ("adaln", "adaln-zero") else 0
     cross = (
         (T * D * D + S * D * 2 * D + 2 * T * S * D + T * D * D)
         if cfg.conditioning == "cross-attention"
         else 0
     )
     norms = (
-        2 * Tb * D
+        B * Tb * D
         + (T * D if cfg.conditioning == "cross-attention" else 0)
         + (2 * Tb * D if cfg.sandwich_norm else 0)
     )

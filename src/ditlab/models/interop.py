@@ -246,6 +246,7 @@ def diffusers_config(cfg: DiTConfig) -> dict:
         gate_fn="identity",
         sandwich_norm=False,
         pooled_dim=0,
+        arrangement="sequential",
     )
     for field, wanted in required.items():
         if getattr(cfg, field) != wanted:

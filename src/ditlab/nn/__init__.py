@@ -26,9 +26,10 @@ from ditlab.nn.modulation import (
     AdaptiveNorm,
     Modulation,
     ScaleShiftTable,
+    modulate,
     split_modulation,
 )
-from ditlab.nn.norms import RMSNorm, make_norm, modulate
+from ditlab.nn.norms import RMSNorm, make_norm
 
 __all__ = [
     "SPADE",

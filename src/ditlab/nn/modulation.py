@@ -1,4 +1,5 @@
-"""The adaptive-layer-norm family: how a condition vector c becomes per-sample shift, scale and gate.
+"""The adaptive-layer-norm family: how a condition vector c becomes per-sample shift, scale and gate, and
+how they act on tokens (`modulate`, the gated residual `Modulation.residual`).
 
 One mechanism covers the variants the DiT paper and later models compare:
 
@@ -21,9 +22,42 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ditlab.nn.norms import can_hold, make_norm, modulate
+from ditlab.nn.norms import make_norm
 
 GATES = ("none", "identity", "tanh")
+
+
+def modulate(
+    x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor | None, inplace: bool = False
+) -> torch.Tensor:
+    """x * (1 + scale) + shift, with per-sample (N, D) scale and shift broadcast over the tokens of x (N, T, D).
+
+    Either may be None: shift-free modulation (Lumina, Z-Image) passes shift=None.
+    `inplace=True` says x is a temporary the caller hands over (e.g. a norm's output): without autograd both
+    steps overwrite x; with autograd the shift is added into the fresh product. Same operations in the same
+    order, so bit-identical to the plain path, with one or two fewer (N, T, D) buffers to allocate and fill
+    (on a CPU a fresh buffer costs about as much as the arithmetic).
+    """
+    scale = None if scale is None else 1 + scale.unsqueeze(1)  # (N, 1, D)
+    shift = None if shift is None else shift.unsqueeze(1)  # (N, 1, D)
+    inplace = inplace and can_hold(x, *(t for t in (scale, shift) if t is not None))
+    owned = inplace and not torch.is_grad_enabled()  # nothing will need x's value: overwrite it
+    if scale is not None:
+        x = x.mul_(scale) if owned else x * scale
+        owned = inplace  # the product is a buffer of ours (saved by no backward)
+    if shift is not None:
+        x = x.add_(shift) if owned else x + shift
+    return x
+
+
+def can_hold(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether x's buffer can hold the result of an elementwise op of x with `others` (same dtype after type
+    promotion, same shape after broadcasting), i.e. whether the in-place form computes the same thing."""
+    dtype, shape = x.dtype, x.shape
+    for other in others:
+        dtype = torch.promote_types(dtype, other.dtype)
+        shape = torch.broadcast_shapes(shape, other.shape)
+    return dtype == x.dtype and shape == x.shape
 
 
 class Modulation(NamedTuple):
@@ -36,6 +70,11 @@ class Modulation(NamedTuple):
     def apply(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """Modulate normalised tokens x (N, T, D); `inplace`: x is a temporary handed over (see `modulate`)."""
         return modulate(x, self.shift, self.scale, inplace)
+
+    def select(self, sample_ids: torch.Tensor) -> Modulation:
+        """The fields picked per row of `sample_ids` (K,): (N, D) -> (K, D), e.g. for tokens gathered from
+        their samples (each then a "sample" of one token)."""
+        return Modulation(*(None if f is None else f.index_select(0, sample_ids) for f in self))
 
     def gated(self, h: torch.Tensor, gate_fn: str = "identity") -> torch.Tensor:
         """Scale a branch output h (N, T, D) by its gate before the residual add (no gate: h itself)."""
