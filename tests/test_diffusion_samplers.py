@@ -1,5 +1,6 @@
 """Samplers on models with known answers, classifier-free guidance, the common signature and the dispatcher."""
 
+import inspect
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from ditlab.diffusion import (
     FlowMatching,
     GaussianDiffusion,
     GuidedModel,
+    run_sampler,
     sample,
     sample_ddim,
     sample_ddpm,
@@ -77,19 +79,21 @@ def test_ddim_eta0_recovers_x0_from_an_exact_eps_model(steps, learned):
     noise = _noise(3, 2, 4, 4)
     diffusion = DIFF if learned else FIXED
     model = gaussian_eps_model(MU, 0.0, learned=learned)
-    out = sample_ddim(model, noise, diffusion, steps=steps)
+    out = run_sampler("ddim", model, noise, diffusion, steps=steps)
     torch.testing.assert_close(out, torch.full_like(noise, MU), rtol=0, atol=1e-10)
-    assert torch.equal(out, sample_ddim(model, noise, diffusion, steps=steps))  # deterministic
+    assert torch.equal(out, run_sampler("ddim", model, noise, diffusion, steps=steps))  # deterministic
 
 
 @pytest.mark.parametrize("steps", [1, 2, 5, 13])
 def test_dpmpp_2m_and_ddpm_recover_x0_from_an_exact_eps_model(steps):
     noise = _noise(2, 3, 5)
     model = gaussian_eps_model(MU, 0.0, learned=True)
-    torch.testing.assert_close(sample_dpmpp_2m(model, noise, DIFF, steps=steps), torch.full_like(noise, MU))
+    torch.testing.assert_close(
+        run_sampler("dpmpp_2m", model, noise, DIFF, steps=steps), torch.full_like(noise, MU)
+    )
     g = torch.Generator().manual_seed(1)
     torch.testing.assert_close(
-        sample_ddpm(model, noise, DIFF, steps=steps, generator=g), torch.full_like(noise, MU)
+        run_sampler("ddpm", model, noise, DIFF, steps=steps, generator=g), torch.full_like(noise, MU)
     )
 
 
@@ -98,17 +102,17 @@ def test_ode_solvers_converge_on_gaussian_data_and_dpmpp_beats_ddim():
     model = gaussian_eps_model(MU, S)
     target = ode_target_ddpm(noise)
 
-    def err(fn, steps):
-        return (fn(model, noise, FIXED, steps=steps) - target).abs().max().item()
+    def err(name, steps):
+        return (run_sampler(name, model, noise, FIXED, steps=steps) - target).abs().max().item()
 
     # Measured max errors over 1024 samples: DDIM 0.25 / 0.10 at 20 / 50 steps, DPM-Solver++(2M) 0.08 / 0.0008
     # (its last, first-order jump to σ = 0 from t ≈ T/steps dominates at few steps, as in diffusers).
-    ddim20, ddim50 = err(sample_ddim, 20), err(sample_ddim, 50)
-    dpm20, dpm50 = err(sample_dpmpp_2m, 20), err(sample_dpmpp_2m, 50)
+    ddim20, ddim50 = err("ddim", 20), err("ddim", 50)
+    dpm20, dpm50 = err("dpmpp_2m", 20), err("dpmpp_2m", 50)
     assert dpm20 < ddim20 / 2 and dpm50 < ddim50 / 20
     assert dpm50 < dpm20 / 10 and dpm50 < 0.01
     # Ancestral DDPM over the full chain samples the right distribution: mean and std of N(MU, S²).
-    x = sample_ddpm(model, _noise(4096, 1, seed=1), FIXED, generator=torch.Generator().manual_seed(0))
+    x = run_sampler("ddpm", model, _noise(4096, 1, seed=1), FIXED, generator=torch.Generator().manual_seed(0))
     assert x.mean().item() == pytest.approx(MU, abs=0.025) and x.std().item() == pytest.approx(S, abs=0.02)
 
 
@@ -123,7 +127,7 @@ def test_flow_euler_integrates_a_linear_field_exactly():
     noise = _noise(5, 2, 3)
     for steps, shift in ((1, 1.0), (4, 1.0), (17, 3.0)):
         torch.testing.assert_close(
-            sample_euler(field, noise, FLOW, steps=steps, shift=shift), a.expand_as(noise)
+            run_sampler("euler", field, noise, FLOW, steps=steps, shift=shift), a.expand_as(noise)
         )
 
 
@@ -134,28 +138,28 @@ def test_flow_heun_is_exact_on_a_field_linear_in_time_and_beats_euler():
 
     noise = _noise(3, 2)
     # x(0) = x(1) − ∫₀¹ (0.5 + 2t) dt = x(1) − 1.5
-    torch.testing.assert_close(sample_heun(field, noise, FLOW, steps=3), noise - 1.5)
+    torch.testing.assert_close(run_sampler("heun", field, noise, FLOW, steps=3), noise - 1.5)
     # Gaussian data: the exact ODE maps noise z to MU + S·z; Heun's error shrinks faster than Euler's at equal cost.
     noise = _noise(4096, 1, seed=2)
     model, target = gaussian_velocity_model(MU, S), MU + S * noise
-    euler = (sample_euler(model, noise, FLOW, steps=20) - target).abs().max().item()
-    heun = (sample_heun(model, noise, FLOW, steps=10) - target).abs().max().item()
+    euler = (run_sampler("euler", model, noise, FLOW, steps=20) - target).abs().max().item()
+    heun = (run_sampler("heun", model, noise, FLOW, steps=10) - target).abs().max().item()
     assert heun < euler / 3
-    assert (sample_heun(model, noise, FLOW, steps=40) - target).abs().max().item() < 1e-3
+    assert (run_sampler("heun", model, noise, FLOW, steps=40) - target).abs().max().item() < 1e-3
 
 
 # ---------------------------------------------------------------------------------------------- time passed to models
 def test_models_receive_original_timesteps_and_flow_times():
     log = []
-    sample_ddpm(gaussian_eps_model(MU, 0.0, log=log), _noise(2, 1), FIXED, steps="ddim10")
+    run_sampler("ddpm", gaussian_eps_model(MU, 0.0, log=log), _noise(2, 1), FIXED, steps="ddim10")
     assert [t[0].item() for t in log] == list(range(900, -1, -100))
     assert all(t.dtype == torch.long and t.shape == (2,) for t in log)
     log.clear()
-    sample_dpmpp_2m(gaussian_eps_model(MU, 0.0, log=log), _noise(2, 1), FIXED.respace("250"), steps=3)
+    run_sampler("dpmpp_2m", gaussian_eps_model(MU, 0.0, log=log), _noise(2, 1), FIXED.respace("250"), steps=3)
     # diffusers-style linspace over the respaced chain's 250 steps (indices 249, 166, 83), mapped to model time.
     assert [t[0].item() for t in log] == FIXED.respace("250").timestep_map[[249, 166, 83]].tolist()
     log.clear()
-    sample_heun(gaussian_velocity_model(MU, S, log=log), _noise(2, 1), FLOW, steps=2)
+    run_sampler("heun", gaussian_velocity_model(MU, S, log=log), _noise(2, 1), FLOW, steps=2)
     assert [t[0].item() for t in log] == [1000.0, 500.0, 500.0, 0.0]
     assert log[0].dtype == torch.float64  # float, at least float32
 
@@ -192,16 +196,8 @@ def test_guidance_interval_skips_the_unconditional_forward_outside():
     x = _noise(2, 4, 2, 2)
     y, null = torch.tensor([1, 2]), torch.tensor([0, 0])
     model = CountingModel()
-    sample_ddim(
-        model,
-        x,
-        FIXED,
-        {"y": y},
-        uncond={"y": null},
-        steps="ddim10",
-        guidance_scale=3.0,
-        guidance_interval=(0, 450),
-    )
+    guided = GuidedModel(model, {"y": y}, {"y": null}, scale=3.0, interval=(0, 450))
+    run_sampler("ddim", guided, x, FIXED, steps="ddim10")
     # model times 900..0 step 100: 900..500 outside (N rows), 400..0 inside (2N rows)
     assert [c[0] for c in model.calls] == [2] * 5 + [4] * 5
 
@@ -253,15 +249,21 @@ def test_cfg_moves_flow_samples_toward_the_conditional_mode():
 
     noise = _noise(64, 1)
     y = torch.ones(64, dtype=torch.long)
-    out = sample_euler(
-        model, noise, FLOW, {"y": y}, uncond={"y": torch.full_like(y, 2)}, steps=30, guidance_scale=3.0
-    )
+    guided = GuidedModel(model, {"y": y}, {"y": torch.full_like(y, 2)}, scale=3.0)
+    out = run_sampler("euler", guided, noise, FLOW, steps=30)
     assert (out - 1.0).abs().max().item() < 0.05
 
 
 # ---------------------------------------------------------------------------------------------- signature, dispatcher
 def test_every_sampler_shares_the_core_signature_callback_and_shapes():
-    core = [
+    core = ["extra_args", "callback", "generator", "objective", "progress"]
+    for name, fn in SAMPLERS.items():
+        params = inspect.signature(fn).parameters
+        names = list(params)
+        assert names[:3] == ["model_fn", "x", "timesteps"] and names[3 : 3 + len(core)] == core, name
+        assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in names[3:]), name
+    # The deprecated names keep their old signature, so that old positional calls still work.
+    old_core = [
         "cond",
         "uncond",
         "steps",
@@ -272,11 +274,9 @@ def test_every_sampler_shares_the_core_signature_callback_and_shapes():
         "callback",
         "generator",
     ]
-    import inspect
-
-    for name, fn in SAMPLERS.items():
+    for fn in (sample_ddpm, sample_ddim, sample_dpmpp_2m, sample_euler, sample_heun):
         params = list(inspect.signature(fn).parameters)
-        assert params[:3] == ["model", "noise", "objective"] and params[3 : 3 + len(core)] == core, name
+        assert params[:3] == ["model", "noise", "objective"] and params[3 : 3 + len(old_core)] == old_core
     # Any (N, C, *spatial) shape; callback once per step with i, t, x, denoised.
     for shape in ((2, 3), (2, 3, 5), (1, 2, 3, 2, 2)):
         for name, objective, model in (
@@ -287,7 +287,7 @@ def test_every_sampler_shares_the_core_signature_callback_and_shapes():
             ("heun", FLOW, gaussian_velocity_model(MU, S)),
         ):
             seen = []
-            out = sample(model, _noise(*shape), objective, name, steps=4, callback=seen.append)
+            out = run_sampler(name, model, _noise(*shape), objective, steps=4, callback=seen.append)
             assert out.shape == shape and out.dtype == torch.float64
             assert [d["i"] for d in seen] == [0, 1, 2, 3] and set(seen[0]) == {"i", "t", "x", "denoised"}
 
@@ -297,39 +297,53 @@ def test_generator_makes_stochastic_samplers_reproducible():
     noise = _noise(2, 2, 3)
 
     def run(seed, **kw):
-        return sample_ddpm(model, noise, DIFF, steps=10, generator=torch.Generator().manual_seed(seed), **kw)
+        return run_sampler(
+            "ddpm", model, noise, DIFF, steps=10, generator=torch.Generator().manual_seed(seed), **kw
+        )
 
     assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
-    a = sample_ddim(model, noise, DIFF, steps=10, eta=1.0, generator=torch.Generator().manual_seed(1))
-    b = sample_ddim(model, noise, DIFF, steps=10, eta=1.0, generator=torch.Generator().manual_seed(1))
+    a = run_sampler("ddim", model, noise, DIFF, steps=10, eta=1.0, generator=torch.Generator().manual_seed(1))
+    b = run_sampler("ddim", model, noise, DIFF, steps=10, eta=1.0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
 
 
 def test_progress_bar_off_by_default(capsys):
-    sample_ddim(gaussian_eps_model(MU, S, True), _noise(1, 1), DIFF, steps=3)
+    run_sampler("ddim", gaussian_eps_model(MU, S, True), _noise(1, 1), DIFF, steps=3)
     assert capsys.readouterr().err == ""
-    sample_ddim(gaussian_eps_model(MU, S, True), _noise(1, 1), DIFF, steps=3, progress=True)
+    run_sampler("ddim", gaussian_eps_model(MU, S, True), _noise(1, 1), DIFF, steps=3, progress=True)
     assert "ddim" in capsys.readouterr().err
 
 
 def test_dispatcher_and_bad_sampler_input():
     model = gaussian_eps_model(MU, S, learned=True)
     noise = _noise(2, 1)
+    # One default per objective, declared on it: DDIM for a GaussianDiffusion, Euler for flow matching.
     torch.testing.assert_close(
-        sample(model, noise, DIFF, steps=5, generator=torch.Generator().manual_seed(0)),
-        sample_ddpm(model, noise, DIFF, steps=5, generator=torch.Generator().manual_seed(0)),
+        run_sampler(None, model, noise, DIFF, steps=5),
+        run_sampler("ddim", model, noise, DIFF, steps=5),
+        rtol=0,
+        atol=0,
     )
+    assert DIFF.default_sampler == "ddim" and FLOW.default_sampler == "euler"
+    # The deprecated dispatcher keeps its old default (ancestral DDPM) for its last release.
+    with pytest.deprecated_call():
+        torch.testing.assert_close(
+            sample(model, noise, DIFF, steps=5, generator=torch.Generator().manual_seed(0)),
+            run_sampler("ddpm", model, noise, DIFF, steps=5, generator=torch.Generator().manual_seed(0)),
+        )
     with pytest.raises(ValueError, match="unknown sampler 'plms'; valid: ddpm, ddim, dpmpp_2m, euler, heun"):
-        sample(model, noise, DIFF, "plms")
+        run_sampler("plms", model, noise, DIFF)
     with pytest.raises(
         TypeError, match="needs a FlowMatching objective.*samplers for it: ddpm, ddim, dpmpp_2m"
     ):
-        sample(model, noise, DIFF, "euler")
+        run_sampler("euler", model, noise, DIFF)
     with pytest.raises(TypeError, match="needs a GaussianDiffusion objective.*euler, heun"):
-        sample(model, noise, FLOW, "ddim")
+        run_sampler("ddim", model, noise, FLOW)
+    with pytest.deprecated_call(), pytest.raises(ValueError, match="unknown sampler 'plms'"):
+        sample(model, noise, DIFF, "plms")
     with pytest.raises(ValueError, match="too many"):
-        sample_dpmpp_2m(model, noise, DIFF.respace("10"), steps=10)
+        run_sampler("dpmpp_2m", model, noise, DIFF.respace("10"), steps=10)
     with pytest.raises(ValueError, match="flow matching needs a velocity.*learn_sigma=False"):
-        sample_euler(lambda x, t: torch.cat([x, x], 1), noise, FLOW, steps=2)
+        run_sampler("euler", lambda x, t: torch.cat([x, x], 1), noise, FLOW, steps=2)
     with pytest.raises(ValueError, match="needs 2·C"):
-        sample_ddim(lambda x, t: x, noise, DIFF, steps=2)
+        run_sampler("ddim", lambda x, t: x, noise, DIFF, steps=2)

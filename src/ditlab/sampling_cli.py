@@ -50,7 +50,7 @@ def run(args) -> int:
     import ditlab
     from ditlab.data import save_grid, save_npz
     from ditlab.runtime import resolve_device
-    from ditlab.sampling import sample
+    from ditlab.sampling import generate
 
     device = resolve_device(args.device)
     model = ditlab.load_model(args.checkpoint, model=args.model, device=device)
@@ -60,7 +60,7 @@ def run(args) -> int:
 
         vae = load_vae(args.vae, device=device)
     steps = int(args.steps) if str(args.steps).isdigit() else args.steps
-    images, labels = sample(
+    images, labels = generate(
         model,
         classes=args.classes,
         per_class=args.per_class,

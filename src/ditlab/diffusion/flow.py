@@ -33,7 +33,6 @@ class FlowMatching:
     (t = sigmoid(u), u ~ N(logit_mean, logit_std²); SD3's best setting is m = 0, s = 1)."""
 
     default_sampler = "euler"
-    learns_variance = False
 
     def __init__(
         self,
@@ -61,9 +60,6 @@ class FlowMatching:
             f", m={self.logit_mean}, s={self.logit_std}" if self.timestep_sampler == "logit_normal" else ""
         )
         return f"FlowMatching({self.timestep_sampler!r}{extra}, time_scale={self.time_scale})"
-
-    def model_out_channels(self, in_channels: int) -> int:
-        return in_channels
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """What the model receives for flow times t ∈ [0, 1]: t·time_scale."""

@@ -48,7 +48,7 @@ class GaussianDiffusion:
     ``"rescaled_mse"`` (VLB scaled by T/1000), ``"kl"`` / ``"rescaled_kl"`` (the VLB alone, ×T for rescaled).
     """
 
-    default_sampler = "ddpm"
+    default_sampler = "ddim"  # the fast default for previews and evaluation; ancestral DDPM is "ddpm"
 
     def __init__(
         self,
@@ -329,14 +329,6 @@ class GaussianDiffusion:
             "pred_xstart": pred_xstart,
             "eps": eps,
         }
-
-    def p_mean_variance(
-        self, model: Model, x, t, model_kwargs: dict | None = None, clip_denoised: bool = False
-    ):
-        """As ``p_mean_variance_from_output``, calling ``model(x, timestep_map[t], **model_kwargs)``."""
-        t = self._check_t(t, x)
-        output = model(x, self.model_timesteps(t), **(model_kwargs or {}))
-        return self.p_mean_variance_from_output(output, x, t, clip_denoised=clip_denoised)
 
     def ddpm_step(self, model_output, x, t, noise, clip_denoised: bool = False) -> dict:
         """One ancestral step x_t → x_{t-1} = mean + σ·noise (no noise where t = 0). Returns sample,
