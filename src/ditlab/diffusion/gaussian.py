@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ._util import check_sample_tensor, per_sample, randn_like
+from .base import TrainingObjective
 from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .respace import space_timesteps
 from .schedules import get_beta_schedule
@@ -38,7 +39,7 @@ def _choice(value: str, valid: Iterable[str], what: str) -> str:
     return value
 
 
-class GaussianDiffusion:
+class GaussianDiffusion(TrainingObjective):
     """A T-step Gaussian diffusion over any tensor shape (N, C, *spatial), ε-prediction.
 
     ``var_type``: ``"learned_range"`` (the model outputs 2C channels, ε then v ∈ [-1, 1] interpolating log β_t
@@ -425,22 +426,11 @@ class GaussianDiffusion:
         """n step indices drawn uniformly from 0..T-1 (long tensor)."""
         return torch.randint(0, self.num_timesteps, (n,), device=device, generator=generator)
 
-    def loss(
-        self,
-        model: Model,
-        x0: torch.Tensor,
-        model_kwargs: dict | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-        t: torch.Tensor | None = None,
-    ) -> dict:
-        """Trainer entry point: draws t (then noise) from ``generator`` — or torch's global RNG, in the same
-        order as the official train.py — and returns ``training_losses``: ``loss`` (N,), ``mse``, and ``vb``
-        if learned."""
-        check_sample_tensor(x0, "x0")
-        if t is not None:
-            noise = randn_like(x0, generator) if noise is None else noise
-            return self.training_losses(model, x0, t, model_kwargs=model_kwargs, noise=noise)
-        t = self.sample_timesteps(x0.shape[0], x0.device, generator)
-        noise = randn_like(x0, generator) if noise is None else noise
-        return self._training_losses(model, x0, t, model_kwargs, noise)
+    # ------------------------------------------------------------------ trainer entry point (``loss``)
+    def _draw_timesteps(self, x0, generator):
+        return self.sample_timesteps(x0.shape[0], x0.device, generator)
+
+    def _losses(self, model, x0, t, model_kwargs, noise, drawn: bool) -> dict:
+        if drawn:  # valid by construction: skip the range check (a device sync)
+            return self._training_losses(model, x0, t, model_kwargs, noise)
+        return self.training_losses(model, x0, t, model_kwargs=model_kwargs, noise=noise)

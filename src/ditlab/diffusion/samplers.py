@@ -38,19 +38,8 @@ from .flow import FlowMatching, time_dtype
 from .gaussian import GaussianDiffusion
 from .guidance import GuidedModel
 
-__all__ = [
-    "SAMPLERS",
-    "chain_timesteps",
-    "dpm_solver_timesteps",
-    "run_sampler",
-    "sample",
-    "sample_ddim",
-    "sample_ddpm",
-    "sample_dpmpp_2m",
-    "sample_euler",
-    "sample_heun",
-    "sampler_timesteps",
-]
+# The deprecated ``sample`` and ``sample_<name>`` are importable but not listed.
+__all__ = ["SAMPLERS", "chain_timesteps", "dpm_solver_timesteps", "run_sampler", "sampler_timesteps"]
 
 
 @dataclass(frozen=True)
@@ -182,18 +171,8 @@ def _walk_chain(name, step_fn, model_fn, x, timesteps, extra_args, callback, obj
 
 @_register("ddpm", GaussianDiffusion, chain_timesteps, default_steps=None)
 @torch.no_grad()
-def ddpm(
-    model_fn,
-    x,
-    timesteps,
-    *,
-    extra_args=None,
-    callback=None,
-    generator=None,
-    objective: GaussianDiffusion,
-    progress=False,
-    clip_denoised=False,
-):
+def ddpm(model_fn, x, timesteps, *, extra_args=None, callback=None, generator=None,
+        objective: GaussianDiffusion, progress=False, clip_denoised=False):  # fmt: skip
     """Ancestral DDPM sampling. Noise is drawn at every step, the last included, as the official loop does."""
 
     def step(chain, output, x_t, t):
@@ -204,19 +183,8 @@ def ddpm(
 
 @_register("ddim", GaussianDiffusion, chain_timesteps, default_steps=None)
 @torch.no_grad()
-def ddim(
-    model_fn,
-    x,
-    timesteps,
-    *,
-    extra_args=None,
-    callback=None,
-    generator=None,
-    objective: GaussianDiffusion,
-    progress=False,
-    eta=0.0,
-    clip_denoised=False,
-):
+def ddim(model_fn, x, timesteps, *, extra_args=None, callback=None, generator=None,
+        objective: GaussianDiffusion, progress=False, eta=0.0, clip_denoised=False):  # fmt: skip
     """DDIM sampling (η = 0: deterministic; respacing ``"ddimN"`` gives the integer stride of the DDIM
     paper). Noise is drawn only when η > 0."""
 
@@ -229,18 +197,8 @@ def ddim(
 
 @_register("dpmpp_2m", GaussianDiffusion, _dpm_plan, default_steps=25)
 @torch.no_grad()
-def dpmpp_2m(
-    model_fn,
-    x,
-    timesteps,
-    *,
-    extra_args=None,
-    callback=None,
-    generator=None,
-    objective: GaussianDiffusion,
-    progress=False,
-    clip_denoised=False,
-):
+def dpmpp_2m(model_fn, x, timesteps, *, extra_args=None, callback=None, generator=None,
+            objective: GaussianDiffusion, progress=False, clip_denoised=False):  # fmt: skip
     """DPM-Solver++(2M) (Lu et al. 2022), the multistep second-order data-prediction solver of the probability
     flow ODE, on the discrete chain of ``objective`` (a respaced process works too), one model evaluation per
     timestep (``dpm_solver_timesteps`` by default); the first update is first order (no history yet) and the
@@ -315,17 +273,8 @@ def _flow_ode(name, heun, model_fn, x, timesteps, extra_args, callback, flow: Fl
 
 @_register("euler", FlowMatching, _flow_plan, default_steps=50, schedule_options=("shift",))
 @torch.no_grad()
-def euler(
-    model_fn,
-    x,
-    timesteps,
-    *,
-    extra_args=None,
-    callback=None,
-    generator=None,
-    objective: FlowMatching,
-    progress=False,
-):
+def euler(model_fn, x, timesteps, *, extra_args=None, callback=None, generator=None,
+         objective: FlowMatching, progress=False):  # fmt: skip
     """Euler ODE integration of a flow-matching model over the flow times ``timesteps`` (from 1, noise, to 0).
     ``generator`` is unused (deterministic)."""
     return _flow_ode("euler", False, model_fn, x, timesteps, extra_args, callback, objective, progress)
@@ -333,17 +282,8 @@ def euler(
 
 @_register("heun", FlowMatching, _flow_plan, default_steps=25, schedule_options=("shift",))
 @torch.no_grad()
-def heun(
-    model_fn,
-    x,
-    timesteps,
-    *,
-    extra_args=None,
-    callback=None,
-    generator=None,
-    objective: FlowMatching,
-    progress=False,
-):
+def heun(model_fn, x, timesteps, *, extra_args=None, callback=None, generator=None,
+        objective: FlowMatching, progress=False):  # fmt: skip
     """Heun (2nd-order) ODE integration of a flow-matching model over the flow times ``timesteps``: two model
     evaluations per step. ``generator`` is unused (deterministic)."""
     return _flow_ode("heun", True, model_fn, x, timesteps, extra_args, callback, objective, progress)
