@@ -3,6 +3,7 @@
 import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from ditlab.diffusion import (
     FlowMatching,
     GaussianDiffusion,
     GuidedModel,
+    dpm_solver_timesteps,
     run_sampler,
     sample,
     sample_ddim,
@@ -18,6 +20,8 @@ from ditlab.diffusion import (
     sample_dpmpp_2m,
     sample_euler,
     sample_heun,
+    sampler_timesteps,
+    space_timesteps,
 )
 
 DIFF = GaussianDiffusion.from_schedule("linear", 1000)  # learned variance: models output 2C channels
@@ -434,6 +438,71 @@ def test_every_sampler_shares_the_core_signature_callback_and_shapes():
             out = run_sampler(name, model, _noise(*shape), objective, steps=4, callback=seen.append)
             assert out.shape == shape and out.dtype == torch.float64
             assert [d["i"] for d in seen] == [0, 1, 2, 3] and set(seen[0]) == {"i", "t", "x", "denoised"}
+
+
+def test_samplers_take_explicit_timesteps_extra_args_and_reject_bad_ones():
+    noise = _noise(3, 2, 2)
+    model = gaussian_eps_model(MU, S)
+    # A subset of chain steps, noisiest first, is the respaced chain: equal to the respacing string's run.
+    kept = np.asarray(space_timesteps(1000, "ddim10"))[::-1]
+    for name in ("ddpm", "ddim"):
+        direct = SAMPLERS[name](
+            model, noise, kept, objective=FIXED, generator=torch.Generator().manual_seed(0)
+        )
+        by_steps = run_sampler(
+            name, model, noise, FIXED, steps="ddim10", generator=torch.Generator().manual_seed(0)
+        )
+        torch.testing.assert_close(direct, by_steps, rtol=0, atol=0)
+    chain, indices = sampler_timesteps("dpmpp_2m", FIXED, 7)
+    assert chain is FIXED and indices.tolist() == dpm_solver_timesteps(1000, 7).tolist()
+    # Flow times, e.g. a shifted grid, and the flow schedule option of run_sampler.
+    velocity = gaussian_velocity_model(MU, S)
+    times = FlowMatching.sampling_times(8, 3.0)
+    torch.testing.assert_close(
+        SAMPLERS["heun"](velocity, noise, times, objective=FLOW),
+        run_sampler("heun", velocity, noise, FLOW, steps=8, shift=3.0),
+        rtol=0,
+        atol=0,
+    )
+    # extra_args reach the model on every call (the k-diffusion convention).
+    y = torch.tensor([1, 2, 0])
+    counting = CountingModel()
+    with_y = SAMPLERS["ddim"](
+        counting, _noise(3, 4, 2, 2), [999, 500, 0], objective=FIXED, extra_args={"y": y}
+    )
+    assert len(counting.calls) == 3 and all(torch.equal(c[1], y) for c in counting.calls)
+    torch.testing.assert_close(
+        with_y,
+        run_sampler(
+            "ddim",
+            GuidedModel(CountingModel(), {"y": y}),
+            _noise(3, 4, 2, 2),
+            FIXED,
+            steps=[999, 500, 0][::-1],
+        ),
+    )
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        SAMPLERS["ddim"](model, noise, [0, 500, 999], objective=FIXED)
+    with pytest.raises(ValueError, match="step indices"):
+        SAMPLERS["ddpm"](model, noise, [0.5, 0.1], objective=FIXED)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        SAMPLERS["dpmpp_2m"](model, noise, [1000, 3], objective=FIXED)
+    with pytest.raises(ValueError, match="flow times"):
+        SAMPLERS["euler"](velocity, noise, [1.0], objective=FLOW)
+    with pytest.raises(TypeError, match="no schedule option"):
+        sampler_timesteps("ddim", FIXED, 10, shift=2.0)
+    with pytest.raises(TypeError, match="eta"):
+        run_sampler("euler", velocity, noise, FLOW, steps=2, eta=1.0)
+
+
+def test_guidance_interval_reads_the_time_from_the_model_times():
+    # The guided model is built once, outside the sampler; inside its interval (model time, inclusive) it
+    # runs one 2N-row forward, outside one N-row forward, under flow matching as under DDPM.
+    y, null = torch.tensor([1, 2]), torch.tensor([0, 0])
+    model = CountingModel()
+    guided = GuidedModel(model, {"y": y}, {"y": null}, scale=2.0, interval=(0, 500))
+    run_sampler("euler", guided, _noise(2, 4, 2, 2).float(), FLOW, steps=4)  # times 1000, 750, 500, 250
+    assert [c[0] for c in model.calls] == [2, 2, 4, 4]
 
 
 def test_generator_makes_stochastic_samplers_reproducible():
