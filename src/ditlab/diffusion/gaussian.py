@@ -4,6 +4,10 @@ Holds the forward process (``q_sample``), the posterior q(x_{t-1} | x_t, x_0), t
 p(x_{t-1} | x_t), one DDPM and one DDIM step, and the training losses (plain MSE on ε, or DiT's hybrid
 MSE + VLB). Semantics follow the official ADM/DiT code: tables are float64, indexed per sample and cast to the
 input's dtype before use; a respaced process keeps the trained model's timestep indices in ``timestep_map``.
+This is the only arithmetic (no option selects another): in float32 it is the official code's order of
+operations, so an official checkpoint follows the official trajectory; in float64 it stays float64 where the
+official code casts its tables to float32. ``python tests/test_diffusion_parity.py`` prints the distance to
+diffusers' schedulers run on float64 tables (25 DDIM / 250 DDPM steps on the official respaced chains).
 
 Time convention: ``t`` arguments are indices into *this* process's steps (0..len-1). The model is always
 called with the original trained timestep ``timestep_map[t]`` (a long tensor, 0..999 for the DiT chain).
