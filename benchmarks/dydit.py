@@ -32,7 +32,7 @@ import torch
 from ditlab.dydit import DyDiT, dynamic_flop_breakdown
 from ditlab.dydit.model import calibrate_token_routers
 from ditlab.models import create_model
-from ditlab.sampling import sample
+from ditlab.sampling import generate
 
 
 def parse_args(argv=None):
@@ -146,10 +146,10 @@ def quick(args) -> dict:
         device=args.device,
     )
     with model.recording() as records:
-        sample(model, **kw)
+        generate(model, **kw)
     sampling_ratio = mean_ratio(model, records)
     samp = interleaved_times(
-        {"dense": lambda: sample(dense, **kw), "dydit": lambda: sample(model, **kw)},
+        {"dense": lambda: generate(dense, **kw), "dydit": lambda: generate(model, **kw)},
         max(1, args.repeats // 2),
     )
     return {
@@ -281,17 +281,17 @@ def full(args) -> dict:
         one_batch["per_class"] = 1
     # One batch decides every step's widths and slices the weights (the deployment precomputation), recorded.
     with model.recording() as records:
-        sample(model, **one_batch)
+        generate(model, **one_batch)
     rows = plot_flops_per_step(model, records, Path(args.plot))
     timing = interleaved_times(
-        {"dense": lambda: sample(dense, **one_batch), "dydit": lambda: sample(model, **one_batch)},
+        {"dense": lambda: generate(dense, **one_batch), "dydit": lambda: generate(model, **one_batch)},
         args.repeats,
     )
     features = args.features.split(",") if args.features else None
     scores = {}
     for name, net in (("dense", dense), ("dydit", model)):
         start = time.perf_counter()
-        images, labels = sample(net, **kw)
+        images, labels = generate(net, **kw)
         seconds = time.perf_counter() - start
         result = evaluate(
             to_uint8(images).numpy(),

@@ -36,7 +36,7 @@ from ditlab import load_model
 from ditlab.data import format_classes, parse_classes
 from ditlab.eval import evaluate
 from ditlab.finetune import METHODS, FinetuneConfig, finetune
-from ditlab.sampling import sample
+from ditlab.sampling import generate
 from ditlab.train import TrainConfig, train
 
 QUICK = dict(  # about 1.5 CPU minutes on one thread, most of it pretraining (skip it with --base)
@@ -126,7 +126,7 @@ def pretrain(args, out: Path) -> tuple[Path, dict]:
 
 def score(args, model, ids) -> dict:
     """FD and class accuracy of samples of classes `ids`, against those classes' held-out test images."""
-    images, labels = sample(
+    images, labels = generate(
         model,
         classes=list(ids),
         per_class=args.samples_per_class,

@@ -57,7 +57,7 @@ def score_run(name: str, folder: Path, n: int, guidance: float, args) -> dict:
     sampler = args.sampler or cfg.get("sampler") or None
     steps = args.steps or cfg.get("sample_steps") or 50
     start = time.perf_counter()
-    images, labels = ditlab.sample(
+    images, labels = ditlab.generate(
         model, num_samples=n, sampler=sampler, steps=steps, guidance_scale=guidance, seed=args.seed,
         batch_size=args.batch_size,
     )  # fmt: skip

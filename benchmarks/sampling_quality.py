@@ -27,7 +27,7 @@ import _timing  # noqa: E402
 
 from ditlab.eval import default_features, evaluate  # noqa: E402
 from ditlab.models import load_model  # noqa: E402
-from ditlab.sampling import objective_of, sample  # noqa: E402
+from ditlab.sampling import generate, objective_of  # noqa: E402
 
 DEFAULT_SPECS = {
     "ddpm": "ddpm:250,ddim:50,dpmpp_2m:10,dpmpp_2m:15,dpmpp_2m:20,dpmpp_2m:25",
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     rows = []
     for name, steps in specs:
         start = time.perf_counter()
-        images, labels = sample(
+        images, labels = generate(
             model,
             num_samples=args.samples,
             sampler=name,

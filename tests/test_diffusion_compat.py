@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from ditlab.diffusion import GaussianDiffusion, SpacedDiffusion, create_diffusion, sample_ddim, sample_ddpm
+from ditlab.diffusion import GaussianDiffusion, SpacedDiffusion, create_diffusion, run_sampler
 
 
 class ToyDiT(nn.Module):
@@ -97,7 +97,7 @@ def test_p_sample_loop_with_forward_with_cfg_consumes_global_rng_like_the_offici
     assert all(torch.equal(s[1], y) for s in model.seen)
     # Same result as ditlab's own sampler fed the same RNG.
     torch.manual_seed(1)
-    ref = sample_ddpm(model.forward_with_cfg, z, d, dict(y=y, cfg_scale=4.0))
+    ref = run_sampler("ddpm", model.forward_with_cfg, z, d, extra_args=dict(y=y, cfg_scale=4.0))
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     assert torch.isfinite(out).all()
 
@@ -113,6 +113,8 @@ def test_p_sample_loop_draws_its_own_noise_on_the_model_device_and_ddim_loop():
     b = d.p_sample_loop(model, (2, 4, 2, 2), noise, model_kwargs=dict(y=y))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     ddim = d.ddim_sample_loop(model, (2, 4, 2, 2), noise=noise, model_kwargs=dict(y=y))
-    torch.testing.assert_close(ddim, sample_ddim(model, noise, d, dict(y=y)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        ddim, run_sampler("ddim", model, noise, d, extra_args=dict(y=y)), rtol=0, atol=0
+    )
     with pytest.raises(ValueError, match="noise shape"):
         d.p_sample_loop(model, (3, 4, 2, 2), noise, model_kwargs=dict(y=y))

@@ -6,7 +6,7 @@ Run ``python tests/test_diffusion_parity.py`` to print the measured errors.
 import pytest
 import torch
 
-from ditlab.diffusion import GaussianDiffusion, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from ditlab.diffusion import GaussianDiffusion, run_sampler
 
 diffusers = pytest.importorskip("diffusers")
 # diffusers 0.42 + numpy 2 warn inside DPMSolverMultistepScheduler.set_timesteps; not ours.
@@ -105,7 +105,7 @@ def ddpm_loop_error(dtype: torch.dtype) -> float:
     sched.set_timesteps(1000)
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3), dtype=dtype)
     model = toy_model(learned=True)
-    mine = sample_ddpm(model, noise, ours, generator=torch.Generator().manual_seed(4))
+    mine = run_sampler("ddpm", model, noise, ours, generator=torch.Generator().manual_seed(4))
     ref = _diffusers_loop(sched, model, noise, generator=torch.Generator().manual_seed(4))
     return (mine - ref).abs().max().item()
 
@@ -116,8 +116,8 @@ def ddim_loop_error(dtype: torch.dtype, eta: float) -> float:
     sched.set_timesteps(50)
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5), dtype=dtype)
     model = toy_model(learned=False)
-    mine = sample_ddim(
-        model, noise, ours, steps="ddim50", eta=eta, generator=torch.Generator().manual_seed(6)
+    mine = run_sampler(
+        "ddim", model, noise, ours, steps="ddim50", eta=eta, generator=torch.Generator().manual_seed(6)
     )
     ref = _diffusers_loop(sched, model, noise, generator=torch.Generator().manual_seed(6), eta=eta)
     return (mine - ref).abs().max().item()
@@ -139,7 +139,7 @@ def dpmpp_2m_loop_error(steps: int, dtype: torch.dtype = torch.float32) -> float
     sched.set_timesteps(steps)
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7), dtype=dtype)
     model = toy_model(learned=False)
-    mine = sample_dpmpp_2m(model, noise, ours, steps=steps)
+    mine = run_sampler("dpmpp_2m", model, noise, ours, steps=steps)
     ref = _diffusers_loop(sched, model, noise)
     return (mine - ref).abs().max().item()
 
@@ -165,6 +165,70 @@ def float32_step_accuracy() -> tuple[float, float]:
         worst_ours = max(worst_ours, (mine.double() - truth).abs().max().item())
         worst_diffusers = max(worst_diffusers, (ref.double() - truth).abs().max().item())
     return worst_ours, worst_diffusers
+
+
+def _float64_tables(sched, chain: GaussianDiffusion):
+    """Give a diffusers scheduler ``chain``'s float64 β/ᾱ tables (diffusers builds float32 ones)."""
+    sched.betas, sched.alphas_cumprod = chain.betas.clone(), chain.alphas_cumprod.clone()
+    sched.alphas = 1 - sched.betas
+    if hasattr(sched, "final_alpha_cumprod"):
+        sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+    return sched
+
+
+def official_ddim25_reference(noise, model):
+    """25 DDIM steps (η = 0) on the official respaced "25" chain, by diffusers' DDIMScheduler in float64: the
+    respaced chain is given to it as its own 25-step training chain (β recomputed from ᾱ, as the official
+    SpacedDiffusion does, which diffusers' uniform DDIM spacing cannot express), and the model is called at
+    the original timesteps."""
+    chain = GaussianDiffusion.from_schedule("linear", 1000).respace("25")
+    sched = diffusers.DDIMScheduler(
+        num_train_timesteps=25, trained_betas=chain.betas.numpy(), clip_sample=False, set_alpha_to_one=True
+    )
+    _float64_tables(sched, chain)
+    sched.set_timesteps(25)
+    assert sched.timesteps.tolist() == list(range(24, -1, -1))
+    x = noise
+    for index in sched.timesteps:
+        eps = model(x, chain.timestep_map[index].reshape(1))[:, : x.shape[1]]
+        x = sched.step(eps, index, x, eta=0.0).prev_sample
+    return x
+
+
+def official_ddpm250_reference(noise, model, seed: int):
+    """250 ancestral steps (learned-range variance) on the official respaced "250" chain, by diffusers'
+    DDPMScheduler with custom timesteps and float64 tables, noise from ``seed``."""
+    base = GaussianDiffusion.from_schedule("linear", 1000)
+    sched = diffusers.DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", variance_type="learned_range", clip_sample=False
+    )
+    _float64_tables(sched, base)
+    sched.set_timesteps(timesteps=base.respace("250").timestep_map.tolist()[::-1])
+    return _diffusers_loop(sched, model, noise, generator=torch.Generator().manual_seed(seed))
+
+
+def official_schedule_errors(dtype: torch.dtype) -> tuple[float, float]:
+    """Max |ours − diffusers float64 scheduler| after 25 DDIM steps and after 250 DDPM steps, inputs in
+    ``dtype`` (the float32 reference shares our per-step noise: both draw float32 normals from one seed)."""
+    model = toy_model(learned=True)
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(8), dtype=dtype)
+    base = GaussianDiffusion.from_schedule("linear", 1000)
+    ddim = run_sampler("ddim", model, noise, base, steps="25")
+    ddpm = run_sampler("ddpm", model, noise, base, steps="250", generator=torch.Generator().manual_seed(9))
+    return (
+        (ddim - official_ddim25_reference(noise, model)).abs().max().item(),
+        (ddpm - official_ddpm250_reference(noise, model, 9)).abs().max().item(),
+    )
+
+
+def float32_ddim25_drift() -> float:
+    """Max distance of float32 DDIM-25 sampling from the float64 trajectory of the same noise."""
+    model = toy_model(learned=True)
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    mine = run_sampler(
+        "ddim", model, noise.float(), GaussianDiffusion.from_schedule("linear", 1000), steps="25"
+    )
+    return (mine.double() - official_ddim25_reference(noise, model)).abs().max().item()
 
 
 TOL = {torch.float64: 1e-5, torch.float32: 1e-4}
@@ -205,6 +269,17 @@ def test_dpmpp_2m_matches_diffusers(steps):
     assert dpmpp_2m_loop_error(steps) < 1e-4
 
 
+def test_official_respaced_chains_follow_the_float64_schedulers():
+    # Per-step coefficients come from float64 tables cast to the input's dtype at each step (the official
+    # order): in float64 the trajectories agree to rounding (a float32 table anywhere would leave ~1e-7), and
+    # in float32 they stay within 1e-5 of diffusers' float64-table steps after 25 DDIM / 250 DDPM steps.
+    ddim64, ddpm64 = official_schedule_errors(torch.float64)
+    assert ddim64 < 1e-12 and ddpm64 < 1e-12
+    ddim32, ddpm32 = official_schedule_errors(torch.float32)
+    assert ddim32 <= 1e-5 and ddpm32 <= 1e-5
+    assert float32_ddim25_drift() <= 1e-5
+
+
 if __name__ == "__main__":
     for dtype in (torch.float64, torch.float32):
         name = str(dtype).removeprefix("torch.")
@@ -221,5 +296,11 @@ if __name__ == "__main__":
         )
     mine, theirs = float32_step_accuracy()
     print(f"float32 DDPM step vs the float64 step: ours {mine:.2e}, diffusers {theirs:.2e}")
+    for dtype in (torch.float64, torch.float32):
+        ddim, ddpm = official_schedule_errors(dtype)
+        print(
+            f"official respaced chains vs float64 schedulers, {dtype}: DDIM-25 {ddim:.2e}, DDPM-250 {ddpm:.2e}"
+        )
+    print(f"float32 DDIM-25 vs the float64 trajectory: {float32_ddim25_drift():.2e}")
     for steps in (1, 2, 7, 20, 50):
         print(f"DPM-Solver++(2M) {steps} steps float32: {dpmpp_2m_loop_error(steps):.2e}")

@@ -1,7 +1,9 @@
 """Samplers on models with known answers, classifier-free guidance, the common signature and the dispatcher."""
 
+import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,12 +12,16 @@ from ditlab.diffusion import (
     FlowMatching,
     GaussianDiffusion,
     GuidedModel,
+    dpm_solver_timesteps,
+    run_sampler,
     sample,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
     sample_euler,
     sample_heun,
+    sampler_timesteps,
+    space_timesteps,
 )
 
 DIFF = GaussianDiffusion.from_schedule("linear", 1000)  # learned variance: models output 2C channels
@@ -77,19 +83,21 @@ def test_ddim_eta0_recovers_x0_from_an_exact_eps_model(steps, learned):
     noise = _noise(3, 2, 4, 4)
     diffusion = DIFF if learned else FIXED
     model = gaussian_eps_model(MU, 0.0, learned=learned)
-    out = sample_ddim(model, noise, diffusion, steps=steps)
+    out = run_sampler("ddim", model, noise, diffusion, steps=steps)
     torch.testing.assert_close(out, torch.full_like(noise, MU), rtol=0, atol=1e-10)
-    assert torch.equal(out, sample_ddim(model, noise, diffusion, steps=steps))  # deterministic
+    assert torch.equal(out, run_sampler("ddim", model, noise, diffusion, steps=steps))  # deterministic
 
 
 @pytest.mark.parametrize("steps", [1, 2, 5, 13])
 def test_dpmpp_2m_and_ddpm_recover_x0_from_an_exact_eps_model(steps):
     noise = _noise(2, 3, 5)
     model = gaussian_eps_model(MU, 0.0, learned=True)
-    torch.testing.assert_close(sample_dpmpp_2m(model, noise, DIFF, steps=steps), torch.full_like(noise, MU))
+    torch.testing.assert_close(
+        run_sampler("dpmpp_2m", model, noise, DIFF, steps=steps), torch.full_like(noise, MU)
+    )
     g = torch.Generator().manual_seed(1)
     torch.testing.assert_close(
-        sample_ddpm(model, noise, DIFF, steps=steps, generator=g), torch.full_like(noise, MU)
+        run_sampler("ddpm", model, noise, DIFF, steps=steps, generator=g), torch.full_like(noise, MU)
     )
 
 
@@ -98,17 +106,17 @@ def test_ode_solvers_converge_on_gaussian_data_and_dpmpp_beats_ddim():
     model = gaussian_eps_model(MU, S)
     target = ode_target_ddpm(noise)
 
-    def err(fn, steps):
-        return (fn(model, noise, FIXED, steps=steps) - target).abs().max().item()
+    def err(name, steps):
+        return (run_sampler(name, model, noise, FIXED, steps=steps) - target).abs().max().item()
 
     # Measured max errors over 1024 samples: DDIM 0.25 / 0.10 at 20 / 50 steps, DPM-Solver++(2M) 0.08 / 0.0008
     # (its last, first-order jump to σ = 0 from t ≈ T/steps dominates at few steps, as in diffusers).
-    ddim20, ddim50 = err(sample_ddim, 20), err(sample_ddim, 50)
-    dpm20, dpm50 = err(sample_dpmpp_2m, 20), err(sample_dpmpp_2m, 50)
+    ddim20, ddim50 = err("ddim", 20), err("ddim", 50)
+    dpm20, dpm50 = err("dpmpp_2m", 20), err("dpmpp_2m", 50)
     assert dpm20 < ddim20 / 2 and dpm50 < ddim50 / 20
     assert dpm50 < dpm20 / 10 and dpm50 < 0.01
     # Ancestral DDPM over the full chain samples the right distribution: mean and std of N(MU, S²).
-    x = sample_ddpm(model, _noise(4096, 1, seed=1), FIXED, generator=torch.Generator().manual_seed(0))
+    x = run_sampler("ddpm", model, _noise(4096, 1, seed=1), FIXED, generator=torch.Generator().manual_seed(0))
     assert x.mean().item() == pytest.approx(MU, abs=0.025) and x.std().item() == pytest.approx(S, abs=0.02)
 
 
@@ -123,7 +131,7 @@ def test_flow_euler_integrates_a_linear_field_exactly():
     noise = _noise(5, 2, 3)
     for steps, shift in ((1, 1.0), (4, 1.0), (17, 3.0)):
         torch.testing.assert_close(
-            sample_euler(field, noise, FLOW, steps=steps, shift=shift), a.expand_as(noise)
+            run_sampler("euler", field, noise, FLOW, steps=steps, shift=shift), a.expand_as(noise)
         )
 
 
@@ -134,28 +142,172 @@ def test_flow_heun_is_exact_on_a_field_linear_in_time_and_beats_euler():
 
     noise = _noise(3, 2)
     # x(0) = x(1) − ∫₀¹ (0.5 + 2t) dt = x(1) − 1.5
-    torch.testing.assert_close(sample_heun(field, noise, FLOW, steps=3), noise - 1.5)
+    torch.testing.assert_close(run_sampler("heun", field, noise, FLOW, steps=3), noise - 1.5)
     # Gaussian data: the exact ODE maps noise z to MU + S·z; Heun's error shrinks faster than Euler's at equal cost.
     noise = _noise(4096, 1, seed=2)
     model, target = gaussian_velocity_model(MU, S), MU + S * noise
-    euler = (sample_euler(model, noise, FLOW, steps=20) - target).abs().max().item()
-    heun = (sample_heun(model, noise, FLOW, steps=10) - target).abs().max().item()
+    euler = (run_sampler("euler", model, noise, FLOW, steps=20) - target).abs().max().item()
+    heun = (run_sampler("heun", model, noise, FLOW, steps=10) - target).abs().max().item()
     assert heun < euler / 3
-    assert (sample_heun(model, noise, FLOW, steps=40) - target).abs().max().item() < 1e-3
+    assert (run_sampler("heun", model, noise, FLOW, steps=40) - target).abs().max().item() < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- two-Gaussian mixture
+# Data per element: a two-component mixture. The marginal at every time is again a mixture in closed form
+# (DDPM: means √ᾱ·m, variances ᾱs² + 1 − ᾱ; flow: (1 − t)·m and (1 − t)²s² + t²), and so are the exact
+# ε-predictor and velocity (posterior-weighted sums of the per-component ones). Unlike a point mass, whose
+# exact x_0-prediction lands any sampler on the data at its last step whatever happened before, a mixture
+# makes every step count: errors along the way change where samples end up.
+MIXTURE = ((0.35, -1.0, 0.25), (0.65, 1.2, 0.4))  # (weight, mean, std) per component
+
+
+def mixture_components(scale, noise_std):
+    """The marginal at a time where x_t = scale·x_0 + noise_std·ε: (weight, mean, variance) per component;
+    scale and noise_std are numbers or tensors broadcasting over x."""
+    return [(w, scale * m, scale**2 * s**2 + noise_std**2) for w, m, s in MIXTURE]
+
+
+def _responsibilities(components, x):
+    log_p = torch.stack(
+        [math.log(w) - 0.5 * (x - mu) ** 2 / var - 0.5 * torch.log(var) for w, mu, var in components]
+    )
+    return torch.softmax(log_p, 0)
+
+
+def mixture_eps_model(x, t):
+    """The exact E[ε | x_t] for the mixture under the (fixed-variance) DDPM chain: −√(1−ᾱ)·∇log p_t."""
+    ab = FIXED.alphas_cumprod.index_select(0, t).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    components = mixture_components(ab.sqrt(), (1 - ab).sqrt())
+    r = _responsibilities(components, x)
+    return (1 - ab).sqrt() * sum(r[k] * (x - mu) / var for k, (_, mu, var) in enumerate(components))
+
+
+def mixture_velocity_model(x, t_model):
+    """The exact rectified-flow velocity E[ε − x_0 | x_t] for the mixture; receives t·1000."""
+    t = (t_model / 1000).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    components = mixture_components(1 - t, t)
+    r = _responsibilities(components, x)
+    v = 0
+    for k, ((_, mu, var), (_, m, s)) in enumerate(zip(components, MIXTURE)):
+        posterior_x0 = m + (1 - t) * s**2 * (x - mu) / var
+        posterior_eps = t * (x - mu) / var
+        v = v + r[k] * (posterior_eps - posterior_x0)
+    return v
+
+
+def mixture_marginal_at(t_model: float, flow: bool):
+    """The analytic marginal's components at the model time a sampler reports in its callback."""
+    if flow:
+        t = t_model / 1000
+        return mixture_components(torch.tensor(1 - t), torch.tensor(t))
+    ab = FIXED.alphas_cumprod[int(t_model)]
+    return mixture_components(ab.sqrt(), (1 - ab).sqrt())
+
+
+def ks_distance(x: torch.Tensor, components) -> float:
+    """Kolmogorov–Smirnov distance between the empirical distribution of every element of x and a mixture."""
+    xs = x.reshape(-1).double().sort().values
+    cdf = sum(w * 0.5 * (1 + torch.erf((xs - mu) / torch.sqrt(2 * var))) for w, mu, var in components)
+    i = torch.arange(1, len(xs) + 1, dtype=xs.dtype)
+    return torch.maximum(i / len(xs) - cdf, cdf - (i - 1) / len(xs)).max().item()
+
+
+MIXTURE_RUNS = [  # (sampler, objective, model, steps, options)
+    ("ddpm", FIXED, mixture_eps_model, "100", {}),
+    ("ddim", FIXED, mixture_eps_model, "100", {}),
+    ("ddim", FIXED, mixture_eps_model, "100", {"eta": 1.0}),
+    ("dpmpp_2m", FIXED, mixture_eps_model, 50, {}),
+    ("euler", FLOW, mixture_velocity_model, 100, {}),
+    ("heun", FLOW, mixture_velocity_model, 25, {}),
+]
+
+
+def mixture_run_distances(name, objective, model, steps, options):
+    """KS distance of the samples from the data mixture, and of the state at every step (callback) from the
+    analytic marginal at that step's time; 16384 draws (4096 × 2 × 2 elements)."""
+    noise = _noise(4096, 1, 2, 2, seed=11)
+    seen = []
+    out = run_sampler(
+        name,
+        model,
+        noise,
+        objective,
+        steps=steps,
+        generator=torch.Generator().manual_seed(12),
+        callback=seen.append,
+        **options,
+    )
+    flow = isinstance(objective, FlowMatching)
+    steps_ks = [ks_distance(d["x"], mixture_marginal_at(float(d["t"]), flow)) for d in seen]
+    return ks_distance(out, mixture_components(torch.tensor(1.0), torch.tensor(0.0))), steps_ks
+
+
+@pytest.mark.parametrize("run", MIXTURE_RUNS, ids=lambda r: f"{r[0]}-{r[3]}{'-eta1' if r[4] else ''}")
+def test_every_sampler_follows_the_mixture_marginal_at_every_step(run):
+    final, steps_ks = mixture_run_distances(*run)
+    # A correct sampler stays within the sampling noise of 16384 draws (KS ≈ 0.01) at every step; one whose
+    # per-step noise is 10 % too small or too large leaves it by 0.024–0.036 along the way (measured on DDPM
+    # with noise scaled by 0.9 / 1.1, whose final samples can still pass: 0.016 for 1.1).
+    assert final < 0.022, final
+    assert max(steps_ks) < 0.022 and sorted(steps_ks)[len(steps_ks) // 2] < 0.015, steps_ks
+
+
+def _trajectory(name, objective, model, steps, noise):
+    states = {}
+
+    def record(d):
+        states[round(float(d["t"]), 6)] = d["x"]
+
+    out = run_sampler(name, model, noise, objective, steps=steps, callback=record)
+    return states, out
+
+
+def _worst_step_error(name, objective, model, steps, reference, noise) -> float:
+    """Largest mean |x − x_ref| over the steps a run shares with the fine reference, its output included."""
+    states, out = _trajectory(name, objective, model, steps, noise)
+    ref_states, ref_out = reference
+    shared = [t for t in states if t in ref_states]
+    assert len(shared) >= len(states) - 1  # all but possibly t = 0
+    errors = [(states[t] - ref_states[t]).abs().mean().item() for t in shared]
+    return max(errors + [(out - ref_out).abs().mean().item()])
+
+
+def test_ode_samplers_track_a_fine_step_reference_at_every_step_with_their_order():
+    # Deterministic samplers on the mixture, state by state against a fine reference from the same noise
+    # (DPM-Solver++(2M) over all 999 chain steps; Heun over 1000 flow steps). The error at every step halves
+    # when the steps double for the first-order solvers (DDIM, Euler) and quarters for the second-order ones
+    # (DPM-Solver++(2M), Heun). Measured worst mean errors: DDIM 0.050 / 0.024 (25 / 50 steps), Euler
+    # 0.031 / 0.016, DPM-Solver++ 0.0126 / 0.0032, Heun 0.0051 / 0.0014 (10 / 20).
+    noise = _noise(1024, 1, 2, 2, seed=13)
+    fine_chain = _trajectory("dpmpp_2m", FIXED, mixture_eps_model, 999, noise)
+    fine_flow = _trajectory("heun", FLOW, mixture_velocity_model, 1000, noise)
+    for name, objective, model, steps, order, bound in (
+        ("ddim", FIXED, mixture_eps_model, (25, 50), 1, 0.03),
+        ("euler", FLOW, mixture_velocity_model, (25, 50), 1, 0.02),
+        ("dpmpp_2m", FIXED, mixture_eps_model, (25, 50), 2, 0.008),
+        ("heun", FLOW, mixture_velocity_model, (10, 20), 2, 0.002),
+    ):
+        reference = fine_flow if objective is FLOW else fine_chain
+        as_steps = (lambda n: str(n)) if name == "ddim" else (lambda n: n)  # "N": DDIM starts at t = 999 too
+        coarse, finer = (
+            _worst_step_error(name, objective, model, as_steps(n), reference, noise) for n in steps
+        )
+        assert finer < bound, (name, finer)
+        assert coarse / finer > (1.7 if order == 1 else 3.0), (name, coarse, finer)
 
 
 # ---------------------------------------------------------------------------------------------- time passed to models
 def test_models_receive_original_timesteps_and_flow_times():
     log = []
-    sample_ddpm(gaussian_eps_model(MU, 0.0, log=log), _noise(2, 1), FIXED, steps="ddim10")
+    run_sampler("ddpm", gaussian_eps_model(MU, 0.0, log=log), _noise(2, 1), FIXED, steps="ddim10")
     assert [t[0].item() for t in log] == list(range(900, -1, -100))
     assert all(t.dtype == torch.long and t.shape == (2,) for t in log)
     log.clear()
-    sample_dpmpp_2m(gaussian_eps_model(MU, 0.0, log=log), _noise(2, 1), FIXED.respace("250"), steps=3)
+    run_sampler("dpmpp_2m", gaussian_eps_model(MU, 0.0, log=log), _noise(2, 1), FIXED.respace("250"), steps=3)
     # diffusers-style linspace over the respaced chain's 250 steps (indices 249, 166, 83), mapped to model time.
     assert [t[0].item() for t in log] == FIXED.respace("250").timestep_map[[249, 166, 83]].tolist()
     log.clear()
-    sample_heun(gaussian_velocity_model(MU, S, log=log), _noise(2, 1), FLOW, steps=2)
+    run_sampler("heun", gaussian_velocity_model(MU, S, log=log), _noise(2, 1), FLOW, steps=2)
     assert [t[0].item() for t in log] == [1000.0, 500.0, 500.0, 0.0]
     assert log[0].dtype == torch.float64  # float, at least float32
 
@@ -192,16 +344,8 @@ def test_guidance_interval_skips_the_unconditional_forward_outside():
     x = _noise(2, 4, 2, 2)
     y, null = torch.tensor([1, 2]), torch.tensor([0, 0])
     model = CountingModel()
-    sample_ddim(
-        model,
-        x,
-        FIXED,
-        {"y": y},
-        uncond={"y": null},
-        steps="ddim10",
-        guidance_scale=3.0,
-        guidance_interval=(0, 450),
-    )
+    guided = GuidedModel(model, {"y": y}, {"y": null}, scale=3.0, interval=(0, 450))
+    run_sampler("ddim", guided, x, FIXED, steps="ddim10")
     # model times 900..0 step 100: 900..500 outside (N rows), 400..0 inside (2N rows)
     assert [c[0] for c in model.calls] == [2] * 5 + [4] * 5
 
@@ -253,15 +397,21 @@ def test_cfg_moves_flow_samples_toward_the_conditional_mode():
 
     noise = _noise(64, 1)
     y = torch.ones(64, dtype=torch.long)
-    out = sample_euler(
-        model, noise, FLOW, {"y": y}, uncond={"y": torch.full_like(y, 2)}, steps=30, guidance_scale=3.0
-    )
+    guided = GuidedModel(model, {"y": y}, {"y": torch.full_like(y, 2)}, scale=3.0)
+    out = run_sampler("euler", guided, noise, FLOW, steps=30)
     assert (out - 1.0).abs().max().item() < 0.05
 
 
 # ---------------------------------------------------------------------------------------------- signature, dispatcher
 def test_every_sampler_shares_the_core_signature_callback_and_shapes():
-    core = [
+    core = ["extra_args", "callback", "generator", "objective", "progress"]
+    for name, fn in SAMPLERS.items():
+        params = inspect.signature(fn).parameters
+        names = list(params)
+        assert names[:3] == ["model_fn", "x", "timesteps"] and names[3 : 3 + len(core)] == core, name
+        assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in names[3:]), name
+    # The deprecated names keep their old signature, so that old positional calls still work.
+    old_core = [
         "cond",
         "uncond",
         "steps",
@@ -272,11 +422,9 @@ def test_every_sampler_shares_the_core_signature_callback_and_shapes():
         "callback",
         "generator",
     ]
-    import inspect
-
-    for name, fn in SAMPLERS.items():
+    for fn in (sample_ddpm, sample_ddim, sample_dpmpp_2m, sample_euler, sample_heun):
         params = list(inspect.signature(fn).parameters)
-        assert params[:3] == ["model", "noise", "objective"] and params[3 : 3 + len(core)] == core, name
+        assert params[:3] == ["model", "noise", "objective"] and params[3 : 3 + len(old_core)] == old_core
     # Any (N, C, *spatial) shape; callback once per step with i, t, x, denoised.
     for shape in ((2, 3), (2, 3, 5), (1, 2, 3, 2, 2)):
         for name, objective, model in (
@@ -287,9 +435,74 @@ def test_every_sampler_shares_the_core_signature_callback_and_shapes():
             ("heun", FLOW, gaussian_velocity_model(MU, S)),
         ):
             seen = []
-            out = sample(model, _noise(*shape), objective, name, steps=4, callback=seen.append)
+            out = run_sampler(name, model, _noise(*shape), objective, steps=4, callback=seen.append)
             assert out.shape == shape and out.dtype == torch.float64
             assert [d["i"] for d in seen] == [0, 1, 2, 3] and set(seen[0]) == {"i", "t", "x", "denoised"}
+
+
+def test_samplers_take_explicit_timesteps_extra_args_and_reject_bad_ones():
+    noise = _noise(3, 2, 2)
+    model = gaussian_eps_model(MU, S)
+    # A subset of chain steps, noisiest first, is the respaced chain: equal to the respacing string's run.
+    kept = np.asarray(space_timesteps(1000, "ddim10"))[::-1]
+    for name in ("ddpm", "ddim"):
+        direct = SAMPLERS[name](
+            model, noise, kept, objective=FIXED, generator=torch.Generator().manual_seed(0)
+        )
+        by_steps = run_sampler(
+            name, model, noise, FIXED, steps="ddim10", generator=torch.Generator().manual_seed(0)
+        )
+        torch.testing.assert_close(direct, by_steps, rtol=0, atol=0)
+    chain, indices = sampler_timesteps("dpmpp_2m", FIXED, 7)
+    assert chain is FIXED and indices.tolist() == dpm_solver_timesteps(1000, 7).tolist()
+    # Flow times, e.g. a shifted grid, and the flow schedule option of run_sampler.
+    velocity = gaussian_velocity_model(MU, S)
+    times = FlowMatching.sampling_times(8, 3.0)
+    torch.testing.assert_close(
+        SAMPLERS["heun"](velocity, noise, times, objective=FLOW),
+        run_sampler("heun", velocity, noise, FLOW, steps=8, shift=3.0),
+        rtol=0,
+        atol=0,
+    )
+    # extra_args reach the model on every call (the k-diffusion convention).
+    y = torch.tensor([1, 2, 0])
+    counting = CountingModel()
+    with_y = SAMPLERS["ddim"](
+        counting, _noise(3, 4, 2, 2), [999, 500, 0], objective=FIXED, extra_args={"y": y}
+    )
+    assert len(counting.calls) == 3 and all(torch.equal(c[1], y) for c in counting.calls)
+    torch.testing.assert_close(
+        with_y,
+        run_sampler(
+            "ddim",
+            GuidedModel(CountingModel(), {"y": y}),
+            _noise(3, 4, 2, 2),
+            FIXED,
+            steps=[999, 500, 0][::-1],
+        ),
+    )
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        SAMPLERS["ddim"](model, noise, [0, 500, 999], objective=FIXED)
+    with pytest.raises(ValueError, match="step indices"):
+        SAMPLERS["ddpm"](model, noise, [0.5, 0.1], objective=FIXED)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        SAMPLERS["dpmpp_2m"](model, noise, [1000, 3], objective=FIXED)
+    with pytest.raises(ValueError, match="flow times"):
+        SAMPLERS["euler"](velocity, noise, [1.0], objective=FLOW)
+    with pytest.raises(TypeError, match="no schedule option"):
+        sampler_timesteps("ddim", FIXED, 10, shift=2.0)
+    with pytest.raises(TypeError, match="eta"):
+        run_sampler("euler", velocity, noise, FLOW, steps=2, eta=1.0)
+
+
+def test_guidance_interval_reads_the_time_from_the_model_times():
+    # The guided model is built once, outside the sampler; inside its interval (model time, inclusive) it
+    # runs one 2N-row forward, outside one N-row forward, under flow matching as under DDPM.
+    y, null = torch.tensor([1, 2]), torch.tensor([0, 0])
+    model = CountingModel()
+    guided = GuidedModel(model, {"y": y}, {"y": null}, scale=2.0, interval=(0, 500))
+    run_sampler("euler", guided, _noise(2, 4, 2, 2).float(), FLOW, steps=4)  # times 1000, 750, 500, 250
+    assert [c[0] for c in model.calls] == [2, 2, 4, 4]
 
 
 def test_generator_makes_stochastic_samplers_reproducible():
@@ -297,39 +510,53 @@ def test_generator_makes_stochastic_samplers_reproducible():
     noise = _noise(2, 2, 3)
 
     def run(seed, **kw):
-        return sample_ddpm(model, noise, DIFF, steps=10, generator=torch.Generator().manual_seed(seed), **kw)
+        return run_sampler(
+            "ddpm", model, noise, DIFF, steps=10, generator=torch.Generator().manual_seed(seed), **kw
+        )
 
     assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
-    a = sample_ddim(model, noise, DIFF, steps=10, eta=1.0, generator=torch.Generator().manual_seed(1))
-    b = sample_ddim(model, noise, DIFF, steps=10, eta=1.0, generator=torch.Generator().manual_seed(1))
+    a = run_sampler("ddim", model, noise, DIFF, steps=10, eta=1.0, generator=torch.Generator().manual_seed(1))
+    b = run_sampler("ddim", model, noise, DIFF, steps=10, eta=1.0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
 
 
 def test_progress_bar_off_by_default(capsys):
-    sample_ddim(gaussian_eps_model(MU, S, True), _noise(1, 1), DIFF, steps=3)
+    run_sampler("ddim", gaussian_eps_model(MU, S, True), _noise(1, 1), DIFF, steps=3)
     assert capsys.readouterr().err == ""
-    sample_ddim(gaussian_eps_model(MU, S, True), _noise(1, 1), DIFF, steps=3, progress=True)
+    run_sampler("ddim", gaussian_eps_model(MU, S, True), _noise(1, 1), DIFF, steps=3, progress=True)
     assert "ddim" in capsys.readouterr().err
 
 
 def test_dispatcher_and_bad_sampler_input():
     model = gaussian_eps_model(MU, S, learned=True)
     noise = _noise(2, 1)
+    # One default per objective, declared on it: DDIM for a GaussianDiffusion, Euler for flow matching.
     torch.testing.assert_close(
-        sample(model, noise, DIFF, steps=5, generator=torch.Generator().manual_seed(0)),
-        sample_ddpm(model, noise, DIFF, steps=5, generator=torch.Generator().manual_seed(0)),
+        run_sampler(None, model, noise, DIFF, steps=5),
+        run_sampler("ddim", model, noise, DIFF, steps=5),
+        rtol=0,
+        atol=0,
     )
+    assert DIFF.default_sampler == "ddim" and FLOW.default_sampler == "euler"
+    # The deprecated dispatcher keeps its old default (ancestral DDPM) for its last release.
+    with pytest.deprecated_call():
+        torch.testing.assert_close(
+            sample(model, noise, DIFF, steps=5, generator=torch.Generator().manual_seed(0)),
+            run_sampler("ddpm", model, noise, DIFF, steps=5, generator=torch.Generator().manual_seed(0)),
+        )
     with pytest.raises(ValueError, match="unknown sampler 'plms'; valid: ddpm, ddim, dpmpp_2m, euler, heun"):
-        sample(model, noise, DIFF, "plms")
+        run_sampler("plms", model, noise, DIFF)
     with pytest.raises(
         TypeError, match="needs a FlowMatching objective.*samplers for it: ddpm, ddim, dpmpp_2m"
     ):
-        sample(model, noise, DIFF, "euler")
+        run_sampler("euler", model, noise, DIFF)
     with pytest.raises(TypeError, match="needs a GaussianDiffusion objective.*euler, heun"):
-        sample(model, noise, FLOW, "ddim")
+        run_sampler("ddim", model, noise, FLOW)
+    with pytest.deprecated_call(), pytest.raises(ValueError, match="unknown sampler 'plms'"):
+        sample(model, noise, DIFF, "plms")
     with pytest.raises(ValueError, match="too many"):
-        sample_dpmpp_2m(model, noise, DIFF.respace("10"), steps=10)
+        run_sampler("dpmpp_2m", model, noise, DIFF.respace("10"), steps=10)
     with pytest.raises(ValueError, match="flow matching needs a velocity.*learn_sigma=False"):
-        sample_euler(lambda x, t: torch.cat([x, x], 1), noise, FLOW, steps=2)
+        run_sampler("euler", lambda x, t: torch.cat([x, x], 1), noise, FLOW, steps=2)
     with pytest.raises(ValueError, match="needs 2·C"):
-        sample_ddim(lambda x, t: x, noise, DIFF, steps=2)
+        run_sampler("ddim", lambda x, t: x, noise, DIFF, steps=2)

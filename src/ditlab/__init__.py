@@ -4,6 +4,7 @@ import ditlab
 model = ditlab.create_model("DiT-S/2", input_size=32, num_classes=10)
 print(ditlab.flops(model), "Gflops")
 ditlab.save_model(model, "dit.safetensors"); model = ditlab.load_model("dit.safetensors")
+images, labels = ditlab.generate(model, classes=[3], per_class=8, steps=50)
 """
 
 from ditlab.loading import load_model  # registers every checkpoint format (see ditlab.models.formats)
@@ -15,7 +16,7 @@ from ditlab.models import (
     flops,
     save_model,
 )
-from ditlab.sampling import sample
+from ditlab.sampling import generate, sample
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "count_parameters",
     "create_model",
     "flops",
+    "generate",
     "load_model",
     "sample",
     "save_model",

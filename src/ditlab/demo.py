@@ -73,7 +73,7 @@ def run(args) -> int:
     from ditlab.atomic import atomic_write_text
     from ditlab.data import save_grid, save_npz
     from ditlab.eval import evaluate
-    from ditlab.sampling import sample
+    from ditlab.sampling import generate
     from ditlab.train import train
 
     out = Path(args.out)
@@ -91,7 +91,7 @@ def run(args) -> int:
 
     model = ditlab.load_model(out / "model.safetensors")
     t0 = time.perf_counter()
-    images, labels = sample(
+    images, labels = generate(
         model,
         per_class=args.per_class,
         sampler=args.sampler,

@@ -1,13 +1,15 @@
-"""`ditlab.sample`: class-conditional (or unconditional) images from a trained DiT in one call.
+"""`ditlab.generate`: class-conditional (or unconditional) images from a trained DiT in one call.
 
-    images, labels = ditlab.sample(model, classes=[0, 3], per_class=8, sampler="ddim", steps=50,
-                                   guidance_scale=1.5, seed=0)        # uint8 (16, H, W, C), int64 (16,)
+    images, labels = ditlab.generate(model, classes=[0, 3], per_class=8, sampler="ddim", steps=50,
+                                     guidance_scale=1.5, seed=0)      # uint8 (16, H, W, C), int64 (16,)
 
 The objective (DDPM schedule or flow matching) comes from the model's `objective_spec`, which ditlab's
 checkpoints carry; official DiT checkpoints default to their linear 1000-step DDPM. Latent models decode
 through an autoencoder (`vae=ditlab.autoencoders.load_vae(folder)`). The same seed and arguments give the
 same images: all initial noise is drawn up front from one seeded generator on the CPU, and each batch's
-stochastic sampler noise from a generator seeded by (seed, batch index).
+stochastic sampler noise from a generator seeded by (seed, batch index). Guidance wraps the model once per
+batch (`GuidedModel`), then `run_sampler` dispatches to the sampler (default: the objective's).
+`ditlab.sample` is the deprecated name of `generate`, kept for one release.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import numpy as np
 import torch
 
 from ditlab.data.images import to_uint8
+from ditlab.diffusion.guidance import GuidedModel
 from ditlab.diffusion.objective import ObjectiveSpec
-from ditlab.diffusion.samplers import SAMPLERS
-from ditlab.diffusion.samplers import sample as run_sampler
+from ditlab.diffusion.samplers import deprecated_alias, run_sampler, sampler_timesteps
+from ditlab.runtime import resolve_device
 
 
 @dataclass
@@ -28,7 +31,7 @@ class Samples:
     images: np.ndarray  # uint8 (N, H, W, C)
     labels: np.ndarray  # int64 (N,); -1 for unconditional samples
 
-    def __iter__(self):  # images, labels = ditlab.sample(...)
+    def __iter__(self):  # images, labels = ditlab.generate(...)
         return iter((self.images, self.labels))
 
 
@@ -72,7 +75,7 @@ def check_decodable(model, vae=None, return_tensors: bool = False) -> None:
 
 
 @torch.no_grad()
-def sample(
+def generate(
     model,
     classes=None,
     per_class: int = 1,
@@ -92,12 +95,10 @@ def sample(
 ) -> Samples:
     """Sample images; see the module docstring. `steps` may be an int or a DDPM respacing string ("250")."""
     check_decodable(model, vae, return_tensors)
-    spec = objective_of(model)
-    objective = spec.build()
-    sampler = sampler or spec.default_sampler
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    objective = objective_of(model).build()
+    sampler = sampler or objective.default_sampler
+    sampler_timesteps(sampler, objective, steps)  # a bad sampler or step count fails before any work
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     labels = sample_labels(model, classes, per_class, num_samples)
@@ -116,17 +117,15 @@ def sample(
         cond = {"y": y} if model.num_classes else {}
         uncond = {"y": torch.full_like(y, model.null_class)} if guided else None
         gen = torch.Generator(device).manual_seed(seed * 1_000_003 + b + 1)
+        guided_model = GuidedModel(
+            model, cond, uncond, scale=guidance_scale, interval=guidance_interval, channels=guidance_channels
+        )
         out = run_sampler(
-            model,
+            sampler,
+            guided_model,
             x,
             objective,
-            sampler,
-            cond,
-            uncond=uncond,
             steps=steps,
-            guidance_scale=guidance_scale,
-            guidance_interval=guidance_interval,
-            guidance_channels=guidance_channels,
             progress=progress,
             generator=gen,
             **(sampler_options or {}),
@@ -139,3 +138,6 @@ def sample(
     if return_tensors:
         return images, labels
     return Samples(to_uint8(images).numpy(), labels.numpy())
+
+
+sample = deprecated_alias(generate, "ditlab.sample", "ditlab.generate (same arguments)")

@@ -82,7 +82,7 @@ def _run(args) -> int:
     import ditlab
     from ditlab.data import save_grid, save_npz
     from ditlab.runtime import resolve_device
-    from ditlab.sampling import sample
+    from ditlab.sampling import generate
 
     device = resolve_device(args.device)
     model = ditlab.load_model(args.checkpoint, model=args.model, device=device)
@@ -91,7 +91,7 @@ def _run(args) -> int:
         from ditlab.autoencoders import load_vae
 
         vae = load_vae(args.vae, device=device)
-    images, labels = sample(
+    images, labels = generate(
         model,
         classes=args.classes,
         per_class=args.per_class,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from .gaussian import GaussianDiffusion
-from .samplers import sample_ddim, sample_ddpm
+from .samplers import run_sampler
 from .schedules import get_beta_schedule
 
 __all__ = ["SpacedDiffusion", "create_diffusion"]
@@ -45,37 +45,34 @@ class SpacedDiffusion(GaussianDiffusion):
         device = device if device is not None else (_model_device(model) or torch.device("cpu"))
         return torch.randn(*shape, device=device)
 
+    def _loop(self, sampler, model, shape, noise, model_kwargs, progress, device, **options) -> torch.Tensor:
+        x = self._initial_noise(model, shape, noise, device)
+        return run_sampler(sampler, model, x, self, extra_args=model_kwargs, progress=progress, **options)
+
     def p_sample_loop(
-        self,
-        model,
-        shape,
-        noise=None,
-        clip_denoised: bool = False,
-        model_kwargs: dict | None = None,
-        progress: bool = False,
-        device=None,
+        self, model, shape, noise=None, clip_denoised=False, model_kwargs=None, progress=False, device=None
     ) -> torch.Tensor:
         """Ancestral sampling over every step of this process (official ``p_sample_loop``; note the default
         ``clip_denoised=False``, which is what DiT always passes)."""
-        x = self._initial_noise(model, shape, noise, device)
-        return sample_ddpm(model, x, self, cond=model_kwargs, progress=progress, clip_denoised=clip_denoised)
+        return self._loop(
+            "ddpm", model, shape, noise, model_kwargs, progress, device, clip_denoised=clip_denoised
+        )
 
     def ddim_sample_loop(
         self,
         model,
         shape,
         noise=None,
-        clip_denoised: bool = False,
-        model_kwargs: dict | None = None,
-        progress: bool = False,
+        clip_denoised=False,
+        model_kwargs=None,
+        progress=False,
         device=None,
-        eta: float = 0.0,
+        eta=0.0,
     ) -> torch.Tensor:
         """DDIM over every step of this process (official ``ddim_sample_loop``). Samples equal the official
         ones; with η = 0 no per-step noise is drawn (the official loop draws and discards it)."""
-        x = self._initial_noise(model, shape, noise, device)
-        return sample_ddim(
-            model, x, self, cond=model_kwargs, progress=progress, clip_denoised=clip_denoised, eta=eta
+        return self._loop(
+            "ddim", model, shape, noise, model_kwargs, progress, device, clip_denoised=clip_denoised, eta=eta
         )
 
 

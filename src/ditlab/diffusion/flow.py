@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ._util import check_sample_tensor, per_sample, randn_like
+from .base import TrainingObjective
 from .losses import mean_flat
 
 __all__ = ["FlowMatching", "FLOW_TIMESTEP_SAMPLERS"]
@@ -28,12 +29,11 @@ def time_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-class FlowMatching:
+class FlowMatching(TrainingObjective):
     """Rectified-flow objective. ``timestep_sampler``: ``"uniform"`` on [0, 1) or ``"logit_normal"``
     (t = sigmoid(u), u ~ N(logit_mean, logit_std²); SD3's best setting is m = 0, s = 1)."""
 
     default_sampler = "euler"
-    learns_variance = False
 
     def __init__(
         self,
@@ -61,9 +61,6 @@ class FlowMatching:
             f", m={self.logit_mean}, s={self.logit_std}" if self.timestep_sampler == "logit_normal" else ""
         )
         return f"FlowMatching({self.timestep_sampler!r}{extra}, time_scale={self.time_scale})"
-
-    def model_out_channels(self, in_channels: int) -> int:
-        return in_channels
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """What the model receives for flow times t ∈ [0, 1]: t·time_scale."""
@@ -133,22 +130,11 @@ class FlowMatching:
         mse = mean_flat((velocity - self.velocity_target(x_start, noise)) ** 2)
         return {"loss": mse, "mse": mse}
 
-    def loss(
-        self,
-        model: Callable[..., torch.Tensor],
-        x0: torch.Tensor,
-        model_kwargs: dict | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-        t: torch.Tensor | None = None,
-    ) -> dict:
-        """Trainer entry point: draws t (then noise) from ``generator`` (or the global RNG); see
-        ``training_losses``."""
-        check_sample_tensor(x0, "x0")
-        if t is None:
-            t = self.sample_timesteps(x0.shape[0], x0.device, generator, dtype=time_dtype(x0))
-        if noise is None:
-            noise = randn_like(x0, generator)
+    # trainer entry point: ``loss`` (TrainingObjective)
+    def _draw_timesteps(self, x0, generator):
+        return self.sample_timesteps(x0.shape[0], x0.device, generator, dtype=time_dtype(x0))
+
+    def _losses(self, model, x0, t, model_kwargs, noise, drawn: bool) -> dict:
         return self.training_losses(model, x0, t, model_kwargs=model_kwargs, noise=noise)
 
     # ------------------------------------------------------------------ sampling grid

@@ -4,6 +4,10 @@ Holds the forward process (``q_sample``), the posterior q(x_{t-1} | x_t, x_0), t
 p(x_{t-1} | x_t), one DDPM and one DDIM step, and the training losses (plain MSE on ε, or DiT's hybrid
 MSE + VLB). Semantics follow the official ADM/DiT code: tables are float64, indexed per sample and cast to the
 input's dtype before use; a respaced process keeps the trained model's timestep indices in ``timestep_map``.
+This is the only arithmetic (no option selects another): in float32 it is the official code's order of
+operations, so an official checkpoint follows the official trajectory; in float64 it stays float64 where the
+official code casts its tables to float32. ``python tests/test_diffusion_parity.py`` prints the distance to
+diffusers' schedulers run on float64 tables (25 DDIM / 250 DDPM steps on the official respaced chains).
 
 Time convention: ``t`` arguments are indices into *this* process's steps (0..len-1). The model is always
 called with the original trained timestep ``timestep_map[t]`` (a long tensor, 0..999 for the DiT chain).
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from ._util import check_sample_tensor, per_sample, randn_like
+from .base import TrainingObjective
 from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .respace import space_timesteps
 from .schedules import get_beta_schedule
@@ -38,7 +43,7 @@ def _choice(value: str, valid: Iterable[str], what: str) -> str:
     return value
 
 
-class GaussianDiffusion:
+class GaussianDiffusion(TrainingObjective):
     """A T-step Gaussian diffusion over any tensor shape (N, C, *spatial), ε-prediction.
 
     ``var_type``: ``"learned_range"`` (the model outputs 2C channels, ε then v ∈ [-1, 1] interpolating log β_t
@@ -48,7 +53,7 @@ class GaussianDiffusion:
     ``"rescaled_mse"`` (VLB scaled by T/1000), ``"kl"`` / ``"rescaled_kl"`` (the VLB alone, ×T for rescaled).
     """
 
-    default_sampler = "ddpm"
+    default_sampler = "ddim"  # the fast default for previews and evaluation; ancestral DDPM is "ddpm"
 
     def __init__(
         self,
@@ -330,14 +335,6 @@ class GaussianDiffusion:
             "eps": eps,
         }
 
-    def p_mean_variance(
-        self, model: Model, x, t, model_kwargs: dict | None = None, clip_denoised: bool = False
-    ):
-        """As ``p_mean_variance_from_output``, calling ``model(x, timestep_map[t], **model_kwargs)``."""
-        t = self._check_t(t, x)
-        output = model(x, self.model_timesteps(t), **(model_kwargs or {}))
-        return self.p_mean_variance_from_output(output, x, t, clip_denoised=clip_denoised)
-
     def ddpm_step(self, model_output, x, t, noise, clip_denoised: bool = False) -> dict:
         """One ancestral step x_t → x_{t-1} = mean + σ·noise (no noise where t = 0). Returns sample,
         pred_xstart."""
@@ -433,22 +430,11 @@ class GaussianDiffusion:
         """n step indices drawn uniformly from 0..T-1 (long tensor)."""
         return torch.randint(0, self.num_timesteps, (n,), device=device, generator=generator)
 
-    def loss(
-        self,
-        model: Model,
-        x0: torch.Tensor,
-        model_kwargs: dict | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-        t: torch.Tensor | None = None,
-    ) -> dict:
-        """Trainer entry point: draws t (then noise) from ``generator`` — or torch's global RNG, in the same
-        order as the official train.py — and returns ``training_losses``: ``loss`` (N,), ``mse``, and ``vb``
-        if learned."""
-        check_sample_tensor(x0, "x0")
-        if t is not None:
-            noise = randn_like(x0, generator) if noise is None else noise
-            return self.training_losses(model, x0, t, model_kwargs=model_kwargs, noise=noise)
-        t = self.sample_timesteps(x0.shape[0], x0.device, generator)
-        noise = randn_like(x0, generator) if noise is None else noise
-        return self._training_losses(model, x0, t, model_kwargs, noise)
+    # ------------------------------------------------------------------ trainer entry point (``loss``)
+    def _draw_timesteps(self, x0, generator):
+        return self.sample_timesteps(x0.shape[0], x0.device, generator)
+
+    def _losses(self, model, x0, t, model_kwargs, noise, drawn: bool) -> dict:
+        if drawn:  # valid by construction: skip the range check (a device sync)
+            return self._training_losses(model, x0, t, model_kwargs, noise)
+        return self.training_losses(model, x0, t, model_kwargs=model_kwargs, noise=noise)

@@ -84,14 +84,18 @@ class GuidedModel:
                         )
                     self.both[key] = value
 
-    def guides_at(self, t_value: float) -> bool:
-        """Whether a step at model time ``t_value`` runs the guided (2N-row) forward."""
+    def guides_at(self, t_value: float | None) -> bool:
+        """Whether a step at model time ``t_value`` runs the guided (2N-row) forward (None: no interval)."""
         if self.both is None:
             return False
         return self.interval is None or self.interval[0] <= t_value <= self.interval[1]
 
-    def __call__(self, x: torch.Tensor, t_model: torch.Tensor, t_value: float) -> torch.Tensor:
-        """Model output for x at model times ``t_model`` (N,); ``t_value`` is the step's time as a number."""
+    def __call__(self, x: torch.Tensor, t_model: torch.Tensor, t_value: float | None = None) -> torch.Tensor:
+        """Model output for x at model times ``t_model`` (N,), the ``model_fn`` every sampler takes.
+        ``t_value``, the step's time as a number, is read from ``t_model`` when not given; only a guidance
+        interval needs it (one device sync per step then)."""
+        if t_value is None and self.interval is not None and self.both is not None:
+            t_value = float(t_model.reshape(-1)[0])
         if not self.guides_at(t_value):
             return self.model(x, t_model, **self.cond)
         n, channels = x.shape[0], x.shape[1]

@@ -35,10 +35,5 @@ class ObjectiveSpec(DictConfig):
 
     @property
     def default_sampler(self) -> str:
-        """The fast default for previews and evaluation: DDIM for DDPM models, Euler for flow models."""
-        return "euler" if self.kind == "flow" else "ddim"
-
-    @classmethod
-    def official_dit(cls) -> ObjectiveSpec:
-        """What the official DiT checkpoints were trained with: linear 1000-step DDPM, learned variance."""
-        return cls()
+        """The objective's default sampler, declared on its class (DDIM for DDPM, Euler for flow)."""
+        return (FlowMatching if self.kind == "flow" else GaussianDiffusion).default_sampler

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from ditlab.eval import default_features, evaluate
-from ditlab.sampling import sample
+from ditlab.sampling import generate
 
 
 def eval_settings(cfg) -> tuple[str, tuple[str, ...]]:
@@ -23,7 +23,7 @@ def evaluate_during_training(trainer) -> dict:
     ref, features = eval_settings(cfg)
     start = time.perf_counter()
     model = trainer.ema.model
-    images, labels = sample(
+    images, labels = generate(
         model,
         num_samples=cfg.eval_samples,
         sampler=cfg.sampler,

@@ -36,7 +36,7 @@ from ditlab.runtime import (
     resolve_device,
     resolve_precision,
 )
-from ditlab.sampling import sample
+from ditlab.sampling import generate
 from ditlab.train import distributed as D
 from ditlab.train.config import TrainConfig
 from ditlab.train.ema import EMA
@@ -284,7 +284,7 @@ class Trainer:
         model = self.ema.model
         classes = list(range(min(model.num_classes, 10))) or None
         per_class = 8 if classes else 32
-        images, _ = sample(
+        images, _ = generate(
             model,
             classes=classes,
             per_class=per_class,
