@@ -6,7 +6,7 @@ samples are real digits: a classifier trained on real digits labels them, and th
 it names the class each sample was asked for.
 
     ditlab demo --out ditlab-demo          # grid.png, samples.npz, model.safetensors, loss.png, report.json
-    ditlab demo --out ditlab-demo --resume # continue an interrupted demo run from its last checkpoint
+    ditlab demo --out ditlab-demo --resume # continue an interrupted demo run from its last checkpoint (auto)
 
 Departures from the paper's ImageNet recipe, for a few CPU minutes instead of GPU-weeks: a small model
 (DiT-Ti/2 width, 8×8 pixels instead of latents), a higher learning rate with warm-up, and an EMA with
@@ -16,10 +16,13 @@ DPM-Solver++(2M) with 25 steps and classifier-free guidance 1.5, the scale of th
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
 
+from ditlab.cli_args import add_resume_argument, names, non_negative_float, non_negative_int, positive_int
+from ditlab.diffusion.samplers import SAMPLERS
 from ditlab.train.config import TrainConfig
 
 # The demo's recipe. Measured on the 2-core CPU this project targets (see README): trains in a few minutes.
@@ -41,22 +44,43 @@ DEMO_RECIPE = dict(
 )
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="ditlab-demo", help="output folder (default ./ditlab-demo)")
-    parser.add_argument("--steps", type=int, default=DEMO_RECIPE["steps"], help="training steps")
-    parser.add_argument("--per-class", type=int, default=50, help="samples per class (default 50)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(*names("--out"), default="ditlab-demo", metavar="DIR", help="output folder")
     parser.add_argument(
-        "--sampler", default="dpmpp_2m", help="sampler for the final samples (default dpmpp_2m)"
+        "--train-steps",
+        "--steps",  # the demo's spelling before the shared vocabulary
+        dest="train_steps",
+        type=positive_int,
+        default=DEMO_RECIPE["steps"],
+        metavar="N",
+        help="training length, in optimizer steps",
     )
-    parser.add_argument("--sample-steps", type=int, default=25, help="sampling steps (default 25)")
     parser.add_argument(
-        "--guidance-scale",
-        type=float,
+        "--per-class", type=positive_int, default=50, metavar="N", help="samples per class (10 classes)"
+    )
+    parser.add_argument(
+        "--sampler", choices=list(SAMPLERS), default="dpmpp_2m", help="sampler of the final samples"
+    )
+    parser.add_argument(
+        *names("--sample-steps"),
+        dest="sample_steps",
+        type=positive_int,
+        default=25,
+        metavar="N",
+        help="sampler steps of the final samples",
+    )
+    parser.add_argument(
+        *names("--guidance-scale"),
+        dest="guidance_scale",
+        type=non_negative_float,
         default=1.5,
-        help="classifier-free guidance (default 1.5, DiT's FID setting)",
+        metavar="SCALE",
+        help="classifier-free guidance scale (1 = off; 1.5 is DiT's FID setting)",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    add_resume_argument(parser)
+    parser.add_argument(
+        "--threads", type=non_negative_int, default=0, metavar="N", help="CPU threads (0 = all cores)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -70,14 +94,14 @@ def run(args) -> int:
 
     out = Path(args.out)
     cfg = TrainConfig(
-        **{**DEMO_RECIPE, "steps": args.steps},
+        **{**DEMO_RECIPE, "steps": args.train_steps},
         out=str(out),
         threads=args.threads,
         progress=not args.no_progress,
     )
     start = time.perf_counter()
     print(f"ditlab demo: training {cfg.model} (adaLN-Zero) on {cfg.data} for {cfg.steps} steps -> {out}/")
-    summary = train(cfg, resume="auto" if args.resume else None)
+    summary = train(cfg, resume=args.resume)
     train_seconds = time.perf_counter() - start
 
     model = ditlab.load_model(out / "model.safetensors")

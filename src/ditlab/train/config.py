@@ -79,7 +79,9 @@ class TrainConfig(DictConfig):
         if self.objective == "flow" and self.learn_sigma:
             raise ValueError("flow matching predicts a velocity only: learn_sigma must be False")
         if self.steps <= 0 and self.epochs <= 0:
-            raise ValueError("set the run length: steps > 0 or epochs > 0")
+            raise ValueError(
+                "set the run length: steps > 0 or epochs > 0 (flags: --train-steps N or --epochs N)"
+            )
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1 and lr > 0")
         if not 0 <= self.ema_decay < 1:
