@@ -6,6 +6,7 @@ Parse-level tests: nothing here trains or samples, so the whole file runs in a f
 import argparse
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,7 +40,9 @@ FLAG_ACTIONS = [
     pytest.param(sub, action, id=f"{name} {action.option_strings[0]}")
     for name, sub in _subparsers(ALL).items()
     for action in sub._actions
-    if action.option_strings and not isinstance(action, argparse._HelpAction)
+    if action.option_strings
+    and action.help is not argparse.SUPPRESS
+    and not isinstance(action, argparse._HelpAction)
 ]
 
 
@@ -248,7 +251,11 @@ def test_flops_variants_and_image_size(capsys):
     rows = _json_rows(capsys)
     assert [r["variant"] for r in rows] == list(VARIANT_GROUPS["paper"])
     assert {r["input_size"] for r in rows} == {64}  # 512 px through the SD VAE's factor 8
-    assert main(["flops", "DiT-S/2", "--input-size", "8", "--json"]) == 0
+    assert main(["flops", "DiT-S/2", "--image-size", "8", "--pixel-space", "--json"]) == 0
+    assert _json_rows(capsys)[0]["input_size"] == 8
+    assert (
+        main(["flops", "DiT-S/2", "--input-size", "8", "--json"]) == 0
+    )  # the old spelling keeps its meaning
     assert _json_rows(capsys)[0]["input_size"] == 8
     assert main(["flops", "DiT-S/2", "--json"]) == 0
     assert _json_rows(capsys)[0]["input_size"] == 32  # default 256 px
@@ -259,7 +266,6 @@ def test_flops_variants_and_image_size(capsys):
     [
         (["--variants", "DiT-XL/2"], "model names go before --variants"),
         (["DiT-S/2", "--image-size", "100"], "not a multiple of the VAE's 8"),
-        (["DiT-S/2", "--image-size", "256", "--input-size", "32"], "not allowed with argument"),
     ],
 )
 def test_flops_refuses_unclear_sizes_and_names(argv, message, capsys):
@@ -340,3 +346,30 @@ def test_sample_with_a_missing_vae_fails_before_loading(tmp_path, monkeypatch, c
         main(["sample", str(tmp_path / "not-loaded.pt"), "--vae", "ema"])
     assert exit_.value.code == 2
     assert f"{tmp_path / 'sd-vae-ft-ema'}" in capsys.readouterr().err
+
+
+def _readme_commands() -> list[str]:
+    """Every `ditlab ...` command line in README.md's code blocks (continuation lines joined)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code, inside = [], False
+    for line in readme.splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif inside:
+            code.append(line)
+    lines = "\n".join(code).replace("\\\n", " ").splitlines()
+    return [
+        line[line.index("ditlab ") :] for line in lines if re.match(r"\s*(torchrun .* -m )?ditlab ", line)
+    ]
+
+
+@pytest.mark.parametrize("line", _readme_commands())
+def test_readme_commands_parse(line, tmp_path, monkeypatch):
+    monkeypatch.setenv(VAE_DIR_ENV, str(tmp_path))  # `--vae ema` needs its folder to exist
+    (tmp_path / "sd-vae-ft-ema").mkdir()
+    argv = shlex.split(line, comments=True)[1:]
+    assert parse(*argv).command == argv[0]
+
+
+def test_readme_has_commands_to_check():
+    assert {shlex.split(line)[1] for line in _readme_commands()} >= {"train", "sample", "convert", "finetune"}

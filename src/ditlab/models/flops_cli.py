@@ -3,8 +3,8 @@
 ditlab flops                              # the whole zoo at 256 px (32×32 latents)
 ditlab flops DiT-XL/2 --variants          # every conditioning variant (= --variants all)
 ditlab flops DiT-XL/2 --variants paper    # the DiT paper's four blocks; or name them: --variants adaln adaln-zero
-ditlab flops DiT-S/2 --image-size 512 --json
-ditlab flops DiT-Ti/2 --input-size 8      # a pixel-space model on 8×8 images (no VAE)
+ditlab flops DiT-S/2 --image-size 512 --json     # 64×64 latents
+ditlab flops DiT-Ti/2 --image-size 8 --pixel-space   # a model on 8×8 pixels, as the digits demo
 """
 
 from __future__ import annotations
@@ -27,20 +27,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "models", nargs="*", metavar="MODEL", help="zoo names (default: the 12 DiT models of the paper)"
     )
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument(
+    parser.add_argument(
         "--image-size",
         type=positive_int,
+        default=256,
         metavar="PX",
-        help=f"image side in pixels, seen through the SD VAE as PX/{VAE_FACTOR} latents, as the official "
-        "scripts (default: 256)",
+        help=f"image side in pixels; the zoo's models see it through the SD VAE as PX/{VAE_FACTOR} latents, "
+        "as in the official scripts",
     )
-    size.add_argument(
-        "--input-size",
-        type=positive_int,
-        metavar="N",
-        help="the model's own input side instead: latents, or pixels for a pixel-space model",
+    parser.add_argument(
+        "--pixel-space",
+        action="store_true",
+        help="the model sees the pixels themselves (no VAE), as ditlab's digits and Fashion-MNIST runs",
     )
+    # the flag's spelling before the shared vocabulary: the model's input side itself
+    parser.add_argument("--input-size", type=positive_int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--variants",
         action=ListAction,
@@ -67,15 +68,14 @@ def describe(name: str, input_size: int, variant: str | None = None) -> dict:
     }
 
 
-def input_side(image_size: int | None, input_size: int | None) -> int:
-    """The model's input side from --image-size (pixels through the VAE) or --input-size (the side itself)."""
-    if input_size is not None:
-        return input_size
-    image_size = 256 if image_size is None else image_size
+def input_side(image_size: int, pixel_space: bool = False) -> int:
+    """The model's input side: the image's through the VAE (a factor of 8), or the image's with --pixel-space."""
+    if pixel_space:
+        return image_size
     if image_size % VAE_FACTOR:
         raise UsageError(
-            f"--image-size {image_size} is not a multiple of the VAE's {VAE_FACTOR}; use --input-size for "
-            "a pixel-space model"
+            f"--image-size {image_size} is not a multiple of the VAE's {VAE_FACTOR}; add --pixel-space for a "
+            "model that sees pixels"
         )
     return image_size // VAE_FACTOR
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         hint = "; model names go before --variants" if set(args.variants) & set(MODELS) else ""
         raise UsageError(f"--variants: {err}{hint}") from err
-    side = input_side(args.image_size, args.input_size)
+    side = args.input_size or input_side(args.image_size, args.pixel_space)
     rows = [describe(name, side, variant) for name in names for variant in variants]
     if args.json:
         for row in rows:
