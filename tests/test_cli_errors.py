@@ -56,10 +56,10 @@ def test_sample_steps_are_validated_when_parsed(tmp_path, capsys, bad):
 
 
 def test_sample_steps_accept_counts_and_respacings():
-    from ditlab.sampling_cli import sampling_steps
+    from ditlab.cli_args import sample_steps
 
-    assert sampling_steps("50") == 50 and sampling_steps(" 7 ") == 7
-    assert sampling_steps("ddim25") == "ddim25" and sampling_steps("25,25,50") == "25,25,50"
+    assert sample_steps("50") == 50 and sample_steps(" 7 ") == 7
+    assert sample_steps("ddim25") == "ddim25" and sample_steps("25,25,50") == "25,25,50"
 
 
 def test_eval_device_cuda_without_a_gpu_is_a_clear_error(monkeypatch, capsys):
@@ -107,8 +107,13 @@ def test_corrupt_image_message_names_the_flag_and_the_flag_skips_it(folder_with_
             == 0
         )
     assert (tmp_path / "r" / "model.safetensors").is_file()
-    with pytest.raises(ValueError, match="unknown bad_images 'ignore'; choose one of: raise, skip"):
+    with pytest.raises(SystemExit) as exit_info:  # the flag lists its choices and refuses others when parsed
         cli(["train", "--data", data, *TINY_RUN, "--bad-images", "ignore", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    from ditlab.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="unknown bad_images 'ignore'; choose one of: raise, skip"):
+        TrainConfig(data=data, steps=1, bad_images="ignore")  # a config file is checked the same way
 
 
 # --- item 5: samples and reference of different sizes; fine-tuning data of another size than the base ------

@@ -1,10 +1,9 @@
-"""The `ditlab` command: one sub-command per job, each defined next to the code it drives.
+"""The `ditlab` command: one argparse sub-command per job, each defined next to the code it drives.
 
-Every entry of COMMANDS names a module that provides `add_arguments(parser)` and `run(args) -> int`;
-modules are imported only when their command runs, so `ditlab --help` stays fast.
-
-    ditlab demo --out ditlab-demo
-    ditlab flops DiT-XL/2
+Every entry of COMMANDS names a module that provides `add_arguments(parser)` and `run(args) -> int`. Only the
+chosen command's module is imported and asked for its flags, so `ditlab --help` lists every command without
+importing them all; `build_parser(COMMANDS)` builds every sub-parser (the tests walk them). The flag
+vocabulary the commands share lives in `ditlab.cli_args`.
 """
 
 from __future__ import annotations
@@ -12,50 +11,112 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-# name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("ditlab.demo", "train a DiT on the bundled digits, sample every class, report accuracy"),
-    "train": ("ditlab.train.cli", "train (or resume) a DiT on digits, Fashion-MNIST or an image folder"),
-    "sample": ("ditlab.sampling_cli", "sample images from a checkpoint into a PNG grid and an ADM .npz"),
-    "eval": (
+from ditlab import __version__
+from ditlab.cli_args import HelpFormatter, UsageError
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str  # provides add_arguments(parser) and run(args) -> int
+    help: str  # one line, in `ditlab --help` and atop `ditlab <cmd> --help`
+    example: str  # one runnable command line, shown by `ditlab <cmd> --help`
+
+
+# The examples chain: train makes runs/digits, sample reads it, eval scores the samples, and so on.
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        "ditlab.demo",
+        "train a DiT on the bundled digits, sample every class, report accuracy",
+        "ditlab demo --out ditlab-demo",
+    ),
+    "train": Command(
+        "ditlab.train.cli",
+        "train (or resume) a DiT on digits, Fashion-MNIST or an image folder",
+        "ditlab train --data digits --model DiT-Ti/2 --train-steps 2000 --batch-size 64 --lr 1e-3 "
+        "--out runs/digits",
+    ),
+    "sample": Command(
+        "ditlab.sampling_cli",
+        "sample images from a checkpoint into a PNG grid and an ADM .npz",
+        "ditlab sample runs/digits/model.safetensors --classes 0 1 2 --per-class 8 --sample-steps 50 "
+        "--out samples/digits",
+    ),
+    "eval": Command(
         "ditlab.eval.cli",
         "score samples (.npz) against a reference: FD, FID, precision/recall, accuracy",
+        "ditlab eval --samples samples/digits.npz --ref digits:test",
     ),
-    "flops": ("ditlab.models.flops_cli", "parameter counts and analytic Gflops of zoo models"),
-    "convert": (
+    "flops": Command(
+        "ditlab.models.flops_cli",
+        "parameter counts and analytic Gflops of zoo models",
+        "ditlab flops DiT-XL/2 --variants paper",
+    ),
+    "convert": Command(
         "ditlab.models.convert_cli",
         "convert checkpoints: official .pt, native .safetensors, diffusers",
+        "ditlab convert runs/digits/model.safetensors runs/digits-diffusers --format diffusers",
     ),
-    "finetune": ("ditlab.finetune.cli", "fine-tune a trained DiT: DiffFit, adaLN-only, LoRA or full"),
-    "ablate": ("ditlab.ablate", "the DiT paper's conditioning study: FD table and plot of variants"),
+    "finetune": Command(
+        "ditlab.finetune.cli",
+        "fine-tune a trained DiT: DiffFit, adaLN-only, LoRA or full",
+        "ditlab finetune --base runs/digits --data digits --method difffit --train-steps 500 "
+        "--out runs/digits-difffit",
+    ),
+    "ablate": Command(
+        "ditlab.ablate",
+        "the DiT paper's conditioning study: FD table and plot of variants",
+        "ditlab ablate --quick",
+    ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ditlab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
+def build_parser(with_flags: Iterable[str] = ()) -> argparse.ArgumentParser:
+    """The `ditlab` parser; the commands named in `with_flags` get their flags (their modules are imported)."""
+    parser = argparse.ArgumentParser(
+        prog="ditlab",
+        description="Diffusion Transformers (DiT): train, sample, evaluate, convert and fine-tune, on CPU or GPU.",
+        epilog="start with `ditlab demo --out ditlab-demo`; `ditlab COMMAND --help` shows a command's flags "
+        "and an example",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ditlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = set(with_flags)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=command.help,
+            description=command.help,
+            epilog=f"example:\n  {command.example}",
+            formatter_class=HelpFormatter,
+        )
+        if name in chosen:
+            module = importlib.import_module(command.module)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run, _parser=p)
     return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The sub-command: the first word that is not an option (the top level has only --help/--version)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # Parse once to find the command, then let its module add its own arguments.
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        if argv and argv[0] not in ("-h", "--help") and not argv[0].startswith("-"):
-            parser.error(f"unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}")
+    name = _command_in(argv)
+    parser = build_parser([name] if name in COMMANDS else [])
+    if not argv:
         parser.print_help()
-        return 0 if argv else 2
-    name = argv[0]
-    module = importlib.import_module(COMMANDS[name][0])
-    sub = argparse.ArgumentParser(prog=f"ditlab {name}", description=COMMANDS[name][1])
-    module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+        return 2
+    args = parser.parse_args(argv)  # exits 2 with the usage line for an unknown command or a bad flag
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as err:
+        args._parser.error(str(err))  # exits 2, like argparse's own errors
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ samples are real digits: a classifier trained on real digits labels them, and th
 it names the class each sample was asked for.
 
     ditlab demo --out ditlab-demo          # grid.png, samples.npz, model.safetensors, loss.png, report.json
-    ditlab demo --out ditlab-demo --resume # continue an interrupted demo run from its last checkpoint
+    ditlab demo --out ditlab-demo --resume # continue an interrupted demo run from its last checkpoint (auto)
 
 Run again without --resume, the demo starts clean: the earlier run's files move to
 `ditlab-demo/previous-runs/<UTC time>/` (nothing is deleted) and one line says so.
@@ -19,10 +19,13 @@ DPM-Solver++(2M) with 25 steps and classifier-free guidance 1.5, the scale of th
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
 
+from ditlab.cli_args import add_resume_argument, names, non_negative_float, non_negative_int, positive_int
+from ditlab.diffusion.samplers import SAMPLERS
 from ditlab.train.config import TrainConfig
 
 # The demo's recipe. Measured on the 2-core CPU this project targets (see README): trains in a few minutes.
@@ -44,27 +47,43 @@ DEMO_RECIPE = dict(
 )
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="ditlab-demo", help="output folder (default ./ditlab-demo)")
-    parser.add_argument("--steps", type=int, default=DEMO_RECIPE["steps"], help="training steps")
-    parser.add_argument("--per-class", type=int, default=50, help="samples per class (default 50)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(*names("--out"), default="ditlab-demo", metavar="DIR", help="output folder")
     parser.add_argument(
-        "--sampler", default="dpmpp_2m", help="sampler for the final samples (default dpmpp_2m)"
+        "--train-steps",
+        "--steps",  # the demo's spelling before the shared vocabulary
+        dest="train_steps",
+        type=positive_int,
+        default=DEMO_RECIPE["steps"],
+        metavar="N",
+        help="training length, in optimizer steps",
     )
-    parser.add_argument("--sample-steps", type=int, default=25, help="sampling steps (default 25)")
     parser.add_argument(
-        "--guidance-scale",
-        type=float,
+        "--per-class", type=positive_int, default=50, metavar="N", help="samples per class (10 classes)"
+    )
+    parser.add_argument(
+        "--sampler", choices=list(SAMPLERS), default="dpmpp_2m", help="sampler of the final samples"
+    )
+    parser.add_argument(
+        *names("--sample-steps"),
+        dest="sample_steps",
+        type=positive_int,
+        default=25,
+        metavar="N",
+        help="sampler steps of the final samples",
+    )
+    parser.add_argument(
+        *names("--guidance-scale"),
+        dest="guidance_scale",
+        type=non_negative_float,
         default=1.5,
-        help="classifier-free guidance (default 1.5, DiT's FID setting)",
+        metavar="SCALE",
+        help="classifier-free guidance scale (1 = off; 1.5 is DiT's FID setting)",
     )
+    add_resume_argument(parser)
     parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its last checkpoint (without it an earlier run there is moved to "
-        "--out/previous-runs/<UTC time>/ and the demo starts clean)",
+        "--threads", type=non_negative_int, default=0, metavar="N", help="CPU threads (0 = all cores)"
     )
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -78,7 +97,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     cfg = TrainConfig(
-        **{**DEMO_RECIPE, "steps": args.steps},
+        **{**DEMO_RECIPE, "steps": args.train_steps},
         out=str(out),
         threads=args.threads,
         progress=not args.no_progress,
@@ -86,7 +105,7 @@ def run(args) -> int:
     start = time.perf_counter()
     print(f"ditlab demo: training {cfg.model} (adaLN-Zero) on {cfg.data} for {cfg.steps} steps -> {out}/")
     # never next to an earlier run's files: continue it (--resume) or move it aside (the trainer says which)
-    summary = train(cfg, resume="auto" if args.resume else None, overwrite=not args.resume)
+    summary = train(cfg, resume=args.resume, overwrite=not args.resume)
     train_seconds = time.perf_counter() - start
 
     model = ditlab.load_model(out / "model.safetensors")

@@ -1,8 +1,8 @@
 """`ditlab sample`: images from any loadable checkpoint into a PNG grid and an ADM-style `.npz`.
 
     ditlab sample runs/digits/model.safetensors --per-class 16 --out samples/digits
-    ditlab sample DiT-XL-2-256x256.pt --model DiT-XL/2 --vae sd-vae-ft-ema/ --classes 207 360 \\
-        --sampler ddpm --steps 250 --guidance-scale 4.0 --out samples/xl
+    ditlab sample --ckpt DiT-XL-2-256x256.pt --vae ema --classes 207 360 --sampler ddpm \\
+        --num-sampling-steps 250 --cfg-scale 4.0 --out samples/xl      # the official sample.py's spellings
 """
 
 from __future__ import annotations
@@ -12,67 +12,103 @@ import json
 import sys
 from pathlib import Path
 
+from ditlab.cli_args import (
+    VAE_HELP,
+    ListAction,
+    UsageError,
+    names,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    sample_steps,
+    vae_folder,
+)
 from ditlab.diffusion.samplers import SAMPLERS
 
 
-def sampling_steps(text: str) -> int | str:
-    """argparse type of --steps: a positive step count (50), or a DDPM respacing string (ddim50, 25,25,50).
-
-    Checked at parse time, so `--steps -3` is refused by name instead of failing inside the respacing code.
-    """
-    spec = str(text).strip()
-    counts = spec[len("ddim") :] if spec.startswith("ddim") else spec
-    try:
-        values = [int(part) for part in counts.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1 or (counts != spec and len(values) != 1):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of sampling steps: use a positive integer (50), ddimN (ddim50) or "
-            "steps per section of the chain (25,25,50), every count at least 1"
-        )
-    return values[0] if counts == spec and len(values) == 1 else spec
-
-
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "checkpoint", help="native .safetensors, official DiT .pt, ditlab training .pt, or diffusers folder"
-    )
-    parser.add_argument("--model", help="zoo name for official checkpoints whose head count is not standard")
-    parser.add_argument("--classes", type=int, nargs="+", help="class ids (default: every class)")
-    parser.add_argument("--per-class", type=int, default=8, help="samples per class (default 8)")
-    parser.add_argument(
-        "--num-samples", type=int, help="total samples (unconditional models, or cycling classes)"
+        "checkpoint",
+        nargs="?",
+        help="native .safetensors, official DiT .pt, ditlab training .pt, or diffusers folder (or --ckpt)",
     )
     parser.add_argument(
-        "--sampler", choices=list(SAMPLERS), help="default: ddim (DDPM models) or euler (flow)"
+        "--ckpt", metavar="CHECKPOINT", help="the checkpoint, as the official sample.py spells it"
     )
     parser.add_argument(
-        "--steps",
-        type=sampling_steps,
+        "--model", metavar="NAME", help="zoo name for official checkpoints whose head count is not standard"
+    )
+    parser.add_argument(
+        "--classes",
+        action=ListAction,
+        item=non_negative_int,
+        metavar="ID",
+        help="class ids to sample, e.g. --classes 207 360 or 207,360 (default: every class)",
+    )
+    parser.add_argument("--per-class", type=positive_int, default=8, metavar="N", help="samples per class")
+    parser.add_argument(
+        "--num-samples",
+        type=positive_int,
+        metavar="N",
+        help="total samples (unconditional models, or cycling through the classes) (default: --per-class "
+        "per class)",
+    )
+    parser.add_argument(
+        "--sampler", choices=list(SAMPLERS), help="sampler (default: ddim for DDPM models, euler for flow)"
+    )
+    parser.add_argument(
+        *names("--sample-steps", "--steps"),
+        dest="sample_steps",
+        type=sample_steps,
         default=50,
-        help="sampling steps, or a DDPM respacing such as 250 (default 50)",
+        metavar="N",
+        help="sampler steps, or a DDPM respacing such as 250, ddim25 or 10,20,30",
     )
     parser.add_argument(
-        "--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)"
+        *names("--guidance-scale"),
+        dest="guidance_scale",
+        type=non_negative_float,
+        default=1.0,
+        metavar="SCALE",
+        help="classifier-free guidance scale (1 = off)",
     )
     parser.add_argument(
         "--guidance-channels",
-        type=int,
-        help="guide only the first N latent channels (3 = official DiT quirk)",
+        type=positive_int,
+        metavar="N",
+        help="guide only the first N latent channels (3 = the official DiT quirk) (default: all)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--vae", help="local diffusers AutoencoderKL folder, for latent models")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--out", default="samples", help="output prefix: writes OUT.png and OUT.npz")
-    parser.add_argument("--nrow", type=int, help="images per grid row (default: per-class)")
+    parser.add_argument(*names("--seed"), dest="seed", type=int, default=0, help="seed of the initial noise")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=64, metavar="N", help="images per forward pass"
+    )
+    parser.add_argument("--vae", type=vae_folder, metavar="ema|mse|DIR", help=VAE_HELP)
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N"
+    )
+    parser.add_argument(
+        "--out", default="samples", metavar="PREFIX", help="output prefix: writes PREFIX.png and PREFIX.npz"
+    )
+    parser.add_argument(
+        "--nrow", type=positive_int, metavar="N", help="images per grid row (default: --per-class)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def checkpoint_of(args: argparse.Namespace) -> str:
+    """The checkpoint, given as CHECKPOINT or --ckpt (exactly one of them)."""
+    if args.checkpoint and args.ckpt:
+        raise UsageError("give the checkpoint once: as CHECKPOINT or as --ckpt, not both")
+    if not (args.checkpoint or args.ckpt):
+        raise UsageError("which checkpoint? pass CHECKPOINT (or --ckpt PATH)")
+    return args.checkpoint or args.ckpt
 
 
 def run(args) -> int:
     try:
         return _run(args)
+    except UsageError:  # flags that do not go together: `ditlab.cli` prints the usage line
+        raise
     except (FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback (as `ditlab eval`)
         print(f"ditlab sample: error: {e}", file=sys.stderr)
         return 2
@@ -84,8 +120,9 @@ def _run(args) -> int:
     from ditlab.runtime import resolve_device
     from ditlab.sampling import generate
 
+    checkpoint = checkpoint_of(args)
     device = resolve_device(args.device)
-    model = ditlab.load_model(args.checkpoint, model=args.model, device=device)
+    model = ditlab.load_model(checkpoint, model=args.model, device=device)
     vae = None
     if args.vae:
         from ditlab.autoencoders import load_vae
@@ -97,7 +134,7 @@ def _run(args) -> int:
         per_class=args.per_class,
         num_samples=args.num_samples,
         sampler=args.sampler,
-        steps=args.steps,
+        steps=args.sample_steps,
         guidance_scale=args.guidance_scale,
         guidance_channels=args.guidance_channels,
         seed=args.seed,
@@ -110,9 +147,5 @@ def _run(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     grid = save_grid(images, f"{out}.png", nrow=args.nrow or (args.per_class if model.num_classes else 8))
     npz = save_npz(f"{out}.npz", images, labels)
-    print(
-        json.dumps(
-            {"samples": len(images), "grid": str(grid), "npz": str(npz), "checkpoint": args.checkpoint}
-        )
-    )
+    print(json.dumps({"samples": len(images), "grid": str(grid), "npz": str(npz), "checkpoint": checkpoint}))
     return 0

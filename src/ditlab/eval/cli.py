@@ -17,9 +17,13 @@ import sys
 import warnings
 from pathlib import Path
 
+from ditlab.cli_args import ListAction, UsageError, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--samples", help="ADM-style .npz: arr_0 uint8 (N, H, W, C) [+ labels (N,)]")
+    parser.add_argument(
+        "--samples", metavar="NPZ", help="ADM-style .npz: arr_0 uint8 (N, H, W, C) [+ labels (N,)]"
+    )
     parser.add_argument(
         "--ref",
         required=True,
@@ -28,24 +32,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--features",
-        nargs="+",
+        action=ListAction,
         metavar="NAME",
-        help="effnet-lite0[:RES] | inception:PATH | classifier:DATASET (default: effnet-lite0, plus "
-        "classifier:<dataset> for digits / Fashion-MNIST references)",
+        help="feature extractors: effnet-lite0[:RES] | inception:PATH | classifier:DATASET (default: "
+        "effnet-lite0, plus classifier:<dataset> for digits / Fashion-MNIST references)",
     )
     parser.add_argument(
         "--resize-ref",
         action="store_true",
         help="score samples whose size or channels differ from the reference's (it is resized; default: refuse)",
     )
-    parser.add_argument("--k", type=int, default=3, help="neighbours for precision/recall (default 3)")
-    parser.add_argument("--no-floor", action="store_true", help="skip the train-vs-test floor")
     parser.add_argument(
-        "--image-size", type=int, nargs="+", help="size to load the reference at without --samples"
+        "--k", type=positive_int, default=3, help="nearest neighbours of the precision/recall manifolds"
     )
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--cache-dir", help="cache folder (default: $DITLAB_CACHE or ~/.cache/ditlab)")
-    parser.add_argument("--out", help="also write the JSON result to this file")
+    parser.add_argument(
+        "--no-floor", action="store_true", help="skip the train-vs-test floor (the data's own FD)"
+    )
+    parser.add_argument(
+        "--image-size",
+        action=ListAction,
+        item=positive_int,
+        metavar="PX",
+        help="side (or H W), in pixels, to load the reference at without --samples (default: its own size)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="device of the feature extractors: auto (cuda when available, else cpu), cpu, cuda or cuda:N",
+    )
+    parser.add_argument(
+        "--cache-dir", metavar="DIR", help="cache folder (default: $DITLAB_CACHE or ~/.cache/ditlab)"
+    )
+    parser.add_argument("--out", metavar="FILE", help="also write the JSON result to this file")
 
 
 def _reference_only(args, names) -> dict:
@@ -55,6 +73,8 @@ def _reference_only(args, names) -> dict:
     from ditlab.eval.reference import floor_fd, parse_reference, reference_stats
 
     spec = parse_reference(args.ref)
+    if args.image_size and len(args.image_size) > 2:
+        raise UsageError(f"--image-size takes a side or H W, got {len(args.image_size)} numbers")
     size = (
         size_pair(args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size))
         if args.image_size
@@ -75,9 +95,11 @@ def _reference_only(args, names) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ditlab.data import load_npz
     from ditlab.eval.evaluate import default_features, evaluate
+    from ditlab.runtime import resolve_device
 
     try:
         names = args.features or default_features(args.ref)
+        args.device = resolve_device(args.device)  # the same check as train/sample: cuda without a GPU
         if args.samples is None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")

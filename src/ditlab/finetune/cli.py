@@ -1,9 +1,10 @@
 """`ditlab finetune`: fine-tune a trained DiT with a parameter-efficient method (or fully), or count what would train.
 
     ditlab finetune --base runs/fm04 --data "fashion-mnist[5-9]" --labels keep --method difffit \\
-        --steps 2000 --batch-size 128 --out runs/ft-difffit          # -> model.safetensors + adapter.safetensors
-    ditlab finetune --method lora --method-args rank=4 --base runs/fm04 --data digits --steps 500 --out runs/lora
-    ditlab finetune --out runs/ft-difffit --resume auto             # continue an interrupted run exactly
+        --train-steps 2000 --batch-size 128 --out runs/ft-difffit          # -> model.safetensors + adapter.safetensors
+    ditlab finetune --method lora --method-args rank=4 --base runs/fm04 --data digits --train-steps 500 \\
+        --out runs/lora
+    ditlab finetune --out runs/ft-difffit --resume             # continue an interrupted run exactly
     ditlab finetune --method difffit --model DiT-XL/2 --trainable-only   # {"trainable", "total", "fraction"}
 
 Every `ditlab train` flag works here too (batch size, EMA, checkpoints, precision, ...). Unset objective
@@ -18,24 +19,38 @@ import json
 import torch
 
 from ditlab.finetune.config import FinetuneConfig
-from ditlab.finetune.methods import METHODS, prepare_model, trainable_summary
+from ditlab.finetune.methods import LABEL_MODES, METHODS, prepare_model, trainable_summary
 from ditlab.train.cli import add_arguments as add_train_arguments
-from ditlab.train.cli import config_from_args
+from ditlab.train.cli import config_from_args, usage_checked
 
 HELP = {
-    "base": "checkpoint to fine-tune: native .safetensors, official/ditlab .pt, diffusers folder or run folder",
+    "base": "checkpoint to fine-tune: native .safetensors, official/ditlab .pt, diffusers folder or run folder "
+    "(required, except for --trainable-only --model NAME)",
     "method": "fine-tuning method: " + "; ".join(f"{k}: {m.help}" for k, m in METHODS.items()),
-    "method_args": "method options as KEY=VALUE (repeatable): difffit gamma_blocks=half|all|N; "
+    "method_args": "method option KEY=VALUE (repeatable): difffit gamma_blocks=half|all|N; "
     "lora rank=8 alpha=8 targets=qkv,proj,fc1,fc2",
     "labels": "label table for the data's classes: reset (new rows, DiffFit) or keep (keep trained rows, "
     "append rows for new classes; use with class subsets such as fashion-mnist[5-9])",
-    "lr": "learning rate (default: the method's multiple of the base's pre-training rate)",
-    "model": "--trainable-only without --base: the zoo model to count (e.g. DiT-XL/2); else a label for logs",
+    "target_flops": "dydit: the target FLOPs ratio λ of the dynamic model, a fraction of the dense model's "
+    "(same as --method-args target_flops=λ) (default: the method's)",
+    "lr": "AdamW learning rate (default: the method's multiple of the base's pre-training rate)",
+    "model": "--trainable-only without --base: the zoo model to count (e.g. DiT-XL/2); else a label for logs "
+    "(default: '<method> fine-tune')",
+    "model_args": "--trainable-only without --base: DiTConfig override KEY=VALUE of the counted model "
+    "(repeatable)",
+    "objective": "ddpm or flow (default: the base's objective)",
+    "schedule": "DDPM noise (beta) schedule (default: the base's)",
+    "diffusion_steps": "length of the DDPM chain T, in steps (default: the base's)",
+    "timestep_sampling": "flow matching: how training times t are drawn (default: the base's)",
+    "image_size": "resize images to this side, in pixels (default: the base's input size)",
+    "channels": "image channels, 1 (grey) or 3 (RGB) (default: the base's)",
 }
+
+CHOICES = {"method": tuple(METHODS), "labels": LABEL_MODES}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_train_arguments(parser, FinetuneConfig, HELP)
+    add_train_arguments(parser, FinetuneConfig, HELP, CHOICES, num_classes_flag=False)
     parser.add_argument(
         "--trainable-only",
         action="store_true",
@@ -69,11 +84,11 @@ def count_trainable(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     if args.trainable_only:
-        print(json.dumps(count_trainable(args)))
+        print(json.dumps(usage_checked(lambda: count_trainable(args))))
         return 0
     from ditlab.finetune.trainer import finetune
 
-    cfg, resume = config_from_args(args, FinetuneConfig)
+    cfg, resume = usage_checked(lambda: config_from_args(args, FinetuneConfig))
     summary = finetune(cfg, resume=resume, overwrite=args.overwrite)
     if summary.get("model"):
         print(json.dumps(summary))

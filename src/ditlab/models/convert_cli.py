@@ -18,6 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ditlab.cli_args import non_negative_int
 from ditlab.models.checkpoint import load_model, save_model
 from ditlab.models.formats import find_format, probe
 from ditlab.models.interop import OFFICIAL_NUMERICS, ditlab_record, save_diffusers
@@ -38,11 +39,11 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--format",
         choices=FORMATS,
-        help="output format; default: native for a .safetensors DST, diffusers for a folder",
+        help="output format (default: native for a .safetensors DST, diffusers for a folder)",
     )
     parser.add_argument(
         "--embedder-block",
-        type=int,
+        type=non_negative_int,
         metavar="I",
         help="diffusers source trained in diffusers (per-block embedder copies differ): use block I's copy "
         "everywhere (lossy)",

@@ -48,6 +48,24 @@ VARIANTS: dict[str, dict] = {
     "adaln-single": dict(conditioning="adaln-single"),
 }
 
+# Names a variant list may use for a set: the DiT paper's four blocks (Figure 3, Table 4), or every variant.
+VARIANT_GROUPS: dict[str, tuple[str, ...]] = {
+    "paper": ("in-context", "cross-attention", "adaln", "adaln-zero"),
+    "all": tuple(VARIANTS),
+}
+
+
+def expand_variants(names) -> list[str]:
+    """Variant names and group names (paper, all) -> variant names, in order, each once; unknown is an error."""
+    out: list[str] = []
+    for name in names:
+        if name not in VARIANTS and name not in VARIANT_GROUPS:
+            raise ValueError(
+                f"unknown variant {name!r}; choose from: {', '.join(VARIANTS)} (or {', '.join(VARIANT_GROUPS)})"
+            )
+        out += VARIANT_GROUPS.get(name, (name,))
+    return list(dict.fromkeys(out))
+
 
 def model_config(name: str, variant: str | None = None, **overrides) -> DiTConfig:
     """The DiTConfig for a registry name, a variant and overrides (later ones win)."""

@@ -1,10 +1,15 @@
 """`ditlab train`: every TrainConfig field as a flag; `--config FILE` supplies a saved run's options and flags
 given on the command line override them; `--resume auto` continues the run in `--out` from its last checkpoint.
 
-    ditlab train --data digits --model DiT-Ti/2 --steps 2000 --batch-size 128 --out runs/digits
-    ditlab train --out runs/digits --resume auto                     # after a crash: same run, same losses
-    ditlab train --config runs/digits/config.json --steps 4000 --out runs/digits --resume auto
-    torchrun --standalone --nproc_per_node 2 -m ditlab train --data digits --steps 2000 --out runs/ddp
+    ditlab train --data digits --model DiT-Ti/2 --train-steps 2000 --batch-size 128 --out runs/digits
+    ditlab train --out runs/digits --resume                          # after a crash: same run, same losses
+    ditlab train --config runs/digits/config.json --train-steps 4000 --out runs/digits --resume auto
+    torchrun --standalone --nproc_per_node 2 -m ditlab train --data digits --train-steps 2000 --out runs/ddp
+
+A field's flag is its name with dashes (`ema_decay` -> `--ema-decay`); FLAG_NAMES gives the exceptions and
+aliases, HELP one line per field (what it does, its unit; a None default says what None means), TYPES the
+validators and CHOICES the allowed values. A field added to TrainConfig needs a HELP line
+(tests/test_cli.py checks every flag's help).
 """
 
 from __future__ import annotations
@@ -15,45 +20,142 @@ import json
 import types
 import typing
 
-from ditlab.train.config import TrainConfig
+from ditlab.cli_args import (
+    ListAction,
+    UsageError,
+    add_resume_argument,
+    names,
+    non_negative_float,
+    non_negative_int,
+    parse_kv,
+    positive_float,
+    positive_int,
+)
+from ditlab.data.image_folder import BAD_IMAGE_POLICIES
+from ditlab.diffusion.flow import FLOW_TIMESTEP_SAMPLERS
+from ditlab.diffusion.samplers import SAMPLERS
+from ditlab.diffusion.schedules import SCHEDULES
+from ditlab.models.dit import CHECKPOINT_POLICIES
+from ditlab.models.zoo import VARIANTS
+from ditlab.runtime import PRECISIONS
+from ditlab.train.config import OBJECTIVES, TrainConfig
 from ditlab.train.state import resume_checkpoint
 
+_parse_kv = parse_kv  # the name ditlab.ablate imports (it may import ditlab.cli_args.parse_kv instead)
+
 HELP = {
-    "data": 'dataset: "digits", "fashion-mnist[:DIR]" or an ImageFolder path',
-    "bad_images": "unreadable files in an image folder: raise (stop, naming the file) or skip (leave out, warn)",
-    "image_size": "resize images to this side (default: the data's own size)",
-    "model": "zoo name, e.g. DiT-S/2, DiT-Ti/2, DiT-XL/2",
-    "variant": "conditioning variant (in-context, cross-attention, adaln, adaln-zero, adaln-single, ...)",
-    "model_args": "DiTConfig overrides as KEY=VALUE (repeatable), e.g. --model-args depth=4 --model-args hidden_size=128",
-    "objective": "ddpm (DiT: linear schedule, learned variance, hybrid loss) or flow (rectified flow)",
-    "timestep_sampling": "flow matching: uniform or logit_normal",
-    "steps": "total optimizer steps (or use --epochs)",
-    "batch_size": "global batch size (split across torchrun processes)",
-    "ema_decay": "EMA decay (the DiT recipe: 0.9999)",
-    "ema_warmup": "EMA decay min(decay, (1+s)/(10+s)): useful averages in short runs",
+    # data
+    "data": 'dataset: "digits", "fashion-mnist[:DIR]" (class subsets like fashion-mnist[0-4]) or an image '
+    "folder (one sub-folder per class)",
+    "bad_images": "unreadable files in an image folder: raise (stop, naming the file) or skip (leave out, warn once)",
+    "image_size": "resize images to this side, in pixels (default: the data's own size)",
+    "channels": "image channels, 1 (grey) or 3 (RGB) (default: the data's own)",
+    "flip": "random horizontal flips of training images (the official ImageNet recipe; wrong for digits)",
+    "unconditional": "ignore the labels: train an unconditional model",
+    # model
+    "model": "zoo name: DiT-{S,B,L,XL}/{2,4,8} (the paper's) or DiT-{Nano,Ti,Mini}/{1,2,4,8}",
+    "variant": "conditioning variant of the block (default: the model's adaLN-Zero)",
+    "model_args": "DiTConfig override KEY=VALUE (repeatable), e.g. --model-args depth=4 --model-args "
+    "hidden_size=128",
+    # objective
+    "objective": "ddpm (DiT: noise prediction, learned variance, hybrid loss) or flow (rectified flow)",
+    "schedule": "DDPM noise (beta) schedule",
+    "diffusion_steps": "length of the DDPM chain T, in steps",
+    "learn_sigma": "predict the DDPM variance too, trained with the hybrid loss (default: on for ddpm, "
+    "off for flow)",
+    "timestep_sampling": "flow matching: how training times t are drawn",
+    # optimisation
+    "lr": "AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear learning-rate warm-up, in optimizer steps (0 = none)",
     "grad_clip": "clip the gradient norm to this value (0 = off)",
-    "device": "auto, cpu or cuda",
+    "batch_size": "global batch size, in images per optimizer step (split across torchrun processes)",
+    "steps": "run length, in optimizer steps; required unless --epochs is given (default: 0 = use --epochs)",
+    "epochs": "run length, in passes over the training data, when --train-steps is 0",
+    "ema_decay": "decay of the EMA of the weights, per step (the DiT recipe: 0.9999)",
+    "ema_warmup": "EMA decay min(decay, (1+s)/(10+s)) at step s: a useful average in short runs",
+    "seed": "random seed of the run (data order, noise, timesteps); a resumed run keeps it",
+    # runtime
+    "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
     "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
+    "threads": "CPU threads per process (0 = cores / local processes)",
     "compile": "torch.compile the model (falls back to eager if it fails)",
-    "fused_optimizer": "one-kernel AdamW where the device has it (--no-fused-optimizer: torch's per-tensor loop)",
-    "gradient_checkpointing": "recompute each block in the backward pass instead of storing its activations",
+    "fused_optimizer": "one-kernel AdamW where the device has it (--no-fused-optimizer: torch's per-tensor "
+    "loop)",
+    "gradient_checkpointing": "recompute each block in the backward pass instead of storing its activations "
+    "(less memory, more time)",
     "checkpoint_policy": "with --gradient-checkpointing: full (least memory) or selective (keeps attention and "
     "fc2 outputs: less recompute time)",
-    "out": "run directory: config.json, checkpoints/, metrics.jsonl, loss.png, samples.png, model.safetensors",
-    "ckpt_every": "write a checkpoint every N steps",
+    # outputs
+    "out": "run folder: config.json, checkpoints/, metrics.jsonl, loss.png, samples.png, model.safetensors",
+    "ckpt_every": "write a training checkpoint every N optimizer steps",
     "keep_last": "keep only the newest K checkpoints (0 = all)",
-    "eval_every": "Fréchet distance of EMA samples every N steps (0 = off)",
+    "log_every": "log loss and speed to metrics.jsonl every N optimizer steps",
+    "sample_every": "write a sample grid PNG every N optimizer steps (0 = only at the end)",
+    "sampler": "sampler of the grids and evaluations (default: ddim for ddpm, euler for flow)",
+    "sample_steps": "sampler steps of the grids and evaluations",
+    "guidance_scale": "classifier-free guidance scale of the grids and evaluations (1 = off)",
+    "eval_every": "Fréchet distance of EMA samples every N optimizer steps (0 = off)",
+    "eval_samples": "samples per evaluation, in images",
+    "eval_ref": "reference of the evaluations (default: the data's test split, <data>:test)",
+    "eval_features": "feature extractors of the evaluations, as `ditlab eval --features` (default: "
+    "effnet-lite0 plus the in-domain classifier)",
+    "progress": "show a progress bar (--no-progress: plain log lines)",
 }
 
+# Flags whose spelling is not the field name with dashes, and aliases (official DiT spellings via names()).
+FLAG_NAMES = {
+    "steps": ("--train-steps", "--steps"),
+}
 
-def _parse_kv(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key.strip(), json.loads(value)
-    except json.JSONDecodeError:
-        return key.strip(), value
+TYPES = {
+    "image_size": positive_int,
+    "diffusion_steps": positive_int,
+    "lr": positive_float,
+    "weight_decay": non_negative_float,
+    "warmup_steps": non_negative_int,
+    "grad_clip": non_negative_float,
+    "batch_size": positive_int,
+    "steps": non_negative_int,
+    "epochs": non_negative_int,
+    "threads": non_negative_int,
+    "ckpt_every": positive_int,
+    "keep_last": non_negative_int,
+    "log_every": positive_int,
+    "sample_every": non_negative_int,
+    "sample_steps": positive_int,
+    "guidance_scale": non_negative_float,
+    "eval_every": non_negative_int,
+    "eval_samples": positive_int,
+}
+
+CHOICES = {
+    "channels": (1, 3),
+    "variant": tuple(VARIANTS),
+    "objective": OBJECTIVES,
+    "schedule": tuple(SCHEDULES),
+    "timestep_sampling": FLOW_TIMESTEP_SAMPLERS,
+    "precision": PRECISIONS,
+    "checkpoint_policy": CHECKPOINT_POLICIES,
+    "sampler": tuple(SAMPLERS),
+    "bad_images": BAD_IMAGE_POLICIES,
+}
+
+METAVARS = {"image_size": "PX", "lr": "LR", "data": "DATA", "out": "DIR", "eval_ref": "REF"}
+
+# str fields given as a list flag (`--eval-features a b`, `a,b`) and stored comma-separated.
+LIST_FIELDS = {"eval_features"}
+
+# The help groups, each opened by its first field (TrainConfig's sections); a field joins the group above it.
+GROUPS = {
+    "data": "data",
+    "model": "model",
+    "objective": "objective",
+    "lr": "optimisation",
+    "device": "runtime",
+    "out": "outputs",
+    "base": "fine-tuning",
+}
 
 
 def _base_type(hint):
@@ -64,21 +166,37 @@ def _base_type(hint):
     return hint
 
 
+def _metavar(name: str, kind, allowed) -> str | None:
+    if allowed is not None:  # short lists read best inline ({ddpm,flow}); HelpFormatter lists long ones
+        return "NAME" if len(",".join(map(str, allowed))) > 30 else None
+    return METAVARS.get(name) or ("N" if kind is int else None)
+
+
+def _shown(default) -> str:
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if default == {}:
+        return "none"
+    return str(default)
+
+
 def add_arguments(
     parser: argparse.ArgumentParser,
     config_cls: type[TrainConfig] = TrainConfig,
     help_texts: dict | None = None,
+    choices: dict | None = None,
+    num_classes_flag: bool = True,
 ) -> None:
-    """One flag per field of `config_cls` (TrainConfig or a subclass, e.g. ditlab.finetune's), plus --config/--resume."""
+    """One flag per field of `config_cls` (TrainConfig or a subclass, e.g. ditlab.finetune's), plus --config,
+    --resume and --num-classes. Defaults stay unset in the namespace (SUPPRESS): config_from_args must tell a
+    flag given from a default, and the help prints each default once from the dataclass."""
     help_texts = {**HELP, **(help_texts or {})}
-    parser.add_argument("--config", help="JSON file of options (a run's config.json); flags override it")
+    choices = {**CHOICES, **(choices or {})}
+    parser.usage = "%(prog)s [-h] [--config FILE] [--resume [auto|PATH]] [OPTION ...]  (options below)"
     parser.add_argument(
-        "--resume",
-        nargs="?",
-        const="auto",
-        help="continue from a checkpoint: a path, or 'auto' (the newest loadable one in --out; starts fresh "
-        "if none)",
+        "--config", metavar="FILE", help="JSON file of options (a run's config.json); flags override it"
     )
+    add_resume_argument(parser)
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -86,21 +204,40 @@ def add_arguments(
         "time>/ (nothing is deleted); without it such a folder is refused",
     )
     hints = typing.get_type_hints(config_cls)
+    group = parser
     for f in dataclasses.fields(config_cls):
-        flag = "--" + f.name.replace("_", "-")
+        if f.name in GROUPS:
+            group = parser.add_argument_group(GROUPS[f.name])
+        flags = FLAG_NAMES.get(f.name) or names("--" + f.name.replace("_", "-"))
         kind = _base_type(hints[f.name])
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        help_text = help_texts.get(f.name, f.name.replace("_", " ")) + f" (default: {default})"
+        help_text = help_texts.get(f.name, f.name.replace("_", " "))  # tests/test_cli.py refuses the fallback
+        if "default" not in help_text and default != "":  # "" = no value: the help says it is required
+            help_text += f" (default: {_shown(default)})"
+        common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if kind is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
-            )
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
         elif kind is dict:
-            parser.add_argument(
-                flag, type=_parse_kv, action="append", default=argparse.SUPPRESS, help=help_text
-            )
+            group.add_argument(*flags, type=parse_kv, action="append", metavar="KEY=VALUE", **common)
+        elif f.name in LIST_FIELDS:
+            group.add_argument(*flags, action=ListAction, metavar="NAME", **common)
         else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+            allowed = choices.get(f.name)
+            group.add_argument(
+                *flags,
+                type=TYPES.get(f.name, kind),
+                choices=allowed,
+                metavar=_metavar(f.name, kind, allowed),
+                **common,
+            )
+        if f.name == "model_args" and num_classes_flag:
+            group.add_argument(
+                "--num-classes",
+                type=positive_int,
+                default=argparse.SUPPRESS,
+                help="classes of the label embedder, as the official train.py (same as --model-args "
+                "num_classes=N; must match the data's labels) (default: the data's class count)",
+            )
 
 
 def config_from_args(
@@ -112,6 +249,11 @@ def config_from_args(
     dict_fields = [k for k in given if _base_type(hints[k]) is dict]
     for name in dict_fields:  # KEY=VALUE flags arrive as a list of pairs
         given[name] = dict(given[name])
+    for name in LIST_FIELDS.intersection(given):
+        given[name] = ",".join(given[name])
+    if getattr(args, "num_classes", None) is not None:  # --num-classes N == --model-args num_classes=N
+        given["model_args"] = {**given.get("model_args", {}), "num_classes": args.num_classes}
+        dict_fields = list(dict.fromkeys([*dict_fields, "model_args"]))
     base: dict = {}
     if args.config:
         base = config_cls.load(args.config).to_dict()
@@ -131,10 +273,18 @@ def config_from_args(
     return config_cls.from_dict(merged), resume
 
 
+def usage_checked(build):
+    """Run `build()` (flags -> config); an option the config refuses is a usage error naming the flag."""
+    try:
+        return build()
+    except (ValueError, FileNotFoundError) as err:  # e.g. no run length, a --base or --config not there
+        raise UsageError(str(err)) from err
+
+
 def run(args: argparse.Namespace) -> int:
     from ditlab.train.trainer import train
 
-    cfg, resume = config_from_args(args)
+    cfg, resume = usage_checked(lambda: config_from_args(args))
     summary = train(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))
     if summary.get("model"):
         print(json.dumps(summary))

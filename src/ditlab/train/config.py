@@ -85,7 +85,9 @@ class TrainConfig(DictConfig):
                 f"unknown bad_images {self.bad_images!r}; choose one of: {', '.join(BAD_IMAGE_POLICIES)}"
             )
         if self.steps <= 0 and self.epochs <= 0:
-            raise ValueError("set the run length: steps > 0 or epochs > 0")
+            raise ValueError(
+                "set the run length: steps > 0 or epochs > 0 (flags: --train-steps N or --epochs N)"
+            )
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1 and lr > 0")
         if not 0 <= self.ema_decay < 1:

@@ -1,6 +1,6 @@
 """torchrun support: one process per device, PyTorch DDP over gloo (CPU) or NCCL (CUDA).
 
-    torchrun --standalone --nproc_per_node 2 -m ditlab train --data digits --steps 100
+    torchrun --standalone --nproc_per_node 2 -m ditlab train --data digits --train-steps 100
 
 A single process (no torchrun environment) runs without any process group. Only rank 0 writes
 checkpoints, logs and progress.
