@@ -1,11 +1,13 @@
-"""`evaluate`: every metric of a set of samples against a reference, with the settings that produced them.
+"""The one home for scoring generated images: `evaluate` a set of samples, or `evaluate_model` (sample a
+model, then evaluate), against a reference, with the settings that produced the numbers.
 
-    from ditlab.eval import evaluate
+    from ditlab.eval import evaluate, evaluate_model
     result = evaluate(to_uint8(samples), labels, ref="digits:test", features=("effnet-lite0", "classifier:digits"))
     result["metrics"]["classifier:digits"]["fd"], result["metrics"]["effnet-lite0:64"]["floor"]["fd"]
+    result = evaluate_model(model, 500, ref="digits:test", sample_steps=16)  # `ditlab train --eval-every`
 
 Extractors, reference statistics and floors are cached in memory and on disk, so a trainer can call this
-every N steps and pay only for the samples' own features.
+every N steps (`ditlab train --eval-every`, `ditlab ablate`) and pay only for the samples' own features.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ditlab.eval.frechet import feature_statistics, frechet_distance, warn_if_si
 from ditlab.eval.label_scores import class_accuracy, inception_score
 from ditlab.eval.precision_recall import precision_recall
 from ditlab.eval.reference import MAX_PR_FEATURES, floor_fd, parse_reference, reference_stats
+from ditlab.sampling import sample
 
 DEFAULT_FEATURES = ("effnet-lite0",)
 
@@ -35,6 +38,14 @@ def default_features(ref) -> tuple[str, ...]:
         )
         return (*DEFAULT_FEATURES, f"classifier:{dataset}")
     return DEFAULT_FEATURES
+
+
+def parse_features(text: str | None) -> tuple[str, ...] | None:
+    """A comma-separated extractor list (`TrainConfig.eval_features`); None for "", "default" or None,
+    which `evaluate` reads as `default_features(ref)`."""
+    if text is None or text.strip() in ("", "default"):
+        return None
+    return tuple(f.strip() for f in text.split(",") if f.strip())
 
 
 def evaluate(
@@ -114,3 +125,44 @@ def evaluate(
     for message in messages:
         warnings.warn(message, stacklevel=2)
     return result
+
+
+def evaluate_model(
+    model,
+    num_samples: int,
+    *,
+    ref: str | os.PathLike,
+    features: Sequence[str] | None = None,
+    sampler: str | None = None,
+    sample_steps: int | str | None = 50,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 250,
+    device=None,
+    floor: bool = True,
+) -> dict:
+    """Sample `num_samples` images of `model` (classes cycled; the noise fixed by `seed`) and `evaluate`
+    them against `ref` with `features`. The sampler settings are `ditlab.sample`'s; `device` is where the
+    model samples (the feature extractors pick their own). Returns `evaluate`'s dict."""
+    images, labels = sample(
+        model,
+        num_samples=num_samples,
+        sampler=sampler,
+        steps=sample_steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    return evaluate(images, labels if model.num_classes else None, ref=ref, features=features, floor=floor)
+
+
+def fd_record(result: dict) -> dict:
+    """`evaluate`'s result as flat log fields: `fd_<extractor>` (e.g. `fd_effnet_lite0`, `fd_classifier`)
+    per extractor, and `class_accuracy` where a classifier scored the labels."""
+    record = {}
+    for name, entry in result["metrics"].items():
+        record[f"fd_{name.split(':')[0].replace('-', '_')}"] = entry["fd"]
+        if "class_accuracy" in entry:
+            record["class_accuracy"] = entry["class_accuracy"]
+    return record
