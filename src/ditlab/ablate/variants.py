@@ -190,8 +190,8 @@ def parse_seeds(seeds) -> list[int]:
         seeds = [s.strip() for s in seeds.split(",") if s.strip()]
     try:
         out = [int(s) for s in seeds]
-    except (TypeError, ValueError):
-        raise ValueError(f"seeds must be integers such as 0,1; got {seeds!r}") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"seeds must be integers such as 0 1; got {seeds!r}") from err
     if not out or len(set(out)) != len(out) or min(out) < 0:
         raise ValueError(f"seeds must be distinct non-negative integers, at least one; got {seeds!r}")
     return out

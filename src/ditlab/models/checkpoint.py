@@ -93,7 +93,7 @@ def read_torch_file(path: Path) -> dict:
             f"cannot read checkpoint {path}: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
             "The file may be truncated or corrupt (re-download or use an earlier checkpoint), or it holds "
             "objects other than tensors, which ditlab refuses to unpickle."
-        ) from None
+        ) from e
 
 
 def official_state_dict(obj: dict, path: str = "checkpoint") -> dict:
