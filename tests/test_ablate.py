@@ -230,9 +230,15 @@ def test_tiny_study_end_to_end_skip_and_exact_resume(tmp_path, capsys):
         assert r["params"] == count_parameters(model)
         assert r["gflops"] == pytest.approx(flops(model))
         assert r["train_gflops"] == pytest.approx(3 * r["gflops"] * 64 * 16)
-        assert r["fd"] > 0 and r["fd_classifier"] > 0 and 0 <= r["accuracy"] <= 1 and r["seconds"] > 0
+        # no samples beat real held-out digits (the floor); 16 steps leave class accuracy at chance, so it is
+        # checked for being the score of the 60 final samples, not for a level
+        assert r["fd"] > r["floor_fd"] > 0 and r["fd_classifier"] > r["floor_fd_classifier"] > 0
+        assert r["accuracy"] * 60 == pytest.approx(round(r["accuracy"] * 60)) and r["seconds"] > 0
+        # training works: both FDs fall from step 8 to step 16 in every run (measured: by 9-35%)
         assert [p["step"] for p in r["curve"]] == [8, 16]
-        assert all(p["fd_effnet_lite0"] > 0 and p["fd_classifier"] > 0 for p in r["curve"])
+        first, last = r["curve"]
+        assert last["fd_effnet_lite0"] < 0.97 * first["fd_effnet_lite0"]
+        assert last["fd_classifier"] < 0.95 * first["fd_classifier"]
     assert (out / "ablation.png").stat().st_size > 0
     md = (out / "ablation.md").read_text()
     assert all(f"| {v} | " in md for v in variants)
