@@ -234,7 +234,7 @@ def test_tiny_study_end_to_end_skip_and_exact_resume(tmp_path, capsys):
         # checked for being the score of the 60 final samples, not for a level
         assert r["fd"] > r["floor_fd"] > 0 and r["fd_classifier"] > r["floor_fd_classifier"] > 0
         assert r["accuracy"] * 60 == pytest.approx(round(r["accuracy"] * 60)) and r["seconds"] > 0
-        # training works: both FDs fall from step 8 to step 16 in every run (measured: by 9-35%)
+        # training works: both FDs fall from step 8 to step 16 in every run, by more than noise between two points
         assert [p["step"] for p in r["curve"]] == [8, 16]
         first, last = r["curve"]
         assert last["fd_effnet_lite0"] < 0.97 * first["fd_effnet_lite0"]

@@ -13,8 +13,9 @@ from ditlab.train.trainer import Trainer
 
 def estimate(abl: AblationConfig, probe_steps: int = 3, probe_samples: int = 64) -> dict:
     """Projected wall time of the study from scratch, from a few timed training steps and one timed sampling
-    batch per variant on this machine now: steps × s/step + every image sampled (FD curve, final scores,
-    the trainer's sample grid) × s/image. Features and FD (about 1-2 s per evaluation) are left out."""
+        batch per variant on this machine now: steps × s/step + every image sampled (FD curve, final scores,
+        the trainer's sample grid) × s/image. Features and FD are left out (a run's metrics.jsonl logs each
+    evaluation's `eval_seconds`)."""
     configure_threads(abl.threads)
     rows = []
     for variant in abl.variants:
