@@ -140,6 +140,7 @@ def evaluate_model(
     batch_size: int = 250,
     device=None,
     floor: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Sample `num_samples` images of `model` (classes cycled; the noise fixed by `seed`) and `evaluate`
     them against `ref` with `features`. The sampler settings are `ditlab.sample`'s; `device` is where the
@@ -154,7 +155,8 @@ def evaluate_model(
         batch_size=batch_size,
         device=device,
     )
-    return evaluate(images, labels if model.num_classes else None, ref=ref, features=features, floor=floor)
+    labels = labels if model.num_classes else None
+    return evaluate(images, labels, ref=ref, features=features, floor=floor, cache_dir=cache_dir)
 
 
 def fd_record(result: dict) -> dict:
