@@ -28,9 +28,9 @@ def test_latent_model_without_vae_is_refused_before_the_first_step(monkeypatch):
     calls = []
     monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1))  # no sampler step may run
     with pytest.raises(ValueError, match="4-channel latents: pass --vae"):
-        ditlab.sample(model, classes=[0], steps=2)
+        ditlab.generate(model, classes=[0], steps=2)
     assert calls == []
-    latents, _ = ditlab.sample(tiny_model(in_channels=4), classes=[0], steps=2, return_tensors=True)
+    latents, _ = ditlab.generate(tiny_model(in_channels=4), classes=[0], steps=2, return_tensors=True)
     assert latents.shape == (1, 4, 8, 8)  # raw latents stay available to code that asks for them
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from ditlab.cli import main as cli
 from ditlab.data import load_npz
+from ditlab.eval import evaluate
 
 
 @pytest.mark.slow
@@ -22,5 +23,12 @@ def test_demo_writes_grid_samples_model_and_report(tmp_path, capsys):
     images, labels = load_npz(out / "samples.npz")
     assert images.shape == (30, 8, 8, 1) and np.bincount(labels).tolist() == [3] * 10
     assert report["train_steps"] == 20 and report["samples"] == 30
-    assert 0.0 <= report["class_accuracy"] <= 1.0 and report["classifier_fd"] >= 0
-    assert "class accuracy" in capsys.readouterr().out
+    # The report is what its own samples score. (20 steps leave class accuracy near chance and the classifier
+    # FD above that of uniform noise, so no quality threshold holds at this length; the README's full-length
+    # demo is where the accuracy is measured.)
+    check = evaluate(images, labels, ref="digits:test", features=["classifier:digits"], floor=False)
+    check = check["metrics"]["classifier:digits"]
+    assert report["class_accuracy"] == check["class_accuracy"]
+    assert report["classifier_fd"] == pytest.approx(check["fd"])
+    # no samples beat real held-out digits (the floor; a scorer comparing the reference with itself fails here)
+    assert report["classifier_fd"] > report["classifier_fd_floor"]["fd"] > 0

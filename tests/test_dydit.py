@@ -15,7 +15,7 @@ from ditlab.dydit.method import DyDiTTrainOptions
 from ditlab.dydit.model import calibrate_token_routers
 from ditlab.finetune import get_method, prepare_model, trainable_summary
 from ditlab.models import DiT, create_model, flop_breakdown, load_model, save_model
-from ditlab.sampling import sample
+from ditlab.sampling import generate
 from ditlab.train import TrainConfig, Trainer
 from ditlab.train.metrics import read_metrics
 
@@ -297,7 +297,7 @@ def test_sampling_with_all_routers_on_gives_the_dense_images():
     dense = random_dit()
     model = all_on(DyDiT.from_dit(dense, reorder=False).eval())
     kw = dict(classes=[0, 3], per_class=2, steps=4, guidance_scale=2.0, seed=0)
-    a, b = sample(dense, **kw), sample(model, **kw)
+    a, b = generate(dense, **kw), generate(model, **kw)
     assert np.array_equal(a.images, b.images)
 
 

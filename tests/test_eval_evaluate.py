@@ -13,8 +13,18 @@ from torch import nn
 
 from ditlab.cli import main
 from ditlab.data import load_dataset, save_npz
-from ditlab.eval import evaluate, feature_statistics, get_feature_extractor, load_classifier
+from ditlab.eval import (
+    evaluate,
+    evaluate_model,
+    fd_record,
+    feature_statistics,
+    get_feature_extractor,
+    load_classifier,
+    parse_features,
+)
 from ditlab.eval import reference as reference_module
+from ditlab.models import create_model
+from ditlab.sampling import generate
 
 CLF = "classifier:digits"
 
@@ -192,3 +202,22 @@ def test_cli_reference_only_and_clear_errors(eval_cache, tmp_path, capsys):
         ]
     )
     assert rc == 2 and "Inception file not found" in capsys.readouterr().err
+
+
+def test_evaluate_model_scores_the_samples_the_model_draws(eval_cache):
+    """evaluate_model = sample (classes cycled, noise fixed by the seed) + evaluate; fd_record flattens it."""
+    torch.manual_seed(0)
+    model = create_model("DiT-Nano/2", input_size=8, in_channels=1, num_classes=10, learn_sigma=False)
+    model.objective_spec = {"kind": "flow", "schedule": "linear", "steps": 1000, "learn_sigma": False}
+    options = dict(sampler="euler", sample_steps=2, seed=3, floor=False, cache_dir=eval_cache)
+    result = evaluate_model(model, 20, ref="digits:test", features=[CLF], **options)
+    images, labels = generate(model, num_samples=20, sampler="euler", steps=2, seed=3, batch_size=250)
+    direct = evaluate(images, labels, ref="digits:test", features=[CLF], floor=False, cache_dir=eval_cache)
+    assert result["n_samples"] == 20 and result["metrics"][CLF]["fd"] == direct["metrics"][CLF]["fd"]
+    record = fd_record(result)
+    assert record == {
+        "fd_classifier": direct["metrics"][CLF]["fd"],
+        "class_accuracy": pytest.approx(direct["metrics"][CLF]["class_accuracy"]),
+    }
+    assert parse_features(None) is None and parse_features("default") is None and parse_features("") is None
+    assert parse_features("effnet-lite0, classifier:digits") == ("effnet-lite0", "classifier:digits")

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from ditlab.cli import main
 from ditlab.finetune import (
@@ -21,6 +22,7 @@ from ditlab.finetune import (
 )
 from ditlab.models import load_model, save_model
 from ditlab.models.zoo import SIZES, create_model
+from ditlab.train.metrics import read_metrics
 
 PEFT = ("difffit", "adaln", "lora", "full")  # the methods of this module (METHODS may hold more, e.g. dydit)
 FLOW = {
@@ -217,7 +219,6 @@ def test_finetune_run_writes_a_merged_model_and_an_adapter_that_round_trips(base
 
 
 def test_save_adapter_holds_only_trained_parameters(base_path, tmp_path):
-    from safetensors import safe_open
 
     model = prepare_model(load_model(base_path), "lora", rank=2)
     path = save_adapter(model, tmp_path / "a.safetensors", base=base_path)
@@ -322,7 +323,7 @@ def test_cli_finetune_run_and_resume(base_path, tmp_path, capsys):
         "--out",
         str(out),
     ]
-    flags += ["--sample-steps", "2", "--ckpt-every", "1"]
+    flags += ["--sample-steps", "2", "--ckpt-every", "1", "--log-every", "1"]
     assert main(["finetune", *flags, "--steps", "2"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 2 and summary["method"] == "lora" and summary["adapter_bytes"] > 0
@@ -332,5 +333,25 @@ def test_cli_finetune_run_and_resume(base_path, tmp_path, capsys):
     )
     # Resuming reads the run's own options back from its checkpoint; only the new length is given.
     assert main(["finetune", "--out", str(out), "--resume", "auto", "--steps", "3"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 3
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (resumed["step"], resumed["steps_run"]) == (3, 1)  # continued from step 2, not retrained
     assert load_adapter(out / "adapter.safetensors").num_classes == 10
+    # ... and continues the same run: every step's loss and the adapter weights (which also depend on the
+    # restored optimizer moments) equal those of 3 uninterrupted steps
+    straight_out = tmp_path / "straight"
+    flags[flags.index("--out") + 1] = str(straight_out)
+    assert main(["finetune", *flags, "--steps", "3"]) == 0
+    straight = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert resumed["loss"] == straight["loss"]
+    losses = [
+        [(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if "loss" in r]
+        for d in (out, straight_out)
+    ]
+    assert losses[0] == losses[1] and [step for step, _ in losses[0]][-1] == 3
+    with (
+        safe_open(out / "adapter.safetensors", "pt") as a,
+        safe_open(straight_out / "adapter.safetensors", "pt") as b,
+    ):
+        assert sorted(a.keys()) == sorted(b.keys())
+        for key in a.keys():
+            assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key

@@ -338,8 +338,8 @@ def test_native_diffusers_native_round_trip_changes_nothing(tmp_path, capsys, ki
         assert torch.equal(back(x, t, y), model(x, t, y))
     # Samples with the default sampler of the recorded objective (Euler for flow, DDIM for DDPM), bit for bit.
     # (4-channel latents: compared as the raw tensors the sampler returns)
-    a, a_labels = ditlab.sample(model, classes=[0, 3], per_class=2, steps=4, seed=0, return_tensors=True)
-    b, b_labels = ditlab.sample(back, classes=[0, 3], per_class=2, steps=4, seed=0, return_tensors=True)
+    a, a_labels = ditlab.generate(model, classes=[0, 3], per_class=2, steps=4, seed=0, return_tensors=True)
+    b, b_labels = ditlab.generate(back, classes=[0, 3], per_class=2, steps=4, seed=0, return_tensors=True)
     assert torch.equal(a, b) and torch.equal(a_labels, b_labels)
     # The in-memory path keeps the record too.
     again = from_diffusers(to_diffusers(model))

@@ -69,7 +69,7 @@ def matmul_peak_gflops(
 
     Used as the denominator of MFU; measured rather than taken from a spec sheet so it reflects threads,
     turbo and sharing. Several sizes because the best one depends on the machine (on a 2-core AVX-512 CPU
-    2048 beats 1024 by ~15%): a low peak would flatter MFU. Costs about 0.5 s on a 2-core CPU, once.
+    2048 beats 1024): a low peak would flatter MFU. Costs a few matmuls of each size, once.
     """
     device = torch.device(device_type)
     best_rate = 0.0

@@ -15,7 +15,7 @@ from ditlab.eval.classifier import (
     load_classifier,
     train_classifier,
 )
-from ditlab.eval.evaluate import default_features, evaluate
+from ditlab.eval.evaluate import default_features, evaluate, evaluate_model, fd_record, parse_features
 from ditlab.eval.features import (
     EffNetLite0Features,
     FeatureExtractor,
@@ -40,6 +40,8 @@ __all__ = [
     "classifier_file",
     "default_features",
     "evaluate",
+    "evaluate_model",
+    "fd_record",
     "feature_statistics",
     "floor_fd",
     "frechet_distance",
@@ -47,6 +49,7 @@ __all__ = [
     "get_feature_extractor",
     "inception_score",
     "load_classifier",
+    "parse_features",
     "parse_reference",
     "precision_recall",
     "reference_stats",

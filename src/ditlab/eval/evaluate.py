@@ -1,11 +1,13 @@
-"""`evaluate`: every metric of a set of samples against a reference, with the settings that produced them.
+"""The one home for scoring generated images: `evaluate` a set of samples, or `evaluate_model` (sample a
+model, then evaluate), against a reference, with the settings that produced the numbers.
 
-    from ditlab.eval import evaluate
+    from ditlab.eval import evaluate, evaluate_model
     result = evaluate(to_uint8(samples), labels, ref="digits:test", features=("effnet-lite0", "classifier:digits"))
     result["metrics"]["classifier:digits"]["fd"], result["metrics"]["effnet-lite0:64"]["floor"]["fd"]
+    result = evaluate_model(model, 500, ref="digits:test", sample_steps=16)  # `ditlab train --eval-every`
 
 Extractors, reference statistics and floors are cached in memory and on disk, so a trainer can call this
-every N steps and pay only for the samples' own features.
+every N steps (`ditlab train --eval-every`, `ditlab ablate`) and pay only for the samples' own features.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ditlab.eval.reference import (
     reference_shape,
     reference_stats,
 )
+from ditlab.sampling import generate
 
 DEFAULT_FEATURES = ("effnet-lite0",)
 
@@ -67,6 +70,14 @@ def check_reference_shape(samples_shape, ref, resize_ref: bool | None) -> tuple[
         )
     warnings.warn(f"{message} (resize_ref=True accepts this, resize_ref=False refuses it)", stacklevel=2)
     return ref_shape
+
+
+def parse_features(text: str | None) -> tuple[str, ...] | None:
+    """A comma-separated extractor list (`TrainConfig.eval_features`); None for "", "default" or None,
+    which `evaluate` reads as `default_features(ref)`."""
+    if text is None or text.strip() in ("", "default"):
+        return None
+    return tuple(f.strip() for f in text.split(",") if f.strip())
 
 
 def evaluate(
@@ -153,3 +164,49 @@ def evaluate(
     for message in messages:
         warnings.warn(message, stacklevel=2)
     return result
+
+
+def evaluate_model(
+    model,
+    num_samples: int,
+    *,
+    ref: str | os.PathLike,
+    features: Sequence[str] | None = None,
+    sampler: str | None = None,
+    sample_steps: int | str | None = 50,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 250,
+    device=None,
+    floor: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    resize_ref: bool | None = None,
+) -> dict:
+    """Sample `num_samples` images of `model` (classes cycled; the noise fixed by `seed`) and `evaluate`
+    them against `ref` with `features`. The sampler settings are `ditlab.generate`'s; `device` is where the
+    model samples (the feature extractors pick their own). Returns `evaluate`'s dict."""
+    images, labels = generate(
+        model,
+        num_samples=num_samples,
+        sampler=sampler,
+        steps=sample_steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    labels = labels if model.num_classes else None
+    return evaluate(
+        images, labels, ref=ref, features=features, floor=floor, cache_dir=cache_dir, resize_ref=resize_ref
+    )
+
+
+def fd_record(result: dict) -> dict:
+    """`evaluate`'s result as flat log fields: `fd_<extractor>` (e.g. `fd_effnet_lite0`, `fd_classifier`)
+    per extractor, and `class_accuracy` where a classifier scored the labels."""
+    record = {}
+    for name, entry in result["metrics"].items():
+        record[f"fd_{name.split(':')[0].replace('-', '_')}"] = entry["fd"]
+        if "class_accuracy" in entry:
+            record["class_accuracy"] = entry["class_accuracy"]
+    return record

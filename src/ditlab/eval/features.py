@@ -117,7 +117,7 @@ def _missing_eval_extra(error: ImportError) -> ImportError:
 class EffNetLite0Features(FeatureExtractor):
     """EfficientNet-Lite0 (ImageNet-pretrained), global-average-pooled head features (1280-d).
 
-    Input: RGB at `resolution` (default 64: ~2x the images/s of 96 on a CPU, and digits / Fashion-MNIST hold
+    Input: RGB at `resolution` (default 64: cheaper on a CPU than 96, and digits / Fashion-MNIST hold
     no detail beyond it), normalised as (x - 127) / 128, the preprocessing EfficientNet-Lite was trained with
     (the "inception-style" mean/std of the TF EfficientNet-Lite builder, not ImageNet mean/std).
     """

@@ -124,8 +124,4 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     return model
 
 
-def has_adapters(model: nn.Module) -> bool:
-    return any(isinstance(m, MergeableAdapter) for m in model.modules())
-
-
-__all__ = ["BranchScale", "DiffFitScale", "LoRALinear", "MergeableAdapter", "has_adapters", "merge_adapters"]
+__all__ = ["BranchScale", "DiffFitScale", "LoRALinear", "MergeableAdapter", "merge_adapters"]

@@ -59,7 +59,7 @@ class PatchEmbed(nn.Module):
     `contiguous` (default True) returns the tokens in (N, T, D) memory order. The convolution's output
     transposed is a strided view, and elementwise ops keep their first input's layout, so without the copy
     the whole residual stream stays transposed: every LayerNorm then copies it and every matmul reads it
-    strided (~9% of a DiT-S/2 forward on a CPU). False gives the view (the benchmarks' eager baseline).
+    strided. False gives the view (the eager baseline that `benchmarks/speed.py` times the fast paths against).
     """
 
     def __init__(self, patch_size: int, in_channels: int, hidden_size: int):

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ditlab.atomic import atomic_write_text
 from ditlab.data import load_dataset, save_grid
 from ditlab.diffusion.objective import ObjectiveSpec
+from ditlab.eval.evaluate import evaluate_model, fd_record, parse_features
 from ditlab.models.checkpoint import save_model
 from ditlab.models.flops import flops
 from ditlab.models.zoo import create_model
@@ -383,46 +384,68 @@ class Trainer:
         return record
 
     def _evaluate(self, log: MetricsLog | None) -> None:
-        from ditlab.train.evaluation import evaluate_during_training
-
+        """`--eval-every`: FD of EMA samples against `eval_ref` (default: the data's test split)."""
         if self.dist.is_main:
-            result = evaluate_during_training(self)
+            cfg, start = self.cfg, time.perf_counter()
+            result = evaluate_model(
+                self.ema.model,
+                cfg.eval_samples,
+                ref=cfg.eval_ref or f"{cfg.data}:test",
+                features=parse_features(cfg.eval_features),
+                sampler=cfg.sampler,
+                sample_steps=cfg.sample_steps,
+                guidance_scale=cfg.guidance_scale,
+                seed=cfg.seed + 12345,  # fixed noise across evaluations: the curve shows the model
+                device=self.device,
+                floor=False,
+                resize_ref=True,  # a run at --image-size is compared with its test split resized alike
+            )
             if log is not None:
-                log.log({"step": self.step, **result})
+                log.log({"step": self.step, **fd_record(result), "eval_seconds": time.perf_counter() - start})
         D.barrier(self.dist)
 
 
 def compile_or_eager(model, example=None, train: bool = False):
     """torch.compile the model if it compiles and runs here, otherwise the eager model, with a warning: a
-    missing or broken compiler never fails a run.
+    missing or broken compiler never fails a run, but a broken model does.
 
-    The check runs `example` = (x, t, kwargs) the way the model will be used: `train=True` runs a forward
-    and backward in training mode (the graphs a training step needs; the gradients it leaves are dropped),
-    else a no-grad forward.
+    With `example` = (x, t, kwargs), the eager model runs it first, the way the model will be used
+    (`train=True`: a forward and backward in training mode, the graphs a training step needs; else a no-grad
+    forward): an error there is the model's (or the inputs'), and is raised as it is. Then the compiled model
+    runs it: an error only there is the compiler's or its backend's, and falls back to eager. The gradients
+    the checks leave are dropped.
     """
     try:
-        compiled = torch.compile(model)
         if example is not None:
-            x, t, kwargs = example
-            if train:
-                compiled(x, t, **kwargs).float().square().mean().backward()
-                for p in model.parameters():
-                    p.grad = None
-            else:
-                with torch.no_grad():
-                    compiled(x, t, **kwargs)
+            _run_example(model, example, train)  # a model bug raises here, before any compiler is involved
+        try:
+            compiled = torch.compile(model)
+            if example is not None:
+                _run_example(compiled, example, train)
+        except Exception as err:  # noqa: BLE001 - the eager model ran: any failure left is the backend's
+            warnings.warn(
+                f"torch.compile failed ({err.__class__.__name__}: {err}); running eagerly", stacklevel=2
+            )
+            return model
         return compiled
-    except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
+    finally:
         for p in model.parameters():
             p.grad = None
-        warnings.warn(f"torch.compile failed ({e.__class__.__name__}: {e}); running eagerly", stacklevel=2)
-        return model
+
+
+def _run_example(net, example, train: bool) -> None:
+    x, t, kwargs = example
+    if train:
+        net(x, t, **kwargs).float().square().mean().backward()
+    else:
+        with torch.no_grad():
+            net(x, t, **kwargs)
 
 
 def adamw(params, lr: float, weight_decay: float = 0.0, fused: bool = True) -> torch.optim.AdamW:
     """AdamW with betas (0.9, 0.999), as DiT. `fused` picks torch's single-kernel implementation where the
-    device has one (CPU and CUDA do): on a CPU torch's default is a Python loop over the parameters, ~3×
-    slower for DiT-S/2's 33M parameters (54 vs 17 ms per step on one core); results agree to ~1e-7."""
+    device has one (CPU and CUDA do): on a CPU torch's default is a Python loop over the parameters, slower
+    for DiT-S/2's 33M parameters; results agree to rounding (tests/test_speed_paths.py checks it)."""
     params = list(params)
     if fused:
         try:
