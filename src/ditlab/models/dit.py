@@ -55,8 +55,8 @@ NO_MODULATION = Modulation(None, None, None)
 # Gradient checkpointing of each block: "full" keeps only the block's input and recomputes the whole block in
 # the backward pass; "selective" also keeps the outputs that cost the most compute per byte to redo (the
 # attention kernel's and the matmuls that reduce a long axis to a short one, i.e. the MLP's fc2) and recomputes
-# the rest (qkv, proj, fc1, norms, GELU). Measured on DiT-S/2 (batch 4, one thread, benchmarks/memory.py):
-# "full" needs 10× less activation memory than none at +24% step time, "selective" 5× less at +15%.
+# the rest (qkv, proj, fc1, norms, GELU). What each saves and costs: `python benchmarks/memory.py --threads 1`
+# (DiT-B/2, batch 32; the figures are in benchmarks/RESULTS.md).
 CHECKPOINT_POLICIES = ("full", "selective")
 _ATTENTION_OPS = tuple(
     getattr(torch.ops.aten, name).default

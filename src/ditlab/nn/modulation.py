@@ -24,9 +24,6 @@ from torch import nn
 
 from ditlab.nn.norms import make_norm
 
-GATES = ("none", "identity", "tanh")
-
-
 def modulate(
     x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor | None, inplace: bool = False
 ) -> torch.Tensor:
