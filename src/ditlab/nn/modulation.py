@@ -24,6 +24,7 @@ from torch import nn
 
 from ditlab.nn.norms import make_norm
 
+
 def modulate(
     x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor | None, inplace: bool = False
 ) -> torch.Tensor:
