@@ -27,6 +27,7 @@ from ditlab.data.shapes import (
     relation_holds,
     render_scene,
 )
+from ditlab.eval.evaluate import default_features
 from ditlab.eval.shapes import evaluate_shapes, grade, read_objects
 
 COLOUR = "(red|green|blue|yellow)"
@@ -79,9 +80,9 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
     return [labelled == i for i in range(1, n + 1)]
 
 
-@pytest.mark.parametrize("size", [32, 64])
-def test_geometry_sizes_relations_and_no_touching(size):
-    data = make_shapes("train", 400, image_size=size)
+@pytest.mark.parametrize(("split", "size"), [("train", 32), ("test", 64)])
+def test_geometry_sizes_relations_and_no_touching(split, size):
+    data = make_shapes(split, 400, image_size=size)
     scale = size // BASE_SIZE
     for image, mask, scene in zip(data.images, data.masks, data.scenes):
         pieces = _components(mask)
@@ -91,9 +92,10 @@ def test_geometry_sizes_relations_and_no_touching(size):
         assert np.array_equal(np.maximum.reduce(alone), mask)  # the mask is exactly the objects, none hidden
         for obj, own in zip(scene.objects, alone):
             assert MIN_SIDE <= obj.size <= MAX_SIDE
-            cols = np.nonzero(own.any(0))[0]
-            assert obj.size - 1 <= len(cols) / scale <= obj.size  # 8-14 px across at 32 (scaled at 64)
-            assert cols.min() >= scale and cols.max() < size - scale  # inside the image, with a margin
+            rows, cols = np.nonzero(own.any(1))[0], np.nonzero(own.any(0))[0]
+            for extent in (rows, cols):  # 8-14 px across at 32 (scaled at 64); a triangle's tip may be thin
+                assert obj.size - 1 <= len(extent) / scale <= obj.size
+                assert extent.min() >= scale and extent.max() < size - scale  # inside, with a margin
         if scene.relation is not None:
             a, b = scene.objects
             assert relation_holds(scene.relation, a.centre, b.centre)
@@ -142,6 +144,8 @@ def test_spec_and_dataset_object():
         parse_spec("shapes[48]")
     with pytest.raises(ValueError, match="flipped"):
         load_dataset("shapes:test", flip=True)
+    # FD against shapes uses the generic extractor only: the set has no labels to train a classifier on.
+    assert default_features("shapes:test") == ("effnet-lite0",)
 
 
 @pytest.mark.parametrize("size", [32, 64])
