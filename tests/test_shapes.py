@@ -26,6 +26,7 @@ from ditlab.data.shapes import (
     parse_caption,
     relation_holds,
     render_scene,
+    split_captions,
 )
 from ditlab.eval.evaluate import default_features
 from ditlab.eval.shapes import evaluate_shapes, grade, read_objects
@@ -63,6 +64,14 @@ def test_captions_follow_the_grammar_exactly(train, test_split):
     ):
         with pytest.raises(ValueError, match="grammar"):
             parse_caption(bad)
+
+
+def test_split_captions_enumerate_the_grammar(train, test_split):
+    seen, held = split_captions("train"), split_captions("test")
+    assert len(seen) == 10 + 10 * 10 * 4 and len(held) == 2 + (12 * 12 - 10 * 10) * 4
+    assert not set(seen) & set(held) and all(GRAMMAR.match(c) for c in seen + held)
+    assert set(train.captions) <= set(seen) and set(test_split.captions) <= set(held)
+    assert len(set(train.captions)) > 300  # 1500 images already cover most of the grammar
 
 
 def test_held_out_objects_never_in_train_and_always_in_test(train, test_split):

@@ -19,6 +19,10 @@ Splits: `yellow triangle` and `blue circle` (`HELD_OUT`) never appear in `train`
 `test` split is the held-out test of composition: every image of it holds at least one of them. Both splits are
 fixed by their seeds (image i of a split is drawn from `numpy.random.default_rng((SEED, split, i))`), the
 same on every machine, and independent of how many images are asked for.
+
+    load_dataset("shapes[64]:test")      # ImageDataset with `captions` (as any set)
+    make_shapes("train", n=1000)         # ShapesArrays: images, per-pixel masks (MASK_CLASSES), captions, scenes
+    split_captions("test")               # every held-out prompt the grammar allows
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ MASK_CLASSES = ("background", *(f"{colour} {shape}" for colour, shape in OBJECTS
 HELD_OUT = (("yellow", "triangle"), ("blue", "circle"))
 SEEN = tuple(obj for obj in OBJECTS if obj not in HELD_OUT)
 MIN_SIDE, MAX_SIDE = 8, 14  # px across at 32x32
-GAP = 2  # px between two objects' boxes at 32x32 (>= 2: not even diagonal neighbours)
+GAP = 2  # px between two objects' boxes at 32x32: a clear corridor, so even soft-edged objects stay apart
 MARGIN = 1  # px between an object and the image border at 32x32
 SINGLE_FRACTION = 1 / 3  # share of one-object images
 SPLIT_SIZES = {"train": 50_000, "test": 5_000}
@@ -246,6 +250,19 @@ def make_shapes(split: str = "train", n: int | None = None, image_size: int = BA
     if count < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     return render_scenes([scene_for(split, i) for i in range(count)], image_size)
+
+
+def split_captions(split: str) -> list[str]:
+    """Every caption the grammar allows in a split, sorted: train 10 + 400 (seen objects only), test the
+    2 + 176 that name a held-out object. Prompts for sampling and evaluation come from here."""
+    if split not in _SPLIT_CODES:
+        raise ValueError(f"unknown shapes split {split!r}; choose train or test")
+    singles = [(obj,) for obj in OBJECTS]
+    pairs = [(a, b) for a in OBJECTS for b in OBJECTS]
+    captions = [f"a {c} {s}" for ((c, s),) in singles]
+    captions += [f"a {a[0]} {a[1]} {rel} a {b[0]} {b[1]}" for a, b in pairs for rel in RELATIONS]
+    held = [is_held_out_caption(c) for c in captions]
+    return sorted(c for c, h in zip(captions, held) if h == (split == "test"))
 
 
 def is_held_out_caption(caption: str) -> bool:
