@@ -112,8 +112,9 @@ def test_encoding_is_deterministic_and_batch_independent(bert, bert_dir):
     assert torch.equal(first.tokens, second.tokens) and torch.equal(first.pooled, second.pooled)
     alone = bert.encode(CAPTIONS[1:2])
     torch.testing.assert_close(alone.tokens[0], first.tokens[1], atol=1e-6, rtol=0)
-    reloaded = load_text_encoder(bert_dir, max_length=12).encode(CAPTIONS)
-    assert torch.equal(reloaded.tokens, first.tokens)
+    reloaded = load_text_encoder(**bert.spec)  # what a run config stores to find its encoder again
+    assert reloaded.spec == bert.spec and reloaded.identity == bert.identity
+    assert torch.equal(reloaded.encode(CAPTIONS).tokens, first.tokens)
 
 
 def test_clip_text_folder_uses_its_projected_pooled_output(clip_dir):
@@ -257,7 +258,7 @@ def minilm():
 
 @pytest.mark.slow
 def test_minilm_default_encoder(minilm):
-    assert minilm.name == "minilm" and minilm.max_length == 32
+    assert minilm.name == "minilm" and minilm.max_length == 32 and minilm.spec["name"] == "minilm"
     assert (minilm.pooling, minilm.normalize, minilm.dim, minilm.pooled_dim) == ("mean", True, 384, 384)
     emb = minilm.encode([*CAPTIONS, NULL_CAPTION])
     _check_embedding(emb, 4, 32, 384, 384)

@@ -149,7 +149,8 @@ class TextEncoder:
     """A frozen Hugging Face text encoder with its tokenizer, padding every caption to `max_length` tokens.
 
     Attributes: name, path, max_length, pooling ("mean" | "cls" | "pooler"), normalize, dim (token width D),
-    pooled_dim (P), identity (what the cache keys on: folder fingerprint, settings, library version).
+    pooled_dim (P), spec (the arguments that load it again), identity (what the cache keys on: folder
+    fingerprint, settings, library version).
     """
 
     def __init__(
@@ -200,6 +201,17 @@ class TextEncoder:
         if normalize is None:
             normalize = bool(st and st[1])
         return pooling, bool(normalize)
+
+    @property
+    def spec(self) -> dict:
+        """The arguments that load this encoder again (`load_text_encoder(**enc.spec)`), for run configs."""
+        name = "minilm" if self.name == "minilm" else str(self.path)
+        return {
+            "name": name,
+            "max_length": self.max_length,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+        }
 
     @property
     def identity(self) -> list:
