@@ -29,6 +29,7 @@ class ImageDataset(Dataset):
         channels, image_size: C and (H, W).
         flip: random horizontal flips with probability 1/2 in `__getitem__` and `batch`.
         name: the spec it was loaded from, for messages and logs.
+        captions: one text per image (the emoji set's Unicode names); empty when the set has none.
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class ImageDataset(Dataset):
         *,
         flip: bool = False,
         name: str = "",
+        captions: Sequence[str] = (),
     ) -> None:
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
             raise TypeError("images must be a uint8 tensor (N, C, H, W)")
@@ -52,6 +54,9 @@ class ImageDataset(Dataset):
             raise ValueError(f"label {int(labels.max())} out of range for {len(self.class_names)} classes")
         self.flip = bool(flip)
         self.name = name
+        self.captions = list(captions)
+        if self.captions and len(self.captions) != len(labels):
+            raise ValueError(f"{len(self.captions)} captions for {len(labels)} images; give one per image")
 
     @property
     def num_classes(self) -> int:

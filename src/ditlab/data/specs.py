@@ -9,6 +9,8 @@
     /path/to/folder:test        ... its `test` sub-folder (a folder's splits are sub-folders named after them)
     fashion-mnist[5-9]:test     ... only some classes: a list of ids and ranges ("0-4", "0,2,7-9") in brackets
                                 after the name (or path), before any split
+    shapes                      procedural coloured shapes with captions, 32x32 RGB (ditlab.data.shapes)
+    shapes[64]:test             ... rendered at 64x64 (the bracket is the size in px), held-out split
 
 Splits are "train" (the default), "test" and "all". A class subset keeps the original label ids and class names
 (num_classes stays the full count), so models, references and classifiers of the subsets of one dataset share
@@ -37,11 +39,13 @@ from ditlab.data.builtin import (
     load_digits_arrays,
     load_fashion_mnist_arrays,
 )
+from ditlab.data.captions import FASHION_MNIST_CAPTIONS, class_captions
 from ditlab.data.dataset import ImageDataset
 from ditlab.data.image_folder import folder_image_shape, load_image_folder_arrays
+from ditlab.data.shapes import is_shapes_spec, make_shapes, parse_shapes_spec, shapes_render_size
 from ditlab.data.transforms import convert_channels, resize_images
 
-NAMED_DATASETS = ("digits", "fashion-mnist")
+NAMED_DATASETS = ("digits", "fashion-mnist", "shapes")
 _FOLDER_PREFIXES = ("folder", "imagefolder")
 
 
@@ -83,6 +87,7 @@ class DatasetSpec:
     path: str | None = None
     split: str | None = None
     classes: tuple[int, ...] | None = None
+    resolution: int | None = None
 
     def with_split(self, split: str | None) -> DatasetSpec:
         """This spec with its split resolved against an explicit `split` argument (they must agree)."""
@@ -114,6 +119,8 @@ class DatasetSpec:
         if self.kind == "fashion-mnist" and self.path is not None:
             parts.append(str(self.path))
         text = ":".join(parts)
+        if self.resolution is not None:
+            text += f"[{self.resolution}]"
         if self.classes is not None:
             text += f"[{format_classes(self.classes)}]"
         if self.split is not None:
@@ -136,6 +143,9 @@ def parse_spec(spec: str | os.PathLike | DatasetSpec) -> DatasetSpec:
         return DatasetSpec("folder", str(Path(spec)))
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"dataset spec must be a non-empty string or path, got {spec!r}")
+    if is_shapes_spec(spec) and not Path(spec).is_dir():
+        resolution, split = parse_shapes_spec(spec, SPLITS)
+        return DatasetSpec("shapes", None, split, resolution=resolution)
     m = _CLASSES_SUFFIX.match(spec)
     # A class list in brackets, unless the whole string is an existing folder whose name ends in brackets.
     if m and not Path(spec).is_dir() and (m["split"] is None or m["split"][1:] in SPLITS):
@@ -197,6 +207,9 @@ def dataset_shape(
     parsed = parse_spec(spec).with_split(split)
     if parsed.kind == "folder":
         return folder_image_shape(_folder_for_split(Path(parsed.path), parsed.split))
+    if parsed.kind == "shapes":
+        side = shapes_render_size(parsed.resolution, None)
+        return side, side, 3
     return NATIVE_SHAPES[parsed.kind]
 
 
@@ -246,12 +259,18 @@ def load_dataset(
             stretching.
         flip: random horizontal flips (p = 1/2) when items or batches are read.
         unconditional: drop the labels (num_classes = 0); None = auto for folders (no class sub-folders),
-            False for the named sets.
+            False for the named sets (shapes has no labels: its texts are `captions`; Fashion-MNIST's labels
+            also give it templated `captions`, dropped with the labels).
         bad_images: for folders, "raise" (stop at an unreadable file, naming it) or "skip" (count and warn).
         classes: keep only these class ids ("0-4", [5, 6]); may instead be part of the spec
             (`fashion-mnist[0-4]`). Labels keep their original ids and `class_names` stays the full list.
     """
     parsed = parse_spec(spec).with_split(split).with_classes(classes)
+    if parsed.kind == "shapes" and flip:
+        raise ValueError(
+            "shapes cannot be flipped: a mirror image contradicts 'left of' / 'right of' captions"
+        )
+    captions: list[str] = []
     if parsed.kind == "folder":
         images, labels, class_names = load_image_folder_arrays(
             _folder_for_split(Path(parsed.path), parsed.split),
@@ -265,6 +284,10 @@ def load_dataset(
         if parsed.kind == "digits":
             images, labels = load_digits_arrays(parsed.split)
             class_names = list(DIGITS_CLASSES)
+        elif parsed.kind == "shapes":
+            rendered = make_shapes(parsed.split, image_size=shapes_render_size(parsed.resolution, image_size))
+            images, captions = rendered.images, rendered.captions
+            labels, class_names = np.zeros(len(images), np.int64), []
         else:
             images, labels = load_fashion_mnist_arrays(parsed.path or FASHION_MNIST_DIR, parsed.split)
             class_names = list(FASHION_MNIST_CLASSES)
@@ -276,5 +299,9 @@ def load_dataset(
             labels, class_names = np.zeros_like(labels), []
     if parsed.classes is not None:
         images, labels = _keep_classes(images, labels, class_names, parsed)
+    if parsed.kind == "fashion-mnist" and class_names:
+        captions = class_captions(labels, FASHION_MNIST_CAPTIONS)
     tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
-    return ImageDataset(tensor, torch.from_numpy(labels), class_names, flip=flip, name=str(parsed))
+    return ImageDataset(
+        tensor, torch.from_numpy(labels), class_names, flip=flip, name=str(parsed), captions=captions
+    )

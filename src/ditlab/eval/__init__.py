@@ -26,6 +26,7 @@ from ditlab.eval.frechet import feature_statistics, frechet_distance, frechet_di
 from ditlab.eval.label_scores import class_accuracy, inception_score
 from ditlab.eval.precision_recall import precision_recall
 from ditlab.eval.reference import Reference, floor_fd, parse_reference, reference_stats
+from ditlab.eval.shapes import evaluate_shapes, read_objects
 
 __all__ = [
     "CLASSIFIER_RECIPE",
@@ -39,6 +40,7 @@ __all__ = [
     "class_accuracy",
     "classifier_file",
     "default_features",
+    "evaluate_shapes",
     "evaluate",
     "evaluate_model",
     "fd_record",
@@ -52,6 +54,7 @@ __all__ = [
     "parse_features",
     "parse_reference",
     "precision_recall",
+    "read_objects",
     "reference_stats",
     "train_classifier",
 ]

@@ -59,6 +59,12 @@ def dataset_fingerprint(spec) -> list:
         import sklearn
 
         return ["digits", sklearn.__version__]
+    if (
+        spec.kind == "shapes"
+    ):  # procedural: the code's version is the content (resolution is a resize setting)
+        from ditlab.data.shapes import SHAPES_VERSION
+
+        return ["shapes", SHAPES_VERSION, spec.resolution]
     if spec.kind == "fashion-mnist":
         return ["fashion-mnist", str(Path(spec.path or FASHION_MNIST_DIR).resolve())]
     return ["folder", file_fingerprint(spec.path)]

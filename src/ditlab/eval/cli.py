@@ -4,6 +4,7 @@
     ditlab eval --samples samples.npz --ref fashion-mnist:test --features effnet-lite0 classifier:fashion-mnist
     ditlab eval --samples samples.npz --ref VIRTUAL_imagenet256_labeled.npz --features inception:/w/inception-2015-12-05.pt
     ditlab eval --ref fashion-mnist:test          # only compute and cache the reference statistics and floors
+    ditlab eval --shapes --samples samples.npz    # read shapes prompts' objects back (npz: arr_0 + prompts)
 
 The JSON line carries the sample count, the reference, the extractor settings and the data's own floor, so a
 number is never quoted without the protocol that produced it. Warnings go to stderr.
@@ -26,9 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ref",
-        required=True,
         help="reference: digits:test, fashion-mnist[:DIR]:test, an image folder, or an .npz of images (arr_0) "
-        "or statistics (mu, sigma). The split defaults to test.",
+        "or statistics (mu, sigma). The split defaults to test. Required unless --shapes.",
+    )
+    parser.add_argument(
+        "--shapes",
+        action="store_true",
+        help="grade the samples against their `prompts` with the shapes evaluator (colour, shape, relation)",
     )
     parser.add_argument(
         "--features",
@@ -95,12 +100,17 @@ def _reference_only(args, names) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ditlab.data import load_npz
     from ditlab.eval.evaluate import default_features, evaluate
+    from ditlab.eval.shapes import shapes_report
     from ditlab.runtime import resolve_device
 
     try:
-        names = args.features or default_features(args.ref)
+        if args.ref is None and not args.shapes:
+            raise ValueError("give --ref (the reference to score against), or --shapes with --samples")
+        names = (args.features or default_features(args.ref)) if args.ref else ()
         args.device = resolve_device(args.device)  # the same check as train/sample: cuda without a GPU
-        if args.samples is None:
+        if args.ref is None:  # --shapes alone
+            result = {"samples": str(args.samples), "warnings": []}
+        elif args.samples is None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 result = _reference_only(args, names)
@@ -121,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
                     resize_ref=args.resize_ref,
                 )
             result = {"samples": str(args.samples), **result}
+        if args.shapes:
+            result["shapes"] = shapes_report(args.samples)
     except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
         print(f"ditlab eval: error: {e}", file=sys.stderr)
         return 2

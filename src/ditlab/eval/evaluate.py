@@ -38,7 +38,7 @@ DEFAULT_FEATURES = ("effnet-lite0",)
 def default_features(ref) -> tuple[str, ...]:
     """effnet-lite0, plus the in-domain classifier when the reference is digits or Fashion-MNIST."""
     spec = parse_reference(ref)
-    if spec.dataset is not None and spec.dataset.kind != "folder":
+    if spec.dataset is not None and spec.dataset.kind in ("digits", "fashion-mnist"):  # the labelled sets
         dataset = (
             spec.dataset.kind if spec.dataset.path is None else f"{spec.dataset.kind}:{spec.dataset.path}"
         )
