@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -141,6 +142,43 @@ def test_the_handler_turns_bad_input_into_a_page_message(tmp_path):
         click.fn(values, progress=lambda *a, **k: None)
 
 
+@pytest.mark.slow
+def test_two_clicks_never_sample_at_once(tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    from gradio_client import Client
+
+    from ditlab.serve import app as page
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow_sampler(*args, **kwargs):  # stands in for sample_request: counts samplers running at once
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.5)
+        with lock:
+            running[0] -= 1
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(page, "sample_request", slow_sampler)
+    ditlab.save_model(tiny_model(), tmp_path / "tiny.safetensors")
+    app = page.build_app(
+        Catalog.from_args(str(tmp_path / "tiny.safetensors"), None), Limits(), tmp_path / "out"
+    )
+    port = _free_port()
+    page.launch(app, port=port, quiet=True, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        jobs = [client.submit(api_name="/on_generate") for _ in range(2)]  # the page's defaults, twice
+        for job in jobs:
+            with pytest.raises(Exception, match="stopped by the test"):  # the message reaches the client
+                job.result(timeout=60)
+    finally:
+        app.close()
+    assert most[0] == 1
+
+
 def test_the_catalog_lists_only_checkpoints_and_refuses_other_names(tmp_path):
     ditlab.save_model(tiny_model(), tmp_path / "a.safetensors")
     (tmp_path / "notes.txt").write_text("not a checkpoint")
@@ -176,7 +214,8 @@ def _wait_for_page(url: str, server: subprocess.Popen, timeout: float = 120) -> 
 
 @pytest.fixture
 def served_run(tmp_path):
-    """A tiny model trained on digits for a few steps, served by `ditlab serve` on a free localhost port."""
+    """A tiny model trained on digits for a few steps, served by `ditlab serve` on a free localhost port
+    (with a second model from `--models DIR`)."""
     from ditlab.train import TrainConfig, Trainer
 
     run = tmp_path / "run"
@@ -185,9 +224,14 @@ def served_run(tmp_path):
         sample_steps=2, progress=False, threads=1, out=str(run),
     )  # fmt: skip
     Trainer(cfg).run()
+    models = tmp_path / "models"  # a second model for the picker: untrained, with Fashion-MNIST's names
+    models.mkdir()
+    fashion = tiny_model()
+    fashion.data_spec = {"name": "fashion-mnist", "class_names": list(FASHION_MNIST_CLASSES)}
+    ditlab.save_model(fashion, models / "fashion.safetensors")
     port = _free_port()
-    cmd = [sys.executable, "-m", "ditlab", "serve", str(run), "--port", str(port), "--max-images", "8",
-           "--max-steps", "40", "--threads", "1"]  # fmt: skip
+    cmd = [sys.executable, "-m", "ditlab", "serve", str(run), "--models", str(models), "--port", str(port),
+           "--max-images", "8", "--max-steps", "40", "--threads", "1"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}/"
@@ -263,6 +307,19 @@ def test_the_page_samples_a_class_in_a_browser(served_run, tmp_path):
         driver.find_element(By.ID, "generate").click()
         wait.until(lambda d: "the seed must be between 0 and" in d.find_element(By.TAG_NAME, "body").text)
         assert "Traceback" not in driver.find_element(By.TAG_NAME, "body").text
+
+        # The picker: another model brings its own class names.
+        driver.find_element(By.CSS_SELECTOR, "#model input").click()
+        wait.until(
+            lambda d: d.find_element(By.CSS_SELECTOR, '#model li[aria-label="fashion.safetensors"]')
+        ).click()
+        wait.until(
+            lambda d: (
+                d.find_element(By.CSS_SELECTOR, "#class input").get_attribute("value") == "T-shirt/top (0)"
+            )
+        )
+        driver.find_element(By.CSS_SELECTOR, "#class input").click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, '#class li[aria-label="Trouser (1)"]'))
 
         # Offline: the page fetched nothing beyond the server (no CDN fonts, scripts or telemetry).
         outside = {

@@ -172,8 +172,11 @@ def _request_dir(out_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="request-", dir=out_dir))
 
 
-def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, quiet: bool = False) -> None:
-    """Serve `app` until interrupted: one sampler at a time, no telemetry, nothing fetched from the internet."""
+def launch(
+    app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, quiet: bool = False, block: bool = True
+):
+    """Serve `app` (until interrupted, or in the background with block=False: stop it with `app.close()`):
+    every event queued with concurrency 1, so two clicks never sample at once; no telemetry."""
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     app.launch(
         server_name=host,
@@ -183,6 +186,7 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, quiet: boo
         ssr_mode=False,
         mcp_server=False,
         quiet=quiet,
+        prevent_thread_lock=not block,
         allowed_paths=[str(app.ditlab_out_dir)],
         footer_links=[],
         css=CSS,
