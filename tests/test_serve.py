@@ -2,6 +2,7 @@
 a request (bad input is a message, never a traceback), the catalog (a visitor picks names, never paths), and
 the page itself: `ditlab serve` on a model trained in the test, driven in headless Chromium."""
 
+import importlib.util
 import io
 import json
 import os
@@ -21,6 +22,8 @@ import torch
 from PIL import Image
 
 import ditlab
+from ditlab.cli import build_parser
+from ditlab.cli import main as cli
 from ditlab.data import FASHION_MNIST_CLASSES
 from ditlab.serve.catalog import Catalog, find_checkpoints
 from ditlab.serve.requests import (
@@ -33,6 +36,7 @@ from ditlab.serve.requests import (
 )
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+HAS_SELENIUM = importlib.util.find_spec("selenium") is not None
 # The flags headless Chromium needs here (as root, no GPU, no network beyond localhost).
 CHROMIUM_FLAGS = (
     "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking "
@@ -123,6 +127,7 @@ def test_class_names_come_from_the_training_data_and_samplers_from_the_objective
     assert samplers_of(model) == ["euler", "heun"]
 
 
+@pytest.mark.slow  # importing Gradio takes seconds
 def test_the_handler_turns_bad_input_into_a_page_message(tmp_path):
     gr = pytest.importorskip("gradio")
     from ditlab.serve.app import build_app
@@ -131,6 +136,7 @@ def test_the_handler_turns_bad_input_into_a_page_message(tmp_path):
     path.parent.mkdir()
     ditlab.save_model(tiny_model(), path)
     app = build_app(Catalog.from_args(None, str(path.parent)), Limits(max_steps=10), tmp_path / "out")
+    assert app.analytics_enabled is False  # no telemetry, no version check against the internet
     click = next(f for f in app.fns.values() if f.name == "on_generate")
     values = {block: getattr(block, "value", None) for block in click.inputs}
     by_id = {block.elem_id: block for block in click.inputs}
@@ -190,6 +196,16 @@ def test_the_catalog_lists_only_checkpoints_and_refuses_other_names(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no checkpoint in it"):
         find_checkpoints(tmp_path / "empty")
+
+
+def test_the_command_binds_to_localhost_and_needs_something_to_serve(capsys):
+    args = build_parser(["serve"]).parse_args(["serve", "runs/digits"])
+    assert (args.host, args.port, args.max_images, args.max_steps) == ("127.0.0.1", 7860, 16, 100)
+    with pytest.raises(SystemExit) as exit_:
+        cli(["serve"])
+    assert exit_.value.code == 2 and "pass RUN_OR_CHECKPOINT and/or --models DIR" in capsys.readouterr().err
+    assert cli(["serve", "no/such/run"]) == 2
+    assert "checkpoint no/such/run does not exist" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ the page, in Chromium
@@ -270,9 +286,11 @@ def _requested_urls(driver) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver")
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER and HAS_SELENIUM),
+    reason="needs Debian's chromium and chromium-driver, selenium",
+)
 def test_the_page_samples_a_class_in_a_browser(served_run, tmp_path):
-    pytest.importorskip("selenium")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 

@@ -13,6 +13,9 @@ import os
 import sys
 
 from ditlab.cli_args import UsageError, non_negative_int, positive_int
+from ditlab.runtime import configure_threads, resolve_device
+from ditlab.serve.catalog import Catalog
+from ditlab.serve.requests import Limits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     if not (args.checkpoint or args.models):
         raise UsageError("what to serve? pass RUN_OR_CHECKPOINT and/or --models DIR")
+    configure_threads(args.threads)
+    try:
+        catalog = Catalog.from_args(args.checkpoint, args.models, device=resolve_device(args.device))
+        limits = Limits(max_images=args.max_images, max_steps=args.max_steps)
+    except (FileNotFoundError, ValueError) as err:  # bad input: one line, no traceback
+        print(f"ditlab serve: error: {err}", file=sys.stderr)
+        return 2
     # Before Gradio is imported: no telemetry, no version check against the internet.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:
@@ -68,15 +78,9 @@ def run(args) -> int:
             file=sys.stderr,
         )
         return 2
-    from ditlab.runtime import configure_threads, resolve_device
-    from ditlab.serve.catalog import Catalog
-    from ditlab.serve.requests import Limits
-
-    configure_threads(args.threads)
     try:
-        catalog = Catalog.from_args(args.checkpoint, args.models, device=resolve_device(args.device))
-        app = build_app(catalog, Limits(max_images=args.max_images, max_steps=args.max_steps))
-    except (FileNotFoundError, ValueError) as err:  # a checkpoint that does not load: one line, no traceback
+        app = build_app(catalog, limits)
+    except (FileNotFoundError, ValueError) as err:  # the first model does not load
         print(f"ditlab serve: error: {err}", file=sys.stderr)
         return 2
     print(f"ditlab serve: {len(catalog.names)} model(s) on http://{args.host}:{args.port}", flush=True)
