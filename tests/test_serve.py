@@ -86,6 +86,27 @@ def test_a_request_reaches_generate_and_writes_the_grid_and_the_npz(tmp_path):
     assert Image.open(result.grid).size == (3 * 32 + 4 * 2, 32 + 2 * 2)  # 8x8 enlarged to 32, padding 2
 
 
+@pytest.mark.slow  # importing diffusers takes seconds
+def test_latent_models_are_decoded_by_the_servers_vae(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from ditlab.autoencoders import load_vae
+
+    torch.manual_seed(0)
+    blocks = dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    tiny = diffusers.AutoencoderKL(
+        block_out_channels=(32, 64), latent_channels=4, layers_per_block=1, **blocks
+    )
+    tiny.save_pretrained(tmp_path / "vae")  # a factor-2 autoencoder: 4x4 latents decode to 8x8 RGB
+    latent = tiny_model(in_channels=4, input_size=4)
+    with pytest.raises(ValueError, match="4-channel latents"):
+        sample_request(latent, "latent", request(), Limits(), tmp_path / "out")
+    result = sample_request(
+        latent, "latent", request(), Limits(), tmp_path / "out", vae=load_vae(tmp_path / "vae")
+    )
+    with np.load(result.npz) as f:
+        assert f["arr_0"].shape == (3, 8, 8, 3)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

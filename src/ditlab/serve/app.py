@@ -69,8 +69,9 @@ def _sampler_update(model) -> dict:
 
 
 # --------------------------------------------------------------------------- the app
-def build_app(catalog: Catalog, limits: Limits, out_dir: str | Path | None = None) -> gr.Blocks:
-    """The Blocks app; results are written under `out_dir` (default: a new temporary folder)."""
+def build_app(catalog: Catalog, limits: Limits, out_dir: str | Path | None = None, vae=None) -> gr.Blocks:
+    """The Blocks app; results are written under `out_dir` (default: a new temporary folder); `vae` decodes
+    the latent models' samples."""
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="ditlab-serve-"))
     first = catalog.names[0]
     model = catalog.model(first)  # a checkpoint that does not load fails here, before the page is up
@@ -152,6 +153,7 @@ def build_app(catalog: Catalog, limits: Limits, out_dir: str | Path | None = Non
                     on_step=lambda done, total: progress(
                         min(done / total, 1.0), desc=f"step {done} of {total}"
                     ),
+                    vae=vae,
                 )
             except (ValueError, TypeError, OSError) as err:  # bad input: a message on the page
                 raise gr.Error(str(err)) from err

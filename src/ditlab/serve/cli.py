@@ -12,7 +12,8 @@ import argparse
 import os
 import sys
 
-from ditlab.cli_args import UsageError, non_negative_int, positive_int
+from ditlab.autoencoders import load_vae
+from ditlab.cli_args import VAE_HELP, UsageError, non_negative_int, positive_int, vae_folder
 from ditlab.runtime import configure_threads, resolve_device
 from ditlab.serve.catalog import Catalog
 from ditlab.serve.requests import Limits
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="most sampler steps one click may ask for",
     )
+    parser.add_argument("--vae", type=vae_folder, metavar="ema|mse|DIR", help=VAE_HELP)
     parser.add_argument(
         "--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N"
     )
@@ -63,8 +65,10 @@ def run(args) -> int:
         raise UsageError("what to serve? pass RUN_OR_CHECKPOINT and/or --models DIR")
     configure_threads(args.threads)
     try:
-        catalog = Catalog.from_args(args.checkpoint, args.models, device=resolve_device(args.device))
+        device = resolve_device(args.device)
+        catalog = Catalog.from_args(args.checkpoint, args.models, device=device)
         limits = Limits(max_images=args.max_images, max_steps=args.max_steps)
+        vae = load_vae(args.vae, device=device) if args.vae else None
     except (FileNotFoundError, ValueError) as err:  # bad input: one line, no traceback
         print(f"ditlab serve: error: {err}", file=sys.stderr)
         return 2
@@ -79,7 +83,7 @@ def run(args) -> int:
         )
         return 2
     try:
-        app = build_app(catalog, limits)
+        app = build_app(catalog, limits, vae=vae)
     except (FileNotFoundError, ValueError) as err:  # the first model does not load
         print(f"ditlab serve: error: {err}", file=sys.stderr)
         return 2

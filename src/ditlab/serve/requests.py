@@ -172,13 +172,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "model"
 
 
+def works_on_latents(model) -> bool:
+    """Whether the model's outputs need an autoencoder to become images (not 1 or 3 channels)."""
+    return model.in_channels not in (1, 3)
+
+
 def sample_request(
-    model, model_name: str, request: SampleRequest, limits: Limits, out_dir: Path, on_step=None
+    model, model_name: str, request: SampleRequest, limits: Limits, out_dir: Path, on_step=None, vae=None
 ):
     """Check `request`, sample it with ditlab.generate, write the grid and the .npz into `out_dir`.
 
-    `on_step(done, total)` is called after every sampler step (total = steps x batches)."""
+    `on_step(done, total)` is called after every sampler step (total = steps x batches). `vae` decodes the
+    latents of latent models (pixel models ignore it, so one server can serve both)."""
     kwargs = generate_kwargs(model, request, limits)
+    if works_on_latents(model):
+        kwargs["vae"] = vae  # None: ditlab.generate refuses, saying what to pass
 
     def step(info):
         if on_step is not None:
