@@ -28,7 +28,7 @@ from ditlab.serve.requests import (
 )
 
 # Small images (8x8 digits) are enlarged on the page without blurring; the files keep their pixels.
-CSS = "#grid img { image-rendering: pixelated; }"
+CSS = "#grid img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
 QUEUE_SIZE = 16  # clicks waiting beyond this are told the queue is full
 KEEP_RESULTS = 4  # request folders kept on disk (Gradio serves its own copy of each result)
 
