@@ -170,7 +170,7 @@ def test_the_handler_turns_bad_input_into_a_page_message(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_clicks_never_sample_at_once(tmp_path, monkeypatch):
+def test_two_clicks_never_sample_at_once_and_progress_follows_the_steps(tmp_path, monkeypatch):
     pytest.importorskip("gradio")
     from gradio_client import Client
 
@@ -179,10 +179,11 @@ def test_two_clicks_never_sample_at_once(tmp_path, monkeypatch):
     running, most = [0], [0]
     lock = threading.Lock()
 
-    def slow_sampler(*args, **kwargs):  # stands in for sample_request: counts samplers running at once
+    def slow_sampler(*args, on_step, **kwargs):  # stands in for sample_request: counts samplers at once
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
+        on_step(1, 2)  # the page's progress bar shows the sampler's steps
         time.sleep(0.5)
         with lock:
             running[0] -= 1
@@ -198,6 +199,12 @@ def test_two_clicks_never_sample_at_once(tmp_path, monkeypatch):
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         jobs = [client.submit(api_name="/on_generate") for _ in range(2)]  # the page's defaults, twice
+        progress = set()
+        while not jobs[0].done():
+            units = jobs[0].status().progress_data or []
+            progress.update(unit.desc for unit in units)
+            time.sleep(0.02)
+        assert "step 1 of 2" in progress
         for job in jobs:
             with pytest.raises(Exception, match="stopped by the test"):  # the message reaches the client
                 job.result(timeout=60)
