@@ -87,6 +87,10 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as err:  # the first model does not load
         print(f"ditlab serve: error: {err}", file=sys.stderr)
         return 2
-    print(f"ditlab serve: {len(catalog.names)} model(s) on http://{args.host}:{args.port}", flush=True)
-    launch(app, host=args.host, port=args.port)
+    print(f"ditlab serve: {', '.join(catalog.names)}", flush=True)  # Gradio prints the page's address
+    try:
+        launch(app, host=args.host, port=args.port)
+    except OSError as err:  # the port is taken, or the address is not this machine's
+        print(f"ditlab serve: error: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 2
     return 0
