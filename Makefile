@@ -17,10 +17,12 @@ $(VENV)/.ready: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-# Fashion-MNIST from Debian (used by the recipes and some tests; tests skip without it).
+# Fashion-MNIST from Debian (used by the recipes and some tests; tests skip without it), and Debian's
+# chromium + chromium-driver for the browser test of `ditlab serve` (tests/test_serve.py).
 data:
-	@if [ ! -f $(FMNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; fi
+	@if { [ ! -f $(FMNIST) ] || ! command -v chromedriver >/dev/null; } && [ "$$(id -u)" = 0 ] \
+		&& command -v apt-get >/dev/null; then apt-get update -q >/dev/null \
+		&& apt-get install -y -q dataset-fashion-mnist chromium chromium-driver >/dev/null; fi
 
 demo: env
 	$(BIN)/ditlab demo --out ditlab-demo

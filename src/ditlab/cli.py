@@ -65,6 +65,11 @@ COMMANDS: dict[str, Command] = {
         "ditlab finetune --base runs/digits --data digits --method difffit --train-steps 500 "
         "--out runs/digits-difffit",
     ),
+    "serve": Command(
+        "ditlab.serve.cli",
+        "a local web page to sample checkpoints by clicking (Gradio; needs ditlab[serve])",
+        "ditlab serve runs/digits --port 7860",
+    ),
     "ablate": Command(
         "ditlab.ablate",
         "the DiT paper's conditioning study: FD table and plot of variants",

@@ -74,6 +74,13 @@ def check_decodable(model, vae=None, return_tensors: bool = False) -> None:
         )
 
 
+def _in_batch(callback, batch: int, batches: int):
+    """The sampler callback of batch `batch`: `callback` with the batch index and count added (None: none)."""
+    if callback is None:
+        return None
+    return lambda info: callback({**info, "batch": batch, "batches": batches})
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -92,8 +99,13 @@ def generate(
     progress: bool = False,
     sampler_options: dict | None = None,
     return_tensors: bool = False,
+    callback=None,
 ) -> Samples:
-    """Sample images; see the module docstring. `steps` may be an int or a DDPM respacing string ("250")."""
+    """Sample images; see the module docstring. `steps` may be an int or a DDPM respacing string ("250").
+
+    `callback(info)` runs once per sampler step of every batch: the sampler's dict(i, t, x, denoised) plus
+    `batch` and `batches` (this batch's index and the batch count), enough for one progress bar over the call.
+    """
     check_decodable(model, vae, return_tensors)
     objective = objective_of(model).build()
     sampler = sampler or objective.default_sampler
@@ -111,6 +123,7 @@ def generate(
             "guidance_scale != 1 needs a model trained with label dropout (class_dropout_prob > 0)"
         )
     outputs = []
+    batches = -(-len(labels) // batch_size)
     for b, start in enumerate(range(0, len(labels), batch_size)):
         x = noise[start : start + batch_size].to(device)
         y = labels[start : start + batch_size].to(device)
@@ -128,6 +141,7 @@ def generate(
             steps=steps,
             progress=progress,
             generator=gen,
+            callback=_in_batch(callback, b, batches),
             **(sampler_options or {}),
         )
         if vae is not None:
