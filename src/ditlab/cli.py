@@ -65,6 +65,11 @@ COMMANDS: dict[str, Command] = {
         "ditlab finetune --base runs/digits --data digits --method difffit --train-steps 500 "
         "--out runs/digits-difffit",
     ),
+    "ema": Command(
+        "ditlab.train.ema_cli",
+        "rebuild a run's EMA of any length from its post-hoc EMA snapshots (EDM2)",
+        "ditlab ema runs/digits --length 0.1 --out runs/digits/ema-0.1.safetensors",
+    ),
     "ablate": Command(
         "ditlab.ablate",
         "the DiT paper's conditioning study: FD table and plot of variants",

@@ -43,6 +43,7 @@ RUN_OUTPUTS = (
     "report.json",
     "train.json",
     "result.json",
+    "ema-snapshots",
 )
 PREVIOUS_RUNS = "previous-runs"
 

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ditlab.atomic import atomic_write_text
-from ditlab.data import load_dataset, save_grid
+from ditlab.data import ImageDataset, load_dataset, save_grid
 from ditlab.diffusion.objective import ObjectiveSpec
 from ditlab.eval.evaluate import evaluate_model, fd_record, parse_features
 from ditlab.models.checkpoint import save_model
@@ -39,9 +39,12 @@ from ditlab.runtime import (
 )
 from ditlab.sampling import generate
 from ditlab.train import distributed as D
-from ditlab.train.config import TrainConfig
+from ditlab.train.config import TrainConfig, posthoc_sigmas
 from ditlab.train.ema import EMA
 from ditlab.train.metrics import MetricsLog, plot_curves
+from ditlab.train.posthoc_ema import PostHocEMA, snapshot_dir
+from ditlab.train.repa import build_repa
+from ditlab.train.schedule import lr_at
 from ditlab.train.state import (
     check_run_folder,
     checkpoint_dir,
@@ -105,6 +108,7 @@ class Trainer:
             steps=cfg.diffusion_steps,
             learn_sigma=cfg.learn_sigma,
             timestep_sampling=cfg.timestep_sampling,
+            timestep_shift=cfg.timestep_shift,
         )
         self.objective = self.spec.build()
         self.model = self.build_model().to(self.device)
@@ -123,8 +127,19 @@ class Trainer:
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
         self.model.checkpoint_policy = cfg.checkpoint_policy
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
+        self.posthoc = PostHocEMA(self.model, posthoc_sigmas(cfg.posthoc_ema)) if cfg.posthoc_ema else None
+        # after the EMA copies: its hook and projector belong to the trained model only, never the EMA's
+        self.repa = build_repa(cfg, self.model, self.device, cache=isinstance(self.data, ImageDataset))
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cfg.fused_optimizer)
+        if self.repa is not None:
+            params += list(self.repa.projector.parameters())
+        self.opt = adamw(
+            params,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            fused=cfg.fused_optimizer,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+        )
         self.step = 0
         self.resumed_from: Path | None = None
         found = resume_checkpoint(self.out, resume)
@@ -167,6 +182,13 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
+        for name, part in (("repa", self.repa), ("posthoc_ema", self.posthoc)):
+            if part is not None:
+                if name not in state:
+                    raise ValueError(
+                        f"{path} was written without {name}; resume it with the options it ran with"
+                    )
+                part.load_trainable_state(state[name])
         fused = [group.get("fused") for group in self.opt.param_groups]
         self.opt.load_state_dict(state["opt"])
         for group, flag in zip(self.opt.param_groups, fused):  # this run's kernel choice, not the saved one
@@ -215,6 +237,8 @@ class Trainer:
             "objective": self.spec.to_dict(),
             "step": self.step,
             "rng": torch.get_rng_state(),
+            **({"repa": self.repa.trainable_state()} if self.repa is not None else {}),
+            **({"posthoc_ema": self.posthoc.trainable_state()} if self.posthoc is not None else {}),
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -249,12 +273,30 @@ class Trainer:
 
     def compute_loss(self, x0, model_kwargs, t, noise) -> dict:
         """Per-sample loss terms ("loss" (N,), plus e.g. "mse", "vb") of one batch; subclasses may add terms
-        (DyDiT adds the complete-model loss and the FLOPs constraint)."""
-        return self.objective.loss(self.net, x0, model_kwargs=model_kwargs, t=t, noise=noise)
+        (DyDiT adds the complete-model loss and the FLOPs constraint; REPA, when on, adds "repa")."""
+
+        def objective_loss():
+            return self.objective.loss(self.net, x0, model_kwargs=model_kwargs, t=t, noise=noise)
+
+        return objective_loss() if self.repa is None else self.repa.loss(x0, objective_loss)
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        return lr_at(step, self.total_steps, cfg.lr, cfg.lr_schedule, cfg.warmup_steps, cfg.lr_min)
+
+    def update_posthoc_ema(self) -> None:
+        """After the EMA update of step `self.step` (0-based): the power-EMA profiles, and every
+        `posthoc_ema_every` steps their snapshot into ema-snapshots/ (ditlab.train.posthoc_ema)."""
+        if self.posthoc is None:
+            return
+        done = self.step + 1
+        self.posthoc.update(self.model, done)
+        if done % self.cfg.posthoc_ema_every == 0 and self.dist.is_main:
+            self.posthoc.save_snapshot(snapshot_dir(self.out), done)
 
     def train_step(self) -> dict:
         cfg = self.cfg
-        lr = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        lr = self.lr_at(self.step)
         for group in self.opt.param_groups:
             group["lr"] = lr
         x0, y, t, noise, drop = self.batch_for_step(self.step)
@@ -270,6 +312,7 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))  # norm only
         self.opt.step()
         self.ema.update(self.model, self.step)
+        self.update_posthoc_ema()
         self.step += 1
         out = {"loss": loss.detach(), "grad_norm": grad_norm.detach(), "lr": lr}
         for key, value in terms.items():
@@ -442,17 +485,23 @@ def _run_example(net, example, train: bool) -> None:
             net(x, t, **kwargs)
 
 
-def adamw(params, lr: float, weight_decay: float = 0.0, fused: bool = True) -> torch.optim.AdamW:
-    """AdamW with betas (0.9, 0.999), as DiT. `fused` picks torch's single-kernel implementation where the
+def adamw(
+    params,
+    lr: float,
+    weight_decay: float = 0.0,
+    fused: bool = True,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> torch.optim.AdamW:
+    """AdamW, by default with DiT's betas (0.9, 0.999) (LightningDiT: β2 = 0.95). `fused` picks torch's single-kernel implementation where the
     device has one (CPU and CUDA do): on a CPU torch's default is a Python loop over the parameters, slower
     for DiT-S/2's 33M parameters; results agree to rounding (tests/test_speed_paths.py checks it)."""
     params = list(params)
     if fused:
         try:
-            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), fused=True)
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
         except RuntimeError:  # a device or dtype without the fused kernel
             pass
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False) -> dict:
