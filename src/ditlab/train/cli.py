@@ -98,7 +98,8 @@ HELP = {
     "seed": "random seed of the run (data order, noise, timesteps); a resumed run keeps it",
     # runtime
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
-    "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
+    "precision": "auto (bf16 autocast on CUDA; fp32 on CPU, its native bf16 detected and recorded in "
+    "runtime.json), fp32 or bf16",
     "threads": "CPU threads per process (0 = cores / local processes)",
     "compile": "torch.compile the model (falls back to eager if it fails)",
     "fused_optimizer": "one-kernel AdamW where the device has it (--no-fused-optimizer: torch's per-tensor "

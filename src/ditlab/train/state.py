@@ -30,6 +30,7 @@ CKPT_NAME = re.compile(r"^(\d{7,})\.pt$")
 # What a run writes into its folder (trainer, fine-tuning, demo, ablation): what `--overwrite` moves aside.
 RUN_OUTPUTS = (
     "config.json",
+    "runtime.json",
     "checkpoints",
     "metrics.jsonl",
     "model.safetensors",

@@ -34,8 +34,9 @@ from ditlab.runtime import (
     configure_backends,
     configure_threads,
     matmul_peak_gflops,
+    native_bf16,
+    precision_decision,
     resolve_device,
-    resolve_precision,
 )
 from ditlab.sampling import generate
 from ditlab.train import distributed as D
@@ -74,7 +75,7 @@ class Trainer:
         device = resolve_device(cfg.device)
         self.dist = D.init_distributed(device)
         self.device = D.local_device(device, self.dist)
-        self.precision = resolve_precision(cfg.precision, self.device)
+        self.precision, self.precision_reason = precision_decision(cfg.precision, self.device)
         configure_backends(self.device)
         self.threads = configure_threads(cfg.threads, self.dist.world_size)
         if cfg.batch_size % self.dist.world_size:
@@ -118,6 +119,9 @@ class Trainer:
             class_names=self.data.class_names,
             image_size=list(self.data.image_size),
             channels=self.data.channels,
+        )
+        self.model.sampling_spec = dict(  # the sampling this run's grids use: `ditlab sample RUN`'s defaults
+            sampler=cfg.sampler, sample_steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale
         )
         if self.data.num_classes and self.model.num_classes != self.data.num_classes:
             raise ValueError(
@@ -223,6 +227,18 @@ class Trainer:
                 if dest is not None:
                     self._note(f"{self.out} held an earlier run: moved its files to {dest}/, starting clean")
         D.barrier(self.dist)
+
+    def runtime_record(self) -> dict:
+        """Where this run ran: device, threads, processes, the precision chosen and why, native bf16."""
+        return {
+            "device": str(self.device),
+            "threads": self.threads,
+            "world_size": self.dist.world_size,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "native_bf16": native_bf16() if self.device.type == "cpu" else None,
+            "torch": torch.__version__,
+        }
 
     def _note(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)  # stderr: stdout stays the summary JSON
@@ -348,6 +364,8 @@ class Trainer:
                 self._note(f"resuming from {self.resumed_from} (step {self.step})")
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+            atomic_write_text(self.out / "runtime.json", json.dumps(self.runtime_record(), indent=2) + "\n")
+            self._note(f"precision {self.precision}: {self.precision_reason}")
         log = (
             MetricsLog(self.out / "metrics.jsonl", resume_step=self.step if self.resumed_from else None)
             if main
