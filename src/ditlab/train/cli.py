@@ -32,7 +32,7 @@ from ditlab.cli_args import (
     positive_int,
 )
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
-from ditlab.diffusion.flow import FLOW_TIMESTEP_SAMPLERS
+from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS, FLOW_TIMESTEP_SAMPLERS
 from ditlab.diffusion.samplers import SAMPLERS
 from ditlab.diffusion.schedules import SCHEDULES
 from ditlab.models.dit import CHECKPOINT_POLICIES
@@ -66,6 +66,8 @@ HELP = {
     "off for flow)",
     "timestep_sampling": "flow matching: how training times t are drawn (logit_normal: SD3's m=0, s=1; mode: "
     "SD3's mode sampling, scale 1.29)",
+    "loss_weighting": "flow matching: the loss of the velocity prediction, weighted as the MSE of a target: "
+    "velocity (plain), x0 (times t^2) or epsilon (times (1-t)^2)",
     "timestep_shift": "flow matching: warp training times t -> s*t/(1+(s-1)*t), s > 1 spends more steps at high "
     "noise (SD3's shift; 1 = off)",
     # optimisation
@@ -169,6 +171,7 @@ CHOICES = {
     "sampler": tuple(SAMPLERS),
     "bad_images": BAD_IMAGE_POLICIES,
     "lr_schedule": LR_SCHEDULES,
+    "loss_weighting": FLOW_LOSS_WEIGHTINGS,
     "repa_encoder": REPA_ENCODERS,
 }
 

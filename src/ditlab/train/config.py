@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ditlab.configs import DictConfig
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
+from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS
 from ditlab.models.dit import CHECKPOINT_POLICIES
 from ditlab.train.schedule import LR_SCHEDULES
 
@@ -41,6 +42,7 @@ class TrainConfig(DictConfig):
     learn_sigma: bool | None = None  # None: True for ddpm (hybrid loss), False for flow
     timestep_sampling: str = "uniform"  # flow: uniform | logit_normal | mode
     timestep_shift: float = 1.0  # flow: training times warped t -> s·t / (1 + (s − 1)·t) (SD3); 1 = off
+    loss_weighting: str = "velocity"  # flow: velocity (plain MSE) | x0 (× t²) | epsilon (× (1 − t)²)
     # --- optimisation ---
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -129,6 +131,12 @@ class TrainConfig(DictConfig):
             raise ValueError(f"timestep_shift must be > 0, got {self.timestep_shift}")
         if self.timestep_shift != 1.0 and self.objective != "flow":
             raise ValueError("timestep_shift warps flow-matching times: use it with objective=flow")
+        if self.loss_weighting not in FLOW_LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"unknown loss_weighting {self.loss_weighting!r}; choose one of: {', '.join(FLOW_LOSS_WEIGHTINGS)}"
+            )
+        if self.loss_weighting != "velocity" and self.objective != "flow":
+            raise ValueError("loss_weighting weights the flow-matching loss: use it with objective=flow")
         posthoc_sigmas(self.posthoc_ema)  # raises on a bad list
         if self.posthoc_ema and self.posthoc_ema_every < 1:
             raise ValueError("posthoc_ema_every must be >= 1 step when posthoc_ema is set")

@@ -110,6 +110,7 @@ class Trainer:
             learn_sigma=cfg.learn_sigma,
             timestep_sampling=cfg.timestep_sampling,
             timestep_shift=cfg.timestep_shift,
+            loss_weighting=cfg.loss_weighting,
         )
         self.objective = self.spec.build()
         self.model = self.build_model().to(self.device)
