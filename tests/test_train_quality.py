@@ -131,3 +131,32 @@ def test_sample_run_uses_the_runs_sampler_steps_and_guidance(run, tmp_path, caps
     assert (said["sampler"], said["steps"], said["guidance_scale"]) == ("heun", 2, 1.0)
     # a training checkpoint records the same, from its saved options
     assert ditlab.load_model(list_checkpoints(run)[-1][1]).sampling_spec == recorded
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_with_repa_equal_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = ["-m", "ditlab", "train", "--data", "digits", "--model", "DiT-Nano/2", "--train-steps", "3",
+            "--batch-size", "8", "--ckpt-every", "3", "--log-every", "1", "--objective", "flow",
+            "--repa-weight", "0.5", "--repa-depth", "1", "--threads", "1", "--no-progress", "--sample-steps", "2"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(
+        [sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, env=env
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", *args, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = load_training_state(list_checkpoints(tmp_path / "one")[-1][1])
+    b = load_training_state(list_checkpoints(tmp_path / "two")[-1][1])
+    for part in ("model", "repa"):  # the projector too: its gradients are averaged over the processes
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=1e-5, atol=1e-6)

@@ -14,7 +14,9 @@ or bilinearly resized to the DiT's token grid:
 Block k's tokens come from a forward hook on `model.blocks[k - 1]` armed only inside `REPA.loss`, so the DiT's
 forward is not copied or changed, and the EMA model (copied before the hook exists) never carries it.
 The projector is not part of the DiT: its weights are in training checkpoints (`repa`) and never in the
-exported sampling model (model.safetensors).
+exported sampling model (model.safetensors). It trains with the DiT's optimizer (same lr and betas); its
+gradients are averaged across torchrun processes before each step (it sits outside DDP) and are not part of
+the logged or clipped `grad_norm`, which stays the DiT's.
 
 Caching: in-memory data is the same images every epoch, so each image's features (keyed by its pixels, a flip
 being another image) are computed once and kept, as float16, up to `cache_mb`; the images beyond the budget
@@ -31,6 +33,7 @@ from torch import nn
 
 from ditlab.eval.classifier import load_classifier
 from ditlab.eval.features import get_feature_extractor
+from ditlab.train.distributed import mean_across_ranks
 
 EFFNET_BLOCK = 10  # last block at stride 16 (112 channels): mid-level features, REPA's sweet spot
 EFFNET_PX_PER_TOKEN = 16
@@ -187,6 +190,22 @@ class REPA(nn.Module):
 
     def remove(self) -> None:
         self._hook.remove()
+
+    @torch.no_grad()
+    def share_first_process_weights(self, dist_info) -> None:
+        """Under torchrun: every process starts from process 0's projector (each seeds its RNG by its rank;
+        DDP makes the same broadcast for the DiT's weights)."""
+        if dist_info.enabled:
+            for p in self.projector.parameters():
+                torch.distributed.broadcast(p.data, src=0)
+
+    @torch.no_grad()
+    def average_gradients(self, dist_info) -> None:
+        """Under torchrun: the projector's gradients averaged over the processes, as DDP does for the DiT's
+        (the projector is outside the DDP-wrapped model). Called before each optimizer step."""
+        for p in self.projector.parameters():
+            if p.grad is not None:
+                p.grad.copy_(mean_across_ranks(p.grad, dist_info))
 
     def trainable_state(self) -> dict:
         """What a training checkpoint keeps: the projector (the encoder is frozen and rebuilt)."""

@@ -145,6 +145,9 @@ class Trainer:
             fused=cfg.fused_optimizer,
             betas=(cfg.adam_beta1, cfg.adam_beta2),
         )
+        if self.repa is not None and self.dist.enabled:  # the projector is outside DDP: the same start and
+            self.repa.share_first_process_weights(self.dist)  # averaged gradients on every process
+            self.opt.register_step_pre_hook(lambda *_: self.repa.average_gradients(self.dist))
         self.step = 0
         self.resumed_from: Path | None = None
         found = resume_checkpoint(self.out, resume)
