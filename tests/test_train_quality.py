@@ -160,3 +160,12 @@ def test_torchrun_two_processes_with_repa_equal_one_process(tmp_path):
     for part in ("model", "repa"):  # the projector too: its gradients are averaged over the processes
         for key in a[part]:
             torch.testing.assert_close(a[part][key], b[part][key], rtol=1e-5, atol=1e-6)
+
+
+def test_repa_is_refused_where_a_trainer_computes_its_own_loss(run, tmp_path):
+    from ditlab.finetune import FinetuneConfig, FinetuneTrainer
+
+    cfg = FinetuneConfig(base=str(run), data="digits", steps=2, batch_size=16, out=str(tmp_path / "ft"),
+                         progress=False, threads=1, repa_weight=0.5)  # fmt: skip
+    with pytest.raises(ValueError, match="repa_weight"):
+        FinetuneTrainer(cfg)

@@ -133,6 +133,11 @@ class Trainer:
         self.model.checkpoint_policy = cfg.checkpoint_policy
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
         self.posthoc = PostHocEMA(self.model, posthoc_sigmas(cfg.posthoc_ema)) if cfg.posthoc_ema else None
+        if cfg.repa_weight and type(self).compute_loss is not Trainer.compute_loss:
+            raise ValueError(
+                f"repa_weight: REPA adds its term in Trainer.compute_loss, which {type(self).__name__} replaces "
+                "(a fine-tuning method computes its own loss); run without --repa-weight"
+            )
         # after the EMA copies: its hook and projector belong to the trained model only, never the EMA's
         self.repa = build_repa(cfg, self.model, self.device, cache=isinstance(self.data, ImageDataset))
         params = [p for p in self.model.parameters() if p.requires_grad]
