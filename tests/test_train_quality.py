@@ -169,3 +169,15 @@ def test_repa_is_refused_where_a_trainer_computes_its_own_loss(run, tmp_path):
                          progress=False, threads=1, repa_weight=0.5)  # fmt: skip
     with pytest.raises(ValueError, match="repa_weight"):
         FinetuneTrainer(cfg)
+
+
+def test_resuming_an_earlier_checkpoint_moves_later_snapshots_aside(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    earlier = [path for step, path in list_checkpoints(copy) if step == 2][0]
+    trainer = Trainer(config(copy), resume=earlier)
+    trainer.prepare_folder()
+    assert [step for _, step, _ in list_snapshots(snapshot_dir(copy))] == [2]
+    assert list((copy / "previous-runs").glob("*/ema-snapshots/0000004.safetensors"))

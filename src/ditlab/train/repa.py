@@ -184,6 +184,13 @@ class REPA(nn.Module):
         self._tokens: torch.Tensor | None = None
         self._hook = model.blocks[depth - 1].register_forward_hook(self._capture)
 
+    def train(self, mode: bool = True):
+        """The projector's mode; the encoder stays in eval mode (its batch norms must never update: the
+        EfficientNet is the same module the evaluations use)."""
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
     def _capture(self, module, args, output) -> None:
         if self._armed:
             self._tokens = output[0] if isinstance(output, tuple) else output

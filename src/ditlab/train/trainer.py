@@ -43,7 +43,7 @@ from ditlab.train import distributed as D
 from ditlab.train.config import TrainConfig, posthoc_sigmas
 from ditlab.train.ema import EMA
 from ditlab.train.metrics import MetricsLog, plot_curves
-from ditlab.train.posthoc_ema import PostHocEMA, snapshot_dir
+from ditlab.train.posthoc_ema import PostHocEMA, list_snapshots, snapshot_dir
 from ditlab.train.repa import build_repa
 from ditlab.train.schedule import lr_at
 from ditlab.train.state import (
@@ -223,6 +223,8 @@ class Trainer:
         here = checkpoint_dir(self.out).resolve()
         if self.resumed_from is not None and self.resumed_from.resolve().parent == here:
             newer = [path for step, path in list_checkpoints(self.out) if step > self.step]
+            # and post-hoc EMA snapshots past it: `ditlab ema` must not mix in the replaced history
+            newer += [path for path, step, _ in list_snapshots(snapshot_dir(self.out)) if step > self.step]
             if self.dist.is_main and newer:
                 dest = move_aside(self.out, newer)
                 self._note(f"moved {len(newer)} checkpoint(s) past the resumed step {self.step} to {dest}/")
