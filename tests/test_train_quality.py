@@ -129,6 +129,31 @@ def test_sample_run_uses_the_runs_sampler_steps_and_guidance(run, tmp_path, caps
     )
     said = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (said["sampler"], said["steps"], said["guidance_scale"]) == ("heun", 2, 1.0)
+    # --guidance-interval over every time is plain guidance; --guide with the run itself is no guidance
+    everything = ["--guidance-interval", "0", "1000"]
+    assert (
+        cli(["sample", str(run), "--per-class", "1", *everything, "--out", str(prefix), "--no-progress"]) == 0
+    )
+    assert np.array_equal(load_npz(f"{prefix}.npz")[0], expected.images)
+    assert (
+        cli(
+            [
+                "sample",
+                str(run),
+                "--per-class",
+                "1",
+                "--guide",
+                str(run),
+                "--out",
+                str(prefix),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    unguided = ditlab.generate(model, per_class=1, sampler="heun", steps=3, seed=0)
+    assert np.array_equal(load_npz(f"{prefix}.npz")[0], unguided.images)
+    capsys.readouterr()
     # a training checkpoint records the same, from its saved options
     assert ditlab.load_model(list_checkpoints(run)[-1][1]).sampling_spec == recorded
 
