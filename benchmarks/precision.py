@@ -3,6 +3,7 @@ CPU-hour on a CPU with native bf16? The measurement `--precision auto` waits for
 
     python benchmarks/precision.py --recipe recipes/fashion-mnist.json --minutes 30 --samples 2000 \\
         --threads 2 --write benchmarks/precision.md
+    python benchmarks/precision.py --quick        # smoke test: tiny digits runs, numbers mean nothing
 
 For each precision, trains the recipe (a fresh run in --out/<precision>) for the same wall-clock budget
 (training steps only: stopped at the first step past the budget; the recipe's own step count is a ceiling),
@@ -19,6 +20,9 @@ import json
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _timing  # noqa: E402
 
 from ditlab.eval.evaluate import evaluate_model, fd_record, parse_features
 from ditlab.runtime import native_bf16
@@ -37,7 +41,22 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a recipe field")
     p.add_argument("--out", default="runs/precision", help="folder of the runs")
     p.add_argument("--write", help="write the Markdown table here")
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help="smoke test: DiT-Nano/2 on digits, seconds per run")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.minutes, args.samples, args.out = 0.05, 100, "/tmp/ditlab-precision-quick"
+        args.set = [*QUICK, *args.set]
+    return args
+
+
+# --quick: a tiny digits run instead of the recipe's model and data, scored with EfficientNet-Lite0 only
+QUICK = [
+    'data="digits"',
+    'model="DiT-Nano/2"',
+    "batch_size=16",
+    "sample_steps=4",
+    'eval_features="effnet-lite0"',
+]
 
 
 def recipe_config(args, precision: str) -> TrainConfig:
@@ -95,6 +114,7 @@ def table(rows: list[dict], detection: dict, args) -> str:
     keys = [k for k in rows[0] if k != "precision"]
     lines = [
         f"bf16 vs fp32 at {args.minutes:g} min of training each, {args.recipe}, {args.samples} samples",
+        f"machine: {json.dumps(_timing.machine(args.threads))}",
         f"CPU bf16: {json.dumps(detection)}",
         f"command: python benchmarks/precision.py {' '.join(sys.argv[1:])}",
         "",
@@ -107,6 +127,7 @@ def table(rows: list[dict], detection: dict, args) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.threads = _timing.setup(args.threads)
     detection = native_bf16()
     if "bf16" in args.precisions and not detection["native"]:
         print("warning: this CPU has no native bf16: bf16 will be slow here", file=sys.stderr)
@@ -116,7 +137,7 @@ def main(argv=None) -> int:
     if args.write:
         Path(args.write).write_text(text)
     for row in rows:
-        print(json.dumps(row))
+        _timing.emit("precision", **row)
     return 0
 
 

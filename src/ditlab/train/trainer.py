@@ -140,19 +140,7 @@ class Trainer:
             )
         # after the EMA copies: its hook and projector belong to the trained model only, never the EMA's
         self.repa = build_repa(cfg, self.model, self.device, cache=isinstance(self.data, ImageDataset))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.repa is not None:
-            params += list(self.repa.projector.parameters())
-        self.opt = adamw(
-            params,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            fused=cfg.fused_optimizer,
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-        )
-        if self.repa is not None and self.dist.enabled:  # the projector is outside DDP: the same start and
-            self.repa.share_first_process_weights(self.dist)  # averaged gradients on every process
-            self.opt.register_step_pre_hook(lambda *_: self.repa.average_gradients(self.dist))
+        self.opt = self.build_optimizer()
         self.step = 0
         self.resumed_from: Path | None = None
         found = resume_checkpoint(self.out, resume)
@@ -181,6 +169,24 @@ class Trainer:
         )
         model_args.update(cfg.model_args)
         return create_model(cfg.model, variant=cfg.variant, **model_args)
+
+    def build_optimizer(self) -> torch.optim.AdamW:
+        """AdamW over the model's trainable parameters and REPA's projector (when on)."""
+        cfg = self.cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.repa is not None:
+            params += list(self.repa.projector.parameters())
+        opt = adamw(
+            params,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            fused=cfg.fused_optimizer,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+        )
+        if self.repa is not None and self.dist.enabled:  # the projector is outside DDP: the same start and
+            self.repa.share_first_process_weights(self.dist)  # averaged gradients on every process
+            opt.register_step_pre_hook(lambda *_: self.repa.average_gradients(self.dist))
+        return opt
 
     # ------------------------------------------------------------------ resume
     def _load(self, path: Path, state: dict) -> None:
@@ -521,8 +527,8 @@ def adamw(
     fused: bool = True,
     betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.AdamW:
-    """AdamW, by default with DiT's betas (0.9, 0.999) (LightningDiT: β2 = 0.95). `fused` picks torch's single-kernel implementation where the
-    device has one (CPU and CUDA do): on a CPU torch's default is a Python loop over the parameters, slower
+    """AdamW, by default with DiT's betas (0.9, 0.999) (LightningDiT: β2 = 0.95). `fused` picks torch's
+    single-kernel implementation where the device has one (CPU and CUDA do): on a CPU torch's default is a Python loop over the parameters, slower
     for DiT-S/2's 33M parameters; results agree to rounding (tests/test_speed_paths.py checks it)."""
     params = list(params)
     if fused:
