@@ -144,13 +144,13 @@ class FeatureCache:
 
     @staticmethod
     def key(image: torch.Tensor) -> bytes:
-        return hashlib.blake2b(image.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+        return hashlib.blake2b(image.contiguous().numpy().tobytes(), digest_size=16).digest()  # a CPU image
 
     def features(self, x0: torch.Tensor, encode) -> torch.Tensor:
         """(N, T, C) float32 features of x0 (N, C, H, W): cached rows, the rest from `encode` (kept if room)."""
         if self.budget <= 0:
             return encode(x0).float()
-        keys = [self.key(image) for image in x0]
+        keys = [self.key(image) for image in x0.detach().cpu()]  # one device-to-host copy per batch
         missing = [i for i, k in enumerate(keys) if k not in self.entries]
         fresh = encode(x0[missing]).float() if missing else None
         rows: list[torch.Tensor | None] = [self.entries.get(k) for k in keys]
