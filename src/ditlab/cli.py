@@ -70,6 +70,11 @@ COMMANDS: dict[str, Command] = {
         "a local web page to sample checkpoints by clicking (Gradio; needs ditlab[serve])",
         "ditlab serve runs/digits --port 7860",
     ),
+    "ema": Command(
+        "ditlab.train.ema_cli",
+        "rebuild a run's EMA of any length from its post-hoc EMA snapshots (EDM2)",
+        "ditlab ema runs/digits --length 0.1 --out runs/digits/ema-0.1.safetensors",
+    ),
     "ablate": Command(
         "ditlab.ablate",
         "the DiT paper's conditioning study: FD table and plot of variants",

@@ -1,8 +1,11 @@
 """Where and how tensors run: device choice, precision (bf16 autocast and TF32 on CUDA, fp32 on CPU),
 CPU thread count, and the machine's measured matmul peak for MFU.
 
-On CPUs without AMX/avx512_bf16 bf16 matmuls are several times slower than fp32, so "auto" precision
-means bf16 autocast on CUDA and plain fp32 on CPU.
+On CPUs without AMX/avx512_bf16 bf16 matmuls are several times slower than fp32 (and 1.5-3x faster with
+them, benchmarks/RESULTS.md). `native_bf16()` detects the support at start-up (/proc/cpuinfo flags
+avx512_bf16 / amx_bf16 on x86, bf16 on Arm, and oneDNN's own bf16 check); "auto" still means fp32 on every
+CPU until `benchmarks/precision.py` shows that bf16 keeps the quality at equal wall-clock
+(CPU_AUTO_BF16 below). `precision_decision` says which was chosen and why; a run records it in runtime.json.
 """
 
 from __future__ import annotations
@@ -30,12 +33,62 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+# Whether "auto" picks bf16 on a CPU with native bf16. False until a measurement of quality at equal
+# wall-clock (benchmarks/precision.py: FD of bf16 vs fp32 training of the recipe) shows bf16 holds it.
+CPU_AUTO_BF16 = False
+X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+ARM_BF16_FEATURES = ("bf16",)
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo ("flags" on x86, "Features" on Arm); empty elsewhere."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:  # not Linux: no flags to read, so no claim of native bf16
+            return set()
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def native_bf16(cpuinfo: str | None = None) -> dict:
+    """Whether this CPU runs bf16 matmuls natively: {"native", "flags" (the bf16 ones found), "onednn_bf16",
+    "capability" (torch's CPU kernel level)}. Native = a bf16 instruction flag and oneDNN agreeing."""
+    found = sorted(cpu_flags(cpuinfo) & {*X86_BF16_FLAGS, *ARM_BF16_FEATURES})
+    try:
+        onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        onednn = False
+    capability = torch.backends.cpu.get_cpu_capability()
+    return {"native": bool(found) and onednn, "flags": found, "onednn_bf16": onednn, "capability": capability}
+
+
+def precision_decision(precision: str, device: torch.device, bf16: dict | None = None) -> tuple[str, str]:
+    """(fp32 | bf16, why): the precision a run uses for `precision` on `device`, and the reason in words."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
+    if precision != "auto":
+        return precision, f"{precision} as asked"
+    if device.type == "cuda":
+        return "bf16", "auto: bf16 autocast on CUDA"
+    bf16 = native_bf16() if bf16 is None else bf16
+    if not bf16["native"]:
+        return "fp32", "auto: fp32 on a CPU without native bf16 (bf16 would be several times slower)"
+    if CPU_AUTO_BF16:
+        return "bf16", f"auto: bf16 on a CPU with native bf16 ({', '.join(bf16['flags'])})"
+    return "fp32", (
+        f"auto: fp32 on CPU; this CPU has native bf16 ({', '.join(bf16['flags'])}) but auto picks bf16 only once "
+        "benchmarks/precision.py shows bf16 keeps the quality at equal wall-clock (pass --precision bf16 to try)"
+    )
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    return precision_decision(precision, device)[0]
 
 
 def autocast(device: torch.device, precision: str):

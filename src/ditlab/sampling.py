@@ -8,7 +8,10 @@ checkpoints carry; official DiT checkpoints default to their linear 1000-step DD
 through an autoencoder (`vae=ditlab.autoencoders.load_vae(folder)`). The same seed and arguments give the
 same images: all initial noise is drawn up front from one seeded generator on the CPU, and each batch's
 stochastic sampler noise from a generator seeded by (seed, batch index). Guidance wraps the model once per
-batch (`GuidedModel`), then `run_sampler` dispatches to the sampler (default: the objective's).
+batch (`GuidedModel`: classifier-free, or autoguidance with `guide_model`, a weaker model of the same data;
+`guidance_interval`, `guidance_rescale` and the 3-channel quirk `guidance_channels` are its options), then
+`run_sampler` dispatches to the sampler (default: the objective's). A run's model records the sampler, steps
+and guidance its training used (`preferred_sampling`), which `ditlab sample` takes for the flags not given.
 `ditlab.sample` is the deprecated name of `generate`, kept for one release.
 """
 
@@ -40,6 +43,27 @@ def objective_of(model) -> ObjectiveSpec:
     if spec is None:  # official checkpoints: the DiT paper's DDPM (learned variance iff 2C outputs)
         return ObjectiveSpec(kind="ddpm", learn_sigma=model.config.learn_sigma)
     return ObjectiveSpec.from_dict(spec) if isinstance(spec, dict) else spec
+
+
+def preferred_sampling(model) -> dict:
+    """The sampling settings recorded with a trained model ({"sampler", "sample_steps", "guidance_scale"}, the
+    run's TrainConfig values; see ditlab.models.checkpoint), or {} for a model without a record."""
+    return dict(getattr(model, "sampling_spec", None) or {})
+
+
+def check_guide(model, guide_model) -> None:
+    """Autoguidance needs a guide that maps the same inputs to the same kind of outputs."""
+    same = (
+        guide_model.in_channels == model.in_channels
+        and guide_model.out_channels == model.out_channels
+        and guide_model.num_classes == model.num_classes
+        and objective_of(guide_model).kind == objective_of(model).kind
+    )
+    if not same:
+        raise ValueError(
+            "the guide model must take the model's inputs and give its outputs (channels, classes, objective); "
+            "use a smaller or earlier model of the same run's data"
+        )
 
 
 def sample_labels(model, classes=None, per_class: int = 1, num_samples: int | None = None) -> torch.Tensor:
@@ -92,6 +116,8 @@ def generate(
     guidance_scale: float = 1.0,
     guidance_interval: tuple[float, float] | None = None,
     guidance_channels: int | None = None,
+    guidance_rescale: float = 0.0,
+    guide_model=None,
     seed: int = 0,
     batch_size: int = 64,
     vae=None,
@@ -117,7 +143,11 @@ def generate(
     C = model.in_channels
     H, W = model.config.image_hw
     noise = torch.randn(len(labels), C, H, W, generator=torch.Generator().manual_seed(seed))
-    guided = guidance_scale != 1.0
+    if guide_model is not None:
+        check_guide(model, guide_model)
+        guide_was_training = guide_model.training
+        guide_model.eval()
+    guided = guidance_scale != 1.0 and guide_model is None  # classifier-free: the null-label branch
     if guided and model.null_class is None:
         raise ValueError(
             "guidance_scale != 1 needs a model trained with label dropout (class_dropout_prob > 0)"
@@ -131,7 +161,14 @@ def generate(
         uncond = {"y": torch.full_like(y, model.null_class)} if guided else None
         gen = torch.Generator(device).manual_seed(seed * 1_000_003 + b + 1)
         guided_model = GuidedModel(
-            model, cond, uncond, scale=guidance_scale, interval=guidance_interval, channels=guidance_channels
+            model,
+            cond,
+            uncond,
+            scale=guidance_scale,
+            interval=guidance_interval,
+            channels=guidance_channels,
+            rescale=guidance_rescale,
+            guide=guide_model,
         )
         out = run_sampler(
             sampler,
@@ -148,6 +185,8 @@ def generate(
             out = vae.decode(out)
         outputs.append(out.float().cpu())
     model.train(was_training)
+    if guide_model is not None:
+        guide_model.train(guide_was_training)
     images = torch.cat(outputs)
     if return_tensors:
         return images, labels

@@ -1,6 +1,10 @@
 """`ditlab sample`: images from any loadable checkpoint into a PNG grid and an ADM-style `.npz`.
 
     ditlab sample runs/digits/model.safetensors --per-class 16 --out samples/digits
+    ditlab sample runs/digits --per-class 16 --guide runs/digits-small --cfg-scale 2  # autoguidance
+
+A run's model records the sampler, sampler steps and guidance scale its training used; --sampler,
+--sample-steps and --guidance-scale left out take those (else: the objective's sampler, 50 steps, no guidance).
     ditlab sample --ckpt DiT-XL-2-256x256.pt --vae ema --classes 207 360 --sampler ddpm \\
         --num-sampling-steps 250 --cfg-scale 4.0 --out samples/xl      # the official sample.py's spellings
 """
@@ -24,6 +28,8 @@ from ditlab.cli_args import (
     vae_folder,
 )
 from ditlab.diffusion.samplers import SAMPLERS
+
+DEFAULT_STEPS = 50  # sampler steps of a model that records none
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,23 +60,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "per class)",
     )
     parser.add_argument(
-        "--sampler", choices=list(SAMPLERS), help="sampler (default: ddim for DDPM models, euler for flow)"
+        "--sampler",
+        choices=list(SAMPLERS),
+        help="sampler (default: the run's recorded one, else ddim for DDPM models, euler for flow)",
     )
     parser.add_argument(
         *names("--sample-steps", "--steps"),
         dest="sample_steps",
         type=sample_steps,
-        default=50,
         metavar="N",
-        help="sampler steps, or a DDPM respacing such as 250, ddim25 or 10,20,30",
+        help="sampler steps, or a DDPM respacing such as 250, ddim25 or 10,20,30 (default: the run's "
+        f"recorded steps, else {DEFAULT_STEPS})",
     )
     parser.add_argument(
         *names("--guidance-scale"),
         dest="guidance_scale",
         type=non_negative_float,
-        default=1.0,
         metavar="SCALE",
-        help="classifier-free guidance scale (1 = off)",
+        help="guidance scale, classifier-free or with --guide (1 = off) (default: the run's recorded scale, "
+        "else 1)",
+    )
+    parser.add_argument(
+        "--guidance-rescale",
+        type=non_negative_float,
+        default=0.0,
+        metavar="PHI",
+        help="CFG rescale of Lin et al. 2024: match the guided output's std to the conditional one's, mixed "
+        "by PHI in [0, 1] (0 = off; they use 0.7)",
+    )
+    parser.add_argument(
+        "--guidance-interval",
+        type=non_negative_float,
+        nargs=2,
+        metavar=("T_LO", "T_HI"),
+        help="guide only at model times in [T_LO, T_HI] (0..1000 for both objectives) (default: every step)",
+    )
+    parser.add_argument(
+        "--guide",
+        metavar="CHECKPOINT",
+        help="autoguidance: a weaker model (smaller, or an earlier checkpoint of the run) as the guide in "
+        "place of the unconditional branch (default: classifier-free guidance)",
     )
     parser.add_argument(
         "--guidance-channels",
@@ -93,6 +122,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--nrow", type=positive_int, metavar="N", help="images per grid row (default: --per-class)"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def sampling_settings(args: argparse.Namespace, model) -> dict:
+    """sampler, steps and guidance_scale for generate(): each flag given, else the model's recorded value
+    (`preferred_sampling`), else the library default."""
+    from ditlab.sampling import preferred_sampling
+
+    recorded = preferred_sampling(model)
+
+    def pick(flag, key, default):
+        value = getattr(args, flag)
+        return value if value is not None else recorded.get(key) if recorded.get(key) is not None else default
+
+    return {
+        "sampler": pick("sampler", "sampler", None),
+        "steps": pick("sample_steps", "sample_steps", DEFAULT_STEPS),
+        "guidance_scale": pick("guidance_scale", "guidance_scale", 1.0),
+    }
 
 
 def checkpoint_of(args: argparse.Namespace) -> str:
@@ -128,15 +175,18 @@ def _run(args) -> int:
         from ditlab.autoencoders import load_vae
 
         vae = load_vae(args.vae, device=device)
+    guide = ditlab.load_model(args.guide, device=device) if args.guide else None
+    settings = sampling_settings(args, model)
     images, labels = generate(
         model,
         classes=args.classes,
         per_class=args.per_class,
         num_samples=args.num_samples,
-        sampler=args.sampler,
-        steps=args.sample_steps,
-        guidance_scale=args.guidance_scale,
+        **settings,
         guidance_channels=args.guidance_channels,
+        guidance_rescale=args.guidance_rescale,
+        guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+        guide_model=guide,
         seed=args.seed,
         batch_size=args.batch_size,
         vae=vae,
@@ -147,5 +197,12 @@ def _run(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     grid = save_grid(images, f"{out}.png", nrow=args.nrow or (args.per_class if model.num_classes else 8))
     npz = save_npz(f"{out}.npz", images, labels)
-    print(json.dumps({"samples": len(images), "grid": str(grid), "npz": str(npz), "checkpoint": checkpoint}))
+    record = {
+        "samples": len(images),
+        "grid": str(grid),
+        "npz": str(npz),
+        "checkpoint": checkpoint,
+        **settings,
+    }
+    print(json.dumps(record))
     return 0

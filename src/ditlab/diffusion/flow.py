@@ -19,9 +19,15 @@ from ._util import check_sample_tensor, per_sample, randn_like
 from .base import TrainingObjective
 from .losses import mean_flat
 
-__all__ = ["FlowMatching", "FLOW_TIMESTEP_SAMPLERS"]
+__all__ = ["FlowMatching", "FLOW_LOSS_WEIGHTINGS", "FLOW_TIMESTEP_SAMPLERS"]
 
-FLOW_TIMESTEP_SAMPLERS = ("uniform", "logit_normal")
+FLOW_TIMESTEP_SAMPLERS = ("uniform", "logit_normal", "mode")
+# The loss of a velocity-predicting model, weighted per sample as the MSE of another target would be:
+# x̂₀ = x_t − t·v̂ and ε̂ = x_t + (1 − t)·v̂, so ||x̂₀ − x₀||² = t²·||v̂ − v||² and ||ε̂ − ε||² = (1 − t)²·||v̂ − v||².
+# The network keeps predicting v (no sampler changes, no division by t or 1 − t at the ends of the path).
+FLOW_LOSS_WEIGHTINGS = ("velocity", "x0", "epsilon")
+# SD3's mode sampling with heavy tails: the scale of its best FID (Esser et al., 2024, §5.1)
+MODE_SCALE = 1.29
 
 
 def time_dtype(x: torch.Tensor) -> torch.dtype:
@@ -30,8 +36,11 @@ def time_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class FlowMatching(TrainingObjective):
-    """Rectified-flow objective. ``timestep_sampler``: ``"uniform"`` on [0, 1) or ``"logit_normal"``
-    (t = sigmoid(u), u ~ N(logit_mean, logit_std²); SD3's best setting is m = 0, s = 1)."""
+    """Rectified-flow objective. ``timestep_sampler``: ``"uniform"`` on [0, 1), ``"logit_normal"``
+    (t = sigmoid(u), u ~ N(logit_mean, logit_std²); SD3's best setting is m = 0, s = 1) or ``"mode"`` (SD3's
+    mode sampling t = 1 − u − s·(cos²(πu/2) − 1 + u), u uniform, s = ``mode_scale``). ``shift`` warps the
+    drawn times by t ↦ shift·t / (1 + (shift − 1)·t) (SD3's resolution shift; 1 = off, the draw unchanged).
+    ``loss_weighting``: ``"velocity"`` (the plain MSE), ``"x0"`` or ``"epsilon"`` (see FLOW_LOSS_WEIGHTINGS)."""
 
     default_sampler = "euler"
 
@@ -42,6 +51,9 @@ class FlowMatching(TrainingObjective):
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
         time_scale: float = 1000.0,
+        mode_scale: float = MODE_SCALE,
+        shift: float = 1.0,
+        loss_weighting: str = "velocity",
     ):
         if timestep_sampler not in FLOW_TIMESTEP_SAMPLERS:
             raise ValueError(
@@ -51,15 +63,25 @@ class FlowMatching(TrainingObjective):
             raise ValueError(f"logit_std must be > 0, got {logit_std}")
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        if shift <= 0:
+            raise ValueError(f"shift must be > 0, got {shift}")
+        if loss_weighting not in FLOW_LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"unknown loss weighting {loss_weighting!r}; valid: {', '.join(FLOW_LOSS_WEIGHTINGS)}"
+            )
+        self.loss_weighting = loss_weighting
         self.timestep_sampler = timestep_sampler
         self.logit_mean = float(logit_mean)
         self.logit_std = float(logit_std)
         self.time_scale = float(time_scale)
+        self.mode_scale = float(mode_scale)
+        self.shift = float(shift)
 
     def __repr__(self) -> str:
         extra = (
             f", m={self.logit_mean}, s={self.logit_std}" if self.timestep_sampler == "logit_normal" else ""
         )
+        extra += f", shift={self.shift}" if self.shift != 1.0 else ""
         return f"FlowMatching({self.timestep_sampler!r}{extra}, time_scale={self.time_scale})"
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
@@ -108,16 +130,23 @@ class FlowMatching(TrainingObjective):
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """n flow times in [0, 1] from the configured sampler."""
-        if self.timestep_sampler == "uniform":
-            return torch.rand((n,), device=device, generator=generator, dtype=dtype)
-        u = torch.randn((n,), device=device, generator=generator, dtype=dtype)
-        return torch.sigmoid(u * self.logit_std + self.logit_mean)
+        if self.timestep_sampler == "logit_normal":
+            u = torch.randn((n,), device=device, generator=generator, dtype=dtype)
+            t = torch.sigmoid(u * self.logit_std + self.logit_mean)
+        else:
+            t = torch.rand((n,), device=device, generator=generator, dtype=dtype)
+            if self.timestep_sampler == "mode":
+                t = 1 - t - self.mode_scale * (torch.cos(torch.pi / 2 * t) ** 2 - 1 + t)
+        if self.shift != 1.0:  # skipped at 1, so the default draw stays bit-identical
+            t = self.shift * t / (1 + (self.shift - 1) * t)
+        return t
 
     # ------------------------------------------------------------------ losses
     def training_losses(
         self, model: Callable[..., torch.Tensor], x_start, t, model_kwargs: dict | None = None, noise=None
     ) -> dict:
-        """Per-sample velocity MSE at flow times t (N,): ``loss`` and ``mse`` (equal)."""
+        """Per-sample velocity MSE at flow times t (N,): ``mse``, and ``loss``: the same tensor, or weighted by
+        t² (``loss_weighting="x0"``) or (1 − t)² (``"epsilon"``), the MSE of that target."""
         check_sample_tensor(x_start, "x_start")
         if not isinstance(t, torch.Tensor) or t.shape != x_start.shape[:1] or not t.is_floating_point():
             raise ValueError(
@@ -128,7 +157,10 @@ class FlowMatching(TrainingObjective):
         x_t = self.q_sample(x_start, t, noise=noise)
         velocity = self.check_output(model(x_t, self.model_time(t), **(model_kwargs or {})), x_t)
         mse = mean_flat((velocity - self.velocity_target(x_start, noise)) ** 2)
-        return {"loss": mse, "mse": mse}
+        if self.loss_weighting == "velocity":
+            return {"loss": mse, "mse": mse}
+        weight = t if self.loss_weighting == "x0" else 1 - t
+        return {"loss": weight.to(mse.dtype) ** 2 * mse, "mse": mse}
 
     # trainer entry point: ``loss`` (TrainingObjective)
     def _draw_timesteps(self, x0, generator):

@@ -11,6 +11,10 @@ from ditlab.diffusion.flow import FlowMatching
 from ditlab.diffusion.gaussian import GaussianDiffusion
 
 KINDS = ("ddpm", "flow")
+LATER_DEFAULTS = {
+    "timestep_shift": 1.0,
+    "loss_weighting": "velocity",
+}  # fields added after files were written: omitted at the default
 
 
 @dataclass(frozen=True)
@@ -21,15 +25,27 @@ class ObjectiveSpec(DictConfig):
     schedule: str = "linear"  # ddpm: β schedule
     steps: int = 1000  # ddpm: trained chain length
     learn_sigma: bool = True  # ddpm: learned-range variance + hybrid loss; else fixed variance, MSE on ε
-    timestep_sampling: str = "uniform"  # flow: uniform | logit_normal
+    timestep_sampling: str = "uniform"  # flow: uniform | logit_normal | mode
+    timestep_shift: float = 1.0  # flow: training-time warp t -> s·t / (1 + (s − 1)·t)
+    loss_weighting: str = "velocity"  # flow: velocity | x0 | epsilon (ditlab.diffusion.flow)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown objective {self.kind!r}; choose one of: {', '.join(KINDS)}")
 
+    def to_dict(self) -> dict:
+        """The fields, without those added later while at their default: a default run's record (and the
+        metadata of its model file) stays what earlier releases wrote."""
+        d = super().to_dict()
+        return {k: v for k, v in d.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+
     def build(self) -> GaussianDiffusion | FlowMatching:
         if self.kind == "flow":
-            return FlowMatching(timestep_sampler=self.timestep_sampling)
+            return FlowMatching(
+                timestep_sampler=self.timestep_sampling,
+                shift=self.timestep_shift,
+                loss_weighting=self.loss_weighting,
+            )
         var_type = "learned_range" if self.learn_sigma else "fixed_large"  # as the official create_diffusion
         return GaussianDiffusion.from_schedule(self.schedule, self.steps, var_type=var_type)
 

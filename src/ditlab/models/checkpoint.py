@@ -36,8 +36,12 @@ from ditlab.models.zoo import SIZES, model_config
 CONFIG_KEY = "ditlab_config"
 OBJECTIVE_KEY = "ditlab_objective"  # the training objective (see ditlab.diffusion.objective), as JSON
 DATA_KEY = "ditlab_data"  # the training data: {"name", "class_names", "image_size", "channels"}, as JSON
+# The sampling a run prefers: {"sampler", "sample_steps", "guidance_scale"} of its TrainConfig, as JSON
+# (`ditlab sample RUN` uses it for the flags not given; see ditlab.sampling.preferred_sampling).
+SAMPLING_KEY = "ditlab_sampling"
+SAMPLING_FIELDS = ("sampler", "sample_steps", "guidance_scale")
 # What a model records beside its config: metadata key -> the model attribute holding it (None = unknown).
-RECORDED = {OBJECTIVE_KEY: "objective_spec", DATA_KEY: "data_spec"}
+RECORDED = {OBJECTIVE_KEY: "objective_spec", DATA_KEY: "data_spec", SAMPLING_KEY: "sampling_spec"}
 RUN_MODEL_FILE = "model.safetensors"  # a ditlab run folder's final (EMA) model
 
 
@@ -47,7 +51,7 @@ def model_metadata(model: DiT, objective: dict | None = None) -> dict[str, Any]:
     `objective` defaults to the model's `objective_spec` (set by the trainer and by load_model)."""
     meta: dict[str, Any] = {CONFIG_KEY: model.config.to_dict()}
     for key, attr in RECORDED.items():
-        value = objective if key == OBJECTIVE_KEY and objective is not None else getattr(model, attr)
+        value = objective if key == OBJECTIVE_KEY and objective is not None else getattr(model, attr, None)
         if value is not None:
             meta[key] = value
     return meta
@@ -185,7 +189,11 @@ def _load_training_checkpoint(probe: Probe, device, **_) -> DiT:
     obj = probe.content
     net = DiT(DiTConfig.from_dict(obj["config"]))
     load_state_dict_checked(net, official_state_dict(obj, str(probe.path)), source=str(probe.path))
-    restore_metadata(net, {OBJECTIVE_KEY: obj.get("objective"), DATA_KEY: obj.get("data")})
+    args = obj.get("args") if isinstance(obj.get("args"), dict) else {}
+    sampling = {k: args[k] for k in SAMPLING_FIELDS if k in args} or None  # the run's TrainConfig values
+    restore_metadata(
+        net, {OBJECTIVE_KEY: obj.get("objective"), DATA_KEY: obj.get("data"), SAMPLING_KEY: sampling}
+    )
     return net.to(device).eval()
 
 
@@ -219,6 +227,7 @@ __all__ = [
     "DATA_KEY",
     "OBJECTIVE_KEY",
     "RUN_MODEL_FILE",
+    "SAMPLING_KEY",
     "decode_metadata",
     "encode_metadata",
     "infer_config",

@@ -32,13 +32,14 @@ from ditlab.cli_args import (
     positive_int,
 )
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
-from ditlab.diffusion.flow import FLOW_TIMESTEP_SAMPLERS
+from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS, FLOW_TIMESTEP_SAMPLERS
 from ditlab.diffusion.samplers import SAMPLERS
 from ditlab.diffusion.schedules import SCHEDULES
 from ditlab.models.dit import CHECKPOINT_POLICIES
 from ditlab.models.zoo import VARIANTS
 from ditlab.runtime import PRECISIONS
-from ditlab.train.config import OBJECTIVES, TrainConfig
+from ditlab.train.config import OBJECTIVES, REPA_ENCODERS, TrainConfig
+from ditlab.train.schedule import LR_SCHEDULES
 from ditlab.train.state import resume_checkpoint
 
 _parse_kv = parse_kv  # the name ditlab.ablate imports (it may import ditlab.cli_args.parse_kv instead)
@@ -63,21 +64,44 @@ HELP = {
     "diffusion_steps": "length of the DDPM chain T, in steps",
     "learn_sigma": "predict the DDPM variance too, trained with the hybrid loss (default: on for ddpm, "
     "off for flow)",
-    "timestep_sampling": "flow matching: how training times t are drawn",
+    "timestep_sampling": "flow matching: how training times t are drawn (logit_normal: SD3's m=0, s=1; mode: "
+    "SD3's mode sampling, scale 1.29)",
+    "loss_weighting": "flow matching: the loss of the velocity prediction, weighted as the MSE of a target: "
+    "velocity (plain), x0 (times t^2) or epsilon (times (1-t)^2)",
+    "timestep_shift": "flow matching: warp training times t -> s*t/(1+(s-1)*t), s > 1 spends more steps at high "
+    "noise (SD3's shift; 1 = off)",
     # optimisation
     "lr": "AdamW learning rate",
     "weight_decay": "AdamW weight decay",
     "warmup_steps": "linear learning-rate warm-up, in optimizer steps (0 = none)",
+    "lr_schedule": "learning rate after the warm-up: constant, or cosine down to --lr-min at the last step",
+    "lr_min": "the cosine schedule's final learning rate",
+    "adam_beta1": "AdamW beta1 (first-moment decay per step)",
+    "adam_beta2": "AdamW beta2 (second-moment decay per step; LightningDiT: 0.95)",
     "grad_clip": "clip the gradient norm to this value (0 = off)",
     "batch_size": "global batch size, in images per optimizer step (split across torchrun processes)",
     "steps": "run length, in optimizer steps; required unless --epochs is given (default: 0 = use --epochs)",
     "epochs": "run length, in passes over the training data, when --train-steps is 0",
     "ema_decay": "decay of the EMA of the weights, per step (the DiT recipe: 0.9999)",
     "ema_warmup": "EMA decay min(decay, (1+s)/(10+s)) at step s: a useful average in short runs",
+    "posthoc_ema": "EDM2 post-hoc EMA: sigma_rel of the power-function EMA profiles to track, e.g. 0.05 0.1 "
+    "(relative std of the averaging window); `ditlab ema RUN --length L` rebuilds any length from their "
+    "snapshots (default: off)",
+    "posthoc_ema_every": "with --posthoc-ema: write a snapshot of every profile to ema-snapshots/ each N "
+    "optimizer steps",
+    "repa_weight": "REPA: weight (lambda) of the alignment loss between projected block tokens and a frozen "
+    "encoder's patch features of the clean image (0 = off)",
+    "repa_depth": "REPA: align the tokens after this block, counted from 1",
+    "repa_encoder": "REPA: the frozen encoder: effnet-lite0 (ImageNet EfficientNet-Lite0, offline wheel) or "
+    "classifier (ditlab's in-domain classifier of --data)",
+    "repa_projector_width": "REPA: hidden width of the MLP projector (3 linear layers, SiLU), in channels",
+    "repa_cache_mb": "REPA: memory for encoder features of in-memory data, computed once per image and kept, in "
+    "MiB (0 = compute every step; streamed data is always computed on the fly)",
     "seed": "random seed of the run (data order, noise, timesteps); a resumed run keeps it",
     # runtime
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
-    "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
+    "precision": "auto (bf16 autocast on CUDA; fp32 on CPU, its native bf16 detected and recorded in "
+    "runtime.json), fp32 or bf16",
     "threads": "CPU threads per process (0 = cores / local processes)",
     "compile": "torch.compile the model (falls back to eager if it fails)",
     "fused_optimizer": "one-kernel AdamW where the device has it (--no-fused-optimizer: torch's per-tensor "
@@ -114,6 +138,13 @@ TYPES = {
     "lr": positive_float,
     "weight_decay": non_negative_float,
     "warmup_steps": non_negative_int,
+    "lr_min": non_negative_float,
+    "timestep_shift": positive_float,
+    "posthoc_ema_every": positive_int,
+    "repa_weight": non_negative_float,
+    "repa_depth": positive_int,
+    "repa_projector_width": positive_int,
+    "repa_cache_mb": non_negative_int,
     "grad_clip": non_negative_float,
     "batch_size": positive_int,
     "steps": non_negative_int,
@@ -139,12 +170,15 @@ CHOICES = {
     "checkpoint_policy": CHECKPOINT_POLICIES,
     "sampler": tuple(SAMPLERS),
     "bad_images": BAD_IMAGE_POLICIES,
+    "lr_schedule": LR_SCHEDULES,
+    "loss_weighting": FLOW_LOSS_WEIGHTINGS,
+    "repa_encoder": REPA_ENCODERS,
 }
 
 METAVARS = {"image_size": "PX", "lr": "LR", "data": "DATA", "out": "DIR", "eval_ref": "REF"}
 
 # str fields given as a list flag (`--eval-features a b`, `a,b`) and stored comma-separated.
-LIST_FIELDS = {"eval_features"}
+LIST_FIELDS = {"eval_features", "posthoc_ema"}
 
 # The help groups, each opened by its first field (TrainConfig's sections); a field joins the group above it.
 GROUPS = {
@@ -152,6 +186,7 @@ GROUPS = {
     "model": "model",
     "objective": "objective",
     "lr": "optimisation",
+    "repa_weight": "representation alignment (REPA)",
     "device": "runtime",
     "out": "outputs",
     "base": "fine-tuning",

@@ -11,9 +11,13 @@ from dataclasses import dataclass, field
 
 from ditlab.configs import DictConfig
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
+from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS
 from ditlab.models.dit import CHECKPOINT_POLICIES
+from ditlab.train.schedule import LR_SCHEDULES
 
 OBJECTIVES = ("ddpm", "flow")
+REPA_ENCODERS = ("effnet-lite0", "classifier")
+MAX_SIGMA_REL = 0.28  # σ_rel of the power EMA with γ -> 0 (a uniform average) is 1/√12 ≈ 0.289
 
 
 @dataclass
@@ -36,18 +40,32 @@ class TrainConfig(DictConfig):
     schedule: str = "linear"  # DDPM β schedule
     diffusion_steps: int = 1000
     learn_sigma: bool | None = None  # None: True for ddpm (hybrid loss), False for flow
-    timestep_sampling: str = "uniform"  # flow: uniform | logit_normal
+    timestep_sampling: str = "uniform"  # flow: uniform | logit_normal | mode
+    timestep_shift: float = 1.0  # flow: training times warped t -> s·t / (1 + (s − 1)·t) (SD3); 1 = off
+    loss_weighting: str = "velocity"  # flow: velocity (plain MSE) | x0 (× t²) | epsilon (× (1 − t)²)
     # --- optimisation ---
     lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0  # linear lr warm-up
+    lr_schedule: str = "constant"  # constant | cosine (after the warm-up; ditlab.train.schedule)
+    lr_min: float = 0.0  # cosine: the lr of the last step
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999  # DiT's; LightningDiT uses 0.95
     grad_clip: float = 0.0  # max grad norm; 0 = off
     batch_size: int = 256  # global batch (split across processes)
     steps: int = 0  # total optimizer steps; 0 = use epochs
     epochs: int = 0
     ema_decay: float = 0.9999
     ema_warmup: bool = False  # decay = min(ema_decay, (1 + step) / (10 + step)): a useful EMA in short runs
+    posthoc_ema: str = ""  # EDM2 post-hoc EMA: σ_rel of the tracked profiles, comma-separated ("" = off)
+    posthoc_ema_every: int = 500  # write a snapshot of every profile each N steps (ema-snapshots/)
     seed: int = 0
+    # --- representation alignment (REPA; ditlab.train.repa) ---
+    repa_weight: float = 0.0  # λ of the alignment loss; 0 = off
+    repa_depth: int = 2  # align the tokens after this block (1-based)
+    repa_encoder: str = "effnet-lite0"  # effnet-lite0 (ImageNet) | classifier (in-domain, of the data)
+    repa_projector_width: int = 256  # hidden width of the 3-layer MLP projector
+    repa_cache_mb: int = 1024  # memory for cached encoder features of in-memory data; 0 = compute each step
     # --- runtime ---
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -92,7 +110,58 @@ class TrainConfig(DictConfig):
             raise ValueError("batch_size must be >= 1 and lr > 0")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        self._check_quality_options()
         if self.checkpoint_policy not in CHECKPOINT_POLICIES:
             raise ValueError(
                 f"unknown checkpoint_policy {self.checkpoint_policy!r}; choose one of: {', '.join(CHECKPOINT_POLICIES)}"
             )
+
+    def _check_quality_options(self) -> None:
+        """The training options of issue 18: schedule, betas, timestep warp, post-hoc EMA, REPA."""
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}"
+            )
+        if not 0 <= self.lr_min <= self.lr:
+            raise ValueError(f"lr_min must be in [0, lr={self.lr}], got {self.lr_min}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.timestep_shift <= 0:
+            raise ValueError(f"timestep_shift must be > 0, got {self.timestep_shift}")
+        if self.timestep_shift != 1.0 and self.objective != "flow":
+            raise ValueError("timestep_shift warps flow-matching times: use it with objective=flow")
+        if self.loss_weighting not in FLOW_LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"unknown loss_weighting {self.loss_weighting!r}; choose one of: {', '.join(FLOW_LOSS_WEIGHTINGS)}"
+            )
+        if self.loss_weighting != "velocity" and self.objective != "flow":
+            raise ValueError("loss_weighting weights the flow-matching loss: use it with objective=flow")
+        posthoc_sigmas(self.posthoc_ema)  # raises on a bad list
+        if self.posthoc_ema and self.posthoc_ema_every < 1:
+            raise ValueError("posthoc_ema_every must be >= 1 step when posthoc_ema is set")
+        if self.repa_weight < 0:
+            raise ValueError(f"repa_weight must be >= 0, got {self.repa_weight}")
+        if self.repa_weight > 0:
+            if self.repa_encoder not in REPA_ENCODERS:
+                raise ValueError(
+                    f"unknown repa_encoder {self.repa_encoder!r}; choose one of: {', '.join(REPA_ENCODERS)}"
+                )
+            if self.repa_depth < 1 or self.repa_projector_width < 1:
+                raise ValueError("repa_depth and repa_projector_width must be >= 1")
+
+
+def posthoc_sigmas(text: str) -> tuple[float, ...]:
+    """ "0.05,0.1" -> (0.05, 0.1): the σ_rel of the post-hoc EMA profiles (each in (0, 0.28])."""
+    if not text:
+        return ()
+    try:
+        sigmas = tuple(float(part) for part in str(text).split(",") if part.strip())
+    except ValueError as err:
+        raise ValueError(
+            f"posthoc_ema must be comma-separated σ_rel values such as 0.05,0.1, got {text!r}"
+        ) from err
+    bad = [s for s in sigmas if not 0 < s <= MAX_SIGMA_REL]
+    if bad:
+        raise ValueError(f"posthoc_ema σ_rel values must be in (0, {MAX_SIGMA_REL}], got {bad}")
+    return sigmas

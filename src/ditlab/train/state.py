@@ -30,6 +30,7 @@ CKPT_NAME = re.compile(r"^(\d{7,})\.pt$")
 # What a run writes into its folder (trainer, fine-tuning, demo, ablation): what `--overwrite` moves aside.
 RUN_OUTPUTS = (
     "config.json",
+    "runtime.json",
     "checkpoints",
     "metrics.jsonl",
     "model.safetensors",
@@ -43,6 +44,7 @@ RUN_OUTPUTS = (
     "report.json",
     "train.json",
     "result.json",
+    "ema-snapshots",
 )
 PREVIOUS_RUNS = "previous-runs"
 

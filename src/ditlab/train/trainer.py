@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ditlab.atomic import atomic_write_text
-from ditlab.data import load_dataset, save_grid
+from ditlab.data import ImageDataset, load_dataset, save_grid
 from ditlab.diffusion.objective import ObjectiveSpec
 from ditlab.eval.evaluate import evaluate_model, fd_record, parse_features
 from ditlab.models.checkpoint import save_model
@@ -34,14 +34,18 @@ from ditlab.runtime import (
     configure_backends,
     configure_threads,
     matmul_peak_gflops,
+    native_bf16,
+    precision_decision,
     resolve_device,
-    resolve_precision,
 )
 from ditlab.sampling import generate
 from ditlab.train import distributed as D
-from ditlab.train.config import TrainConfig
+from ditlab.train.config import TrainConfig, posthoc_sigmas
 from ditlab.train.ema import EMA
 from ditlab.train.metrics import MetricsLog, plot_curves
+from ditlab.train.posthoc_ema import PostHocEMA, list_snapshots, snapshot_dir
+from ditlab.train.repa import build_repa
+from ditlab.train.schedule import lr_at
 from ditlab.train.state import (
     check_run_folder,
     checkpoint_dir,
@@ -71,7 +75,7 @@ class Trainer:
         device = resolve_device(cfg.device)
         self.dist = D.init_distributed(device)
         self.device = D.local_device(device, self.dist)
-        self.precision = resolve_precision(cfg.precision, self.device)
+        self.precision, self.precision_reason = precision_decision(cfg.precision, self.device)
         configure_backends(self.device)
         self.threads = configure_threads(cfg.threads, self.dist.world_size)
         if cfg.batch_size % self.dist.world_size:
@@ -105,6 +109,8 @@ class Trainer:
             steps=cfg.diffusion_steps,
             learn_sigma=cfg.learn_sigma,
             timestep_sampling=cfg.timestep_sampling,
+            timestep_shift=cfg.timestep_shift,
+            loss_weighting=cfg.loss_weighting,
         )
         self.objective = self.spec.build()
         self.model = self.build_model().to(self.device)
@@ -115,6 +121,9 @@ class Trainer:
             image_size=list(self.data.image_size),
             channels=self.data.channels,
         )
+        self.model.sampling_spec = dict(  # the sampling this run's grids use: `ditlab sample RUN`'s defaults
+            sampler=cfg.sampler, sample_steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale
+        )
         if self.data.num_classes and self.model.num_classes != self.data.num_classes:
             raise ValueError(
                 f"the data has {self.data.num_classes} classes but the model was given num_classes="
@@ -123,8 +132,15 @@ class Trainer:
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
         self.model.checkpoint_policy = cfg.checkpoint_policy
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cfg.fused_optimizer)
+        self.posthoc = PostHocEMA(self.model, posthoc_sigmas(cfg.posthoc_ema)) if cfg.posthoc_ema else None
+        if cfg.repa_weight and type(self).compute_loss is not Trainer.compute_loss:
+            raise ValueError(
+                f"repa_weight: REPA adds its term in Trainer.compute_loss, which {type(self).__name__} replaces "
+                "(a fine-tuning method computes its own loss); run without --repa-weight"
+            )
+        # after the EMA copies: its hook and projector belong to the trained model only, never the EMA's
+        self.repa = build_repa(cfg, self.model, self.device, cache=isinstance(self.data, ImageDataset))
+        self.opt = self.build_optimizer()
         self.step = 0
         self.resumed_from: Path | None = None
         found = resume_checkpoint(self.out, resume)
@@ -154,6 +170,24 @@ class Trainer:
         model_args.update(cfg.model_args)
         return create_model(cfg.model, variant=cfg.variant, **model_args)
 
+    def build_optimizer(self) -> torch.optim.AdamW:
+        """AdamW over the model's trainable parameters and REPA's projector (when on)."""
+        cfg = self.cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.repa is not None:
+            params += list(self.repa.projector.parameters())
+        opt = adamw(
+            params,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            fused=cfg.fused_optimizer,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+        )
+        if self.repa is not None and self.dist.enabled:  # the projector is outside DDP: the same start and
+            self.repa.share_first_process_weights(self.dist)  # averaged gradients on every process
+            opt.register_step_pre_hook(lambda *_: self.repa.average_gradients(self.dist))
+        return opt
+
     # ------------------------------------------------------------------ resume
     def _load(self, path: Path, state: dict) -> None:
         if state["config"] != self.model.config.to_dict():
@@ -167,6 +201,13 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
+        for name, part in (("repa", self.repa), ("posthoc_ema", self.posthoc)):
+            if part is not None:
+                if name not in state:
+                    raise ValueError(
+                        f"{path} was written without {name}; resume it with the options it ran with"
+                    )
+                part.load_trainable_state(state[name])
         fused = [group.get("fused") for group in self.opt.param_groups]
         self.opt.load_state_dict(state["opt"])
         for group, flag in zip(self.opt.param_groups, fused):  # this run's kernel choice, not the saved one
@@ -188,6 +229,8 @@ class Trainer:
         here = checkpoint_dir(self.out).resolve()
         if self.resumed_from is not None and self.resumed_from.resolve().parent == here:
             newer = [path for step, path in list_checkpoints(self.out) if step > self.step]
+            # and post-hoc EMA snapshots past it: `ditlab ema` must not mix in the replaced history
+            newer += [path for path, step, _ in list_snapshots(snapshot_dir(self.out)) if step > self.step]
             if self.dist.is_main and newer:
                 dest = move_aside(self.out, newer)
                 self._note(f"moved {len(newer)} checkpoint(s) past the resumed step {self.step} to {dest}/")
@@ -202,6 +245,18 @@ class Trainer:
                     self._note(f"{self.out} held an earlier run: moved its files to {dest}/, starting clean")
         D.barrier(self.dist)
 
+    def runtime_record(self) -> dict:
+        """Where this run ran: device, threads, processes, the precision chosen and why, native bf16."""
+        return {
+            "device": str(self.device),
+            "threads": self.threads,
+            "world_size": self.dist.world_size,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "native_bf16": native_bf16() if self.device.type == "cpu" else None,
+            "torch": torch.__version__,
+        }
+
     def _note(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)  # stderr: stdout stays the summary JSON
 
@@ -215,6 +270,8 @@ class Trainer:
             "objective": self.spec.to_dict(),
             "step": self.step,
             "rng": torch.get_rng_state(),
+            **({"repa": self.repa.trainable_state()} if self.repa is not None else {}),
+            **({"posthoc_ema": self.posthoc.trainable_state()} if self.posthoc is not None else {}),
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -249,12 +306,30 @@ class Trainer:
 
     def compute_loss(self, x0, model_kwargs, t, noise) -> dict:
         """Per-sample loss terms ("loss" (N,), plus e.g. "mse", "vb") of one batch; subclasses may add terms
-        (DyDiT adds the complete-model loss and the FLOPs constraint)."""
-        return self.objective.loss(self.net, x0, model_kwargs=model_kwargs, t=t, noise=noise)
+        (DyDiT adds the complete-model loss and the FLOPs constraint; REPA, when on, adds "repa")."""
+
+        def objective_loss():
+            return self.objective.loss(self.net, x0, model_kwargs=model_kwargs, t=t, noise=noise)
+
+        return objective_loss() if self.repa is None else self.repa.loss(x0, objective_loss)
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        return lr_at(step, self.total_steps, cfg.lr, cfg.lr_schedule, cfg.warmup_steps, cfg.lr_min)
+
+    def update_posthoc_ema(self) -> None:
+        """After the EMA update of step `self.step` (0-based): the power-EMA profiles, and every
+        `posthoc_ema_every` steps their snapshot into ema-snapshots/ (ditlab.train.posthoc_ema)."""
+        if self.posthoc is None:
+            return
+        done = self.step + 1
+        self.posthoc.update(self.model, done)
+        if done % self.cfg.posthoc_ema_every == 0 and self.dist.is_main:
+            self.posthoc.save_snapshot(snapshot_dir(self.out), done)
 
     def train_step(self) -> dict:
         cfg = self.cfg
-        lr = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        lr = self.lr_at(self.step)
         for group in self.opt.param_groups:
             group["lr"] = lr
         x0, y, t, noise, drop = self.batch_for_step(self.step)
@@ -270,6 +345,7 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))  # norm only
         self.opt.step()
         self.ema.update(self.model, self.step)
+        self.update_posthoc_ema()
         self.step += 1
         out = {"loss": loss.detach(), "grad_norm": grad_norm.detach(), "lr": lr}
         for key, value in terms.items():
@@ -305,6 +381,8 @@ class Trainer:
                 self._note(f"resuming from {self.resumed_from} (step {self.step})")
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+            atomic_write_text(self.out / "runtime.json", json.dumps(self.runtime_record(), indent=2) + "\n")
+            self._note(f"precision {self.precision}: {self.precision_reason}")
         log = (
             MetricsLog(self.out / "metrics.jsonl", resume_step=self.step if self.resumed_from else None)
             if main
@@ -442,17 +520,23 @@ def _run_example(net, example, train: bool) -> None:
             net(x, t, **kwargs)
 
 
-def adamw(params, lr: float, weight_decay: float = 0.0, fused: bool = True) -> torch.optim.AdamW:
-    """AdamW with betas (0.9, 0.999), as DiT. `fused` picks torch's single-kernel implementation where the
-    device has one (CPU and CUDA do): on a CPU torch's default is a Python loop over the parameters, slower
+def adamw(
+    params,
+    lr: float,
+    weight_decay: float = 0.0,
+    fused: bool = True,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> torch.optim.AdamW:
+    """AdamW, by default with DiT's betas (0.9, 0.999) (LightningDiT: β2 = 0.95). `fused` picks torch's
+    single-kernel implementation where the device has one (CPU and CUDA do): on a CPU torch's default is a Python loop over the parameters, slower
     for DiT-S/2's 33M parameters; results agree to rounding (tests/test_speed_paths.py checks it)."""
     params = list(params)
     if fused:
         try:
-            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), fused=True)
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
         except RuntimeError:  # a device or dtype without the fused kernel
             pass
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False) -> dict:

@@ -1,0 +1,152 @@
+"""Training options of issue 18: lr schedules, AdamW betas, flow timestep sampling (mode, shift), native
+bf16 detection and the precision decision, and the config's checks."""
+
+import math
+
+import pytest
+import torch
+
+from ditlab import runtime
+from ditlab.diffusion.flow import FlowMatching
+from ditlab.diffusion.objective import ObjectiveSpec
+from ditlab.train import TrainConfig, Trainer
+from ditlab.train.schedule import lr_at
+
+TINY = dict(data="digits", model="DiT-Nano/2", batch_size=16, steps=4, progress=False, threads=1)
+
+
+def test_constant_schedule_is_the_old_warmup_bit_for_bit():
+    lr, warm = 3e-4, 7
+    for step in range(20):
+        old = lr * min(1.0, (step + 1) / warm)  # the trainer's formula before schedules existed
+        assert lr_at(step, 20, lr, "constant", warm) == old
+        assert lr_at(step, 20, lr, "constant", 0) == lr
+
+
+def test_cosine_schedule_values():
+    lr, lr_min, warm, total = 1e-3, 1e-5, 10, 110
+    values = [lr_at(s, total, lr, "cosine", warm, lr_min) for s in range(total)]
+    assert values[0] == pytest.approx(lr / warm) and values[warm - 1] == pytest.approx(lr)
+    assert values[warm] == pytest.approx(lr)  # the cosine starts at the peak
+    assert values[-1] == pytest.approx(lr_min)  # and ends at lr_min on the last step
+    mid = warm + (total - warm - 1) // 2
+    expected = lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * (mid - warm) / (total - warm - 1)))
+    assert values[mid] == pytest.approx(expected) and values[mid] == pytest.approx(
+        (lr + lr_min) / 2, rel=0.02
+    )
+    assert all(a >= b for a, b in zip(values[warm:], values[warm + 1 :]))  # non-increasing after warm-up
+    with pytest.raises(ValueError, match="lr schedule"):
+        lr_at(0, 10, lr, "linear")
+
+
+def test_betas_and_schedule_reach_the_optimizer(tmp_path):
+    cfg = TrainConfig(**TINY, out=str(tmp_path / "run"), adam_beta2=0.95, lr_schedule="cosine", lr=1e-3)
+    trainer = Trainer(cfg)
+    assert trainer.opt.param_groups[0]["betas"] == (0.9, 0.95)
+    lrs = [trainer.train_step()["lr"] for _ in range(4)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(0.0) and lrs[1] > lrs[2]
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"adam_beta2": 1.0}, "adam_beta2"),
+        ({"timestep_shift": 3.0}, "objective=flow"),
+        ({"timestep_shift": 0.0, "objective": "flow"}, "timestep_shift"),
+        ({"posthoc_ema": "0.05,abc"}, "posthoc_ema"),
+        ({"posthoc_ema": "0.5"}, "posthoc_ema"),
+        ({"repa_weight": 0.5, "repa_encoder": "dino"}, "repa_encoder"),
+        ({"lr_min": 1.0}, "lr_min"),
+    ],
+)
+def test_bad_training_options_are_refused_by_name(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(steps=1, **fields)
+
+
+def test_default_flow_draw_is_unchanged_and_shift_warps_it():
+    g = torch.Generator().manual_seed(0)
+    uniform = torch.rand((64,), generator=g)
+    assert torch.equal(
+        FlowMatching().sample_timesteps(64, generator=torch.Generator().manual_seed(0)), uniform
+    )
+    shifted = FlowMatching(shift=3.0).sample_timesteps(64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(shifted, 3.0 * uniform / (1 + 2.0 * uniform))
+    assert shifted.mean() > uniform.mean()  # more training at high noise
+
+
+def test_mode_sampling_maps_the_unit_interval_onto_itself():
+    t = FlowMatching("mode").sample_timesteps(4096, generator=torch.Generator().manual_seed(1))
+    assert 0 <= float(t.min()) and float(t.max()) <= 1
+    u = torch.tensor([0.0, 0.5, 1.0])
+    flow = FlowMatching("mode", mode_scale=0.0)  # scale 0: t = 1 − u, still uniform
+    assert torch.allclose(1 - u - flow.mode_scale * (torch.cos(torch.pi / 2 * u) ** 2 - 1 + u), 1 - u)
+    # s = 1.29 puts more mass in the middle than uniform (SD3's mode sampling favours intermediate t)
+    assert float(((t > 0.25) & (t < 0.75)).float().mean()) > 0.55
+
+
+def test_objective_record_keeps_its_old_fields_at_the_default_shift():
+    spec = ObjectiveSpec(kind="flow", learn_sigma=False)
+    assert "timestep_shift" not in spec.to_dict()  # files of default runs stay as they were
+    shifted = ObjectiveSpec(kind="flow", learn_sigma=False, timestep_shift=3.0)
+    assert shifted.to_dict()["timestep_shift"] == 3.0
+    assert ObjectiveSpec.from_dict(shifted.to_dict()).build().shift == 3.0
+
+
+X86_WITH = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n"
+X86_WITHOUT = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n"
+ARM_WITH = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
+
+
+def test_native_bf16_detection_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert runtime.native_bf16(X86_WITH)["flags"] == ["amx_bf16", "avx512_bf16"]
+    assert runtime.native_bf16(X86_WITH)["native"] and runtime.native_bf16(ARM_WITH)["native"]
+    assert not runtime.native_bf16(X86_WITHOUT)["native"] and not runtime.native_bf16("")["native"]
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not runtime.native_bf16(X86_WITH)["native"]  # the flags alone are not enough: oneDNN must agree
+
+
+def test_auto_precision_is_fp32_on_cpu_until_a_measurement_says_otherwise(monkeypatch):
+    cpu = torch.device("cpu")
+    native = {"native": True, "flags": ["amx_bf16"], "onednn_bf16": True, "capability": "AVX512"}
+    absent = {**native, "native": False, "flags": []}
+    precision, why = runtime.precision_decision("auto", cpu, native)
+    assert precision == "fp32" and "benchmarks/precision.py" in why and "amx_bf16" in why
+    assert runtime.precision_decision("auto", cpu, absent)[0] == "fp32"
+    assert runtime.precision_decision("bf16", cpu, absent) == ("bf16", "bf16 as asked")
+    monkeypatch.setattr(runtime, "CPU_AUTO_BF16", True)  # what a measurement that holds would switch on
+    assert runtime.precision_decision("auto", cpu, native)[0] == "bf16"
+    assert runtime.precision_decision("auto", cpu, absent)[0] == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        runtime.precision_decision("fp16", cpu)
+
+
+def test_flow_loss_weightings_are_the_mse_of_x0_and_epsilon():
+    g = torch.Generator().manual_seed(2)
+    x0, noise = torch.randn(5, 1, 4, 4, generator=g), torch.randn(5, 1, 4, 4, generator=g)
+    t = torch.rand(5, generator=g)
+
+    def model(x, t_model):  # any velocity predictor
+        return 0.3 * x - 0.1
+
+    plain = FlowMatching().training_losses(model, x0, t, noise=noise)
+    assert plain["loss"] is plain["mse"]  # the default loss is untouched
+    for weighting in ("x0", "epsilon"):
+        terms = FlowMatching(loss_weighting=weighting).training_losses(model, x0, t, noise=noise)
+        flow = FlowMatching()
+        x_t = flow.q_sample(x0, t, noise=noise)
+        v = model(x_t, None)
+        tt = t.view(-1, 1, 1, 1)
+        if weighting == "x0":
+            direct = ((x_t - tt * v) - x0).square().mean((1, 2, 3))  # the x̂₀ MSE
+        else:
+            direct = ((x_t + (1 - tt) * v) - noise).square().mean((1, 2, 3))  # the ε̂ MSE
+        torch.testing.assert_close(terms["loss"], direct)
+        torch.testing.assert_close(terms["mse"], plain["mse"])
+    with pytest.raises(ValueError, match="loss_weighting"):
+        TrainConfig(steps=1, loss_weighting="x0")  # a DDPM run
+    with pytest.raises(ValueError, match="loss weighting"):
+        FlowMatching(loss_weighting="score")
+    assert "loss_weighting" not in ObjectiveSpec(kind="flow", learn_sigma=False).to_dict()
