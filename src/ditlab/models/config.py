@@ -19,6 +19,15 @@ GATE_FNS = ("identity", "tanh")
 # How a block's two mixers are arranged: one after the other (DiT) or side by side on the same normalised
 # tokens with one modulation and one gated residual (Flux's single-stream blocks).
 ARRANGEMENTS = ("sequential", "parallel")
+# How text tokens (N, L, text_dim) enter the blocks, once embedded to the hidden size:
+#   none             no text tokens (a pooled text vector can still join c through `pooled_dim`, SD3-style)
+#   cross-attention  a cross-attention layer after self-attention reads them (PixArt-α)
+#   joint            a second stream with its own weights, one joint attention over both (SD3's MMDiT)
+#   concat           appended to the image tokens: one sequence, the same weights (Flux single, Z-Image)
+TEXT_MIXINGS = ("none", "cross-attention", "joint", "concat")
+# How text tokens are embedded to the hidden size: one Linear (SD3, Flux, Z-Image's context embedder) or
+# Linear → GELU(tanh) → Linear (PixArt-α's caption projection).
+TEXT_EMBEDDERS = ("linear", "mlp")
 # Conditionings that produce per-branch modulation, and those whose modulation includes residual gates.
 MODULATED = ("adaln", "adaln-zero", "adaln-single")
 GATED = ("adaln-zero", "adaln-single")
@@ -55,6 +64,19 @@ class DiTConfig(DictConfig):
         0  # 0 = official DiT timestep sinusoid, 1 = diffusers' (downscale_freq_shift=1)
     )
     arrangement: str = "sequential"  # one of ARRANGEMENTS: attention then MLP, or both on the same tokens
+    # --- text conditioning (text-to-image models; all off for the DiT zoo) ---
+    text_dim: int = 0  # > 0: the model takes text tokens (N, L, text_dim) and their mask
+    text_mixing: str = "none"  # one of TEXT_MIXINGS: where the embedded text tokens enter the blocks
+    text_embedder: str = "linear"  # one of TEXT_EMBEDDERS
+    text_len: int = 0  # the text encoder's fixed token count, for Gflops only (the forward takes any L)
+    cross_norm: bool = True  # a norm before the cross-attention layer (DiT paper); PixArt-α has none
+    qk_norm: bool = False  # RMSNorm (learned weight) on each head's queries and keys (SD3.5, Flux, Z-Image)
+    context_refiner: int = 0  # Z-Image: unmodulated blocks run over the text tokens alone before the blocks
+    rope: bool = False  # 2-D rotary positions on queries and keys instead of the additive sin-cos table
+    # --- fixed sin-cos positions as diffusers builds them (defaults: the official DiT's token indices) ---
+    pos_embed_max_size: int = 0  # > 0 (SD3): a max×max table, an input's grid cropped from its centre
+    pos_base_size: int = 0  # > 0 (PixArt, SD3): a grid of g tokens spans base positions (index·base/g)
+    pos_interpolation: float = 1.0  # positions divided by this (diffusers' interpolation_scale)
 
     def __post_init__(self):
         if isinstance(self.input_size, list):
@@ -105,6 +127,9 @@ class DiTConfig(DictConfig):
         choose("norm", self.norm, NORMS)
         choose("gate_fn", self.gate_fn, GATE_FNS)
         choose("arrangement", self.arrangement, ARRANGEMENTS)
+        choose("text_mixing", self.text_mixing, TEXT_MIXINGS)
+        choose("text_embedder", self.text_embedder, TEXT_EMBEDDERS)
+        self.validate_text()
         if self.arrangement == "parallel" and (self.conditioning == "cross-attention" or self.sandwich_norm):
             raise ValueError(
                 "arrangement='parallel' (one branch of attention + MLP) has no place for a cross-attention "
@@ -128,6 +153,43 @@ class DiTConfig(DictConfig):
             )
         if not 0 <= self.class_dropout_prob < 1:
             raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
+
+    def validate_text(self) -> None:
+        if (self.text_dim > 0) != (self.text_mixing != "none"):
+            raise ValueError(
+                f"text_dim={self.text_dim} with text_mixing={self.text_mixing!r}: text tokens need both a size "
+                "(text_dim > 0) and a way into the blocks (text_mixing other than 'none'), or neither"
+            )
+        if min(self.text_len, self.context_refiner, self.pos_embed_max_size, self.pos_base_size) < 0:
+            raise ValueError("text_len, context_refiner, pos_embed_max_size and pos_base_size must be >= 0")
+        if self.pos_interpolation <= 0:
+            raise ValueError(f"pos_interpolation must be > 0, got {self.pos_interpolation}")
+        if self.context_refiner and self.text_mixing == "none":
+            raise ValueError("context_refiner refines text tokens: set text_dim and text_mixing too")
+        if self.text_mixing == "joint" and (
+            self.conditioning not in ("adaln", "adaln-zero") or self.arrangement != "sequential"
+        ):
+            raise ValueError(
+                "text_mixing='joint' (MMDiT) modulates each stream with its own adaLN projection: use "
+                "conditioning='adaln' or 'adaln-zero' and arrangement='sequential'"
+            )
+        if self.text_mixing == "joint" and self.sandwich_norm:
+            raise ValueError(
+                "text_mixing='joint' has no sandwich norms in its text stream; set sandwich_norm=False"
+            )
+        if self.text_mixing == "cross-attention" and self.arrangement == "parallel":
+            raise ValueError("text_mixing='cross-attention' needs arrangement='sequential'")
+        if self.text_mixing == "concat" and self.conditioning == "in-context":
+            raise ValueError("in-context conditioning with concatenated text: use an adaLN conditioning")
+        gh, gw = self.grid_hw
+        if self.pos_embed_max_size and max(gh, gw) > self.pos_embed_max_size:
+            raise ValueError(
+                f"the {gh}×{gw} token grid does not fit pos_embed_max_size={self.pos_embed_max_size}"
+            )
+
+    @property
+    def has_text(self) -> bool:
+        return self.text_mixing != "none"
 
     # --- (de)serialisation ---
     def to_dict(self) -> dict:
