@@ -1,0 +1,666 @@
+"""Conversion between ditlab's text-to-image models and diffusers' `SD3Transformer2DModel` (MMDiT) and
+`PixArtTransformer2DModel` (cross-attention with adaLN-single), both ways: folders and in-memory models.
+
+Each diffusers class is a `TextClass`: how its config becomes a DiTConfig and back, and a table of `Link`s,
+each tying one ditlab tensor to the diffusers tensor(s) it equals. A link is invertible, so one table serves
+both directions:
+
+    same   the tensor as it is
+    cat    ditlab's fused tensor is the diffusers tensors stacked along rows (qkv = [to_q; to_k; to_v])
+    swap   the two row halves exchanged: diffusers' AdaLayerNormContinuous chunks (scale, shift), ditlab's
+           modulation (shift, scale)
+
+Facts the tables encode (read off diffusers 0.42): SD3's joint attention concatenates the image tokens first;
+its last block is context-pre-only (the text stream's output is never read); SD3 stores its max-size position
+table (`pos_embed.pos_embed`) and crops the input's grid from its centre, PixArt computes its table with
+`base_size` = sample_size / patch_size and `interpolation_scale`; both timestep sinusoids are cos-first with
+frequency shift 0 (the official DiT's), PixArt's caption projection is Linear → GELU(tanh) → Linear, SD3's
+pooled-text projection Linear → SiLU → Linear, its context embedder one Linear.
+
+Where ditlab differs on purpose:
+- SD3's last block computes context queries (`attn.add_q_proj`, `attn.norm_added_q`) whose attention output it
+  discards; ditlab does not build them (`JointAttention(context_pre_only=True)`), so every parameter reaches
+  the output. On import they are dropped (they cannot change the output), on export written as zeros / ones.
+- `SD3Transformer2DModel` takes no text mask (it attends to every text token, padding included); ditlab's
+  MMDiT does when given `text_mask`. With `text_mask=None` both compute the same function.
+- diffusers stretches a grid of another size to `base_size` positions; a ditlab model built natively
+  (`pos_base_size=0`) uses token indices. At the trained size they agree; an export says so in one warning.
+- PixArt-α's resolution / aspect-ratio conditioning (`use_additional_conditions`, the 1024 px models) is not
+  implemented: such folders are refused with that reason.
+
+Round trips are exact: an export writes ditlab's record of the model under `_ditlab` in config.json (as the
+DiT interop does), and a folder with that record reads back as the exported model.
+
+    model = load_model("sd3-folder/")                     # also a pipeline root with transformer/
+    save_text_diffusers(model, "out/transformer")         # SD3Transformer2DModel.from_pretrained loads it
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ditlab.atomic import atomic_write
+from ditlab.models.checkpoint import CONFIG_KEY, load_state_dict_checked, model_metadata, restore_metadata
+from ditlab.models.config import DiTConfig
+from ditlab.models.dit import DiT
+from ditlab.models.formats import CheckpointFormat, register_format
+from ditlab.models.interop import (
+    CONFIG_NAME,
+    DITLAB_KEY,
+    INSTALL_HINT,
+    WEIGHTS_NAME,
+    _read_weights,
+    _record,
+    _resolve_folder,
+)
+
+SD3 = "SD3Transformer2DModel"
+PIXART = "PixArtTransformer2DModel"
+
+
+@dataclass(frozen=True)
+class Link:
+    """ditlab tensor `ours` = the diffusers tensor(s) `theirs`, as `kind` says (same, cat, swap)."""
+
+    ours: str
+    theirs: tuple[str, ...]
+    kind: str = "same"
+
+    def to_ours(self, state: Mapping) -> torch.Tensor:
+        if self.kind == "cat":
+            return torch.cat([state[k] for k in self.theirs], dim=0)
+        t = state[self.theirs[0]]
+        return _swap_halves(t) if self.kind == "swap" else t
+
+    def to_theirs(self, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.kind == "cat":
+            parts = t.chunk(len(self.theirs), dim=0)
+            return {k: p.clone() for k, p in zip(self.theirs, parts, strict=True)}  # own storage each
+        return {self.theirs[0]: _swap_halves(t) if self.kind == "swap" else t.contiguous()}
+
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    a, b = t.chunk(2, dim=0)
+    return torch.cat([b, a], dim=0)
+
+
+def _linear(ours: str, *theirs: str, kind: str | None = None) -> list[Link]:
+    """The weight and bias links of a Linear (several diffusers Linears: cat)."""
+    kind = kind or ("cat" if len(theirs) > 1 else "same")
+    return [Link(f"{ours}.{s}", tuple(f"{t}.{s}" for t in theirs), kind) for s in ("weight", "bias")]
+
+
+def _mlp(ours: str, theirs: str) -> list[Link]:
+    """ditlab's Mlp (fc1, GELU, fc2) = diffusers' FeedForward (net.0.proj, GELU, net.2)."""
+    return _linear(f"{ours}.fc1", f"{theirs}.net.0.proj") + _linear(f"{ours}.fc2", f"{theirs}.net.2")
+
+
+def _timestep(theirs: str) -> list[Link]:
+    return _linear("t_embedder.mlp.0", f"{theirs}.linear_1") + _linear(
+        "t_embedder.mlp.2", f"{theirs}.linear_2"
+    )
+
+
+@dataclass(frozen=True)
+class TextClass:
+    """One diffusers class: config both ways, the tensor links and the diffusers-only tensors.
+
+    unread(cfg): diffusers tensors that cannot change its output (dropped on import) -> the value an export
+    writes for each."""
+
+    name: str
+    to_config: Callable[[Mapping], dict]
+    from_config: Callable[[DiTConfig], dict]
+    links: Callable[[DiTConfig], list[Link]]
+    unread: Callable[[DiTConfig], dict[str, torch.Tensor]]
+    matches: Callable[[DiTConfig], bool]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _defaults(dconf: Mapping, defaults: dict) -> dict:
+    return {**defaults, **{k: v for k, v in dconf.items() if not k.startswith("_")}}
+
+
+def _need(c: Mapping, cls: str, field: str, wanted, why: str) -> None:
+    if c.get(field) != wanted:
+        raise ValueError(
+            f"{cls} config has {field}={c.get(field)!r}; ditlab needs {field}={wanted!r} ({why})"
+        )
+
+
+def _out_channels(c: Mapping, cls: str) -> bool:
+    """learn_sigma from in/out channels (out = in: one prediction; 2·in: ε and the variance)."""
+    in_ch = int(c["in_channels"])
+    out_ch = in_ch if c["out_channels"] is None else int(c["out_channels"])
+    if out_ch not in (in_ch, 2 * in_ch):
+        raise ValueError(
+            f"{cls} config has out_channels={out_ch} with in_channels={in_ch}; ditlab supports out_channels "
+            "equal to in_channels or twice it"
+        )
+    return out_ch == 2 * in_ch
+
+
+def _require(cfg: DiTConfig, cls: str, **wanted) -> None:
+    """Refuse an export whose config has a field diffusers' class cannot express."""
+    for field, value in wanted.items():
+        if getattr(cfg, field) != value:
+            raise ValueError(
+                f"cannot export to diffusers {cls}: {field}={getattr(cfg, field)!r}, but {cls} only implements "
+                f"{field}={value!r}"
+            )
+    h, w = cfg.image_hw
+    if h != w:
+        raise ValueError(f"cannot export to diffusers {cls}: input_size={cfg.input_size} is not square")
+
+
+def _common_fields(c: Mapping, cls: str) -> dict:
+    return dict(
+        input_size=int(c["sample_size"]),
+        patch_size=int(c["patch_size"]),
+        in_channels=int(c["in_channels"]),
+        hidden_size=int(c["num_attention_heads"]) * int(c["attention_head_dim"]),
+        depth=int(c["num_layers"]),
+        num_heads=int(c["num_attention_heads"]),
+        mlp_ratio=4.0,  # diffusers' FeedForward default
+        class_dropout_prob=0.0,  # diffusers models hold no label table and drop no condition themselves
+        num_classes=0,
+        learn_sigma=_out_channels(c, cls),
+        timestep_freq_shift=0,  # Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0)
+        pos_base_size=int(c["sample_size"]) // int(c["patch_size"]),
+    )
+
+
+def _common_export(cfg: DiTConfig) -> dict:
+    return dict(
+        num_attention_heads=cfg.num_heads,
+        attention_head_dim=cfg.hidden_size // cfg.num_heads,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        num_layers=cfg.depth,
+        sample_size=cfg.image_hw[0],
+        patch_size=cfg.patch_size,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- SD3
+_SD3_DEFAULTS = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=18,
+    attention_head_dim=64,
+    num_attention_heads=18,
+    joint_attention_dim=4096,
+    caption_projection_dim=1152,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=96,
+    dual_attention_layers=(),
+    qk_norm=None,
+)
+
+
+def _sd3_to_config(dconf: Mapping) -> dict:
+    c = _defaults(dconf, _SD3_DEFAULTS)
+    if tuple(c["dual_attention_layers"] or ()):
+        raise ValueError(
+            f"{SD3} config has dual_attention_layers={c['dual_attention_layers']} (SD3.5's second attention "
+            "per block), which ditlab's MMDiT does not implement"
+        )
+    if c["qk_norm"] not in (None, "rms_norm"):
+        raise ValueError(f"{SD3} config has qk_norm={c['qk_norm']!r}; ditlab implements None or 'rms_norm'")
+    fields = _common_fields(c, SD3)
+    if int(c["caption_projection_dim"]) != fields["hidden_size"]:
+        raise ValueError(
+            f"{SD3} config has caption_projection_dim={c['caption_projection_dim']} ≠ the hidden size "
+            f"{fields['hidden_size']}; the text stream must have the image stream's width"
+        )
+    return dict(
+        fields,
+        conditioning="adaln-zero",
+        norm="layernorm",
+        norm_eps=1e-6,
+        pooled_dim=int(c["pooled_projection_dim"]),
+        text_dim=int(c["joint_attention_dim"]),
+        text_mixing="joint",
+        text_embedder="linear",
+        qk_norm=c["qk_norm"] == "rms_norm",
+        pos_embed_max_size=int(c["pos_embed_max_size"] or 0),
+    )
+
+
+def _sd3_from_config(cfg: DiTConfig) -> dict:
+    _require(
+        cfg,
+        SD3,
+        conditioning="adaln-zero",
+        text_mixing="joint",
+        text_embedder="linear",
+        norm="layernorm",
+        norm_eps=1e-6,
+        mlp_norm_eps=None,
+        shift=True,
+        gate_fn="identity",
+        mlp_ratio=4.0,
+        num_classes=0,
+        timestep_freq_shift=0,
+        rope=False,
+        context_refiner=0,
+        pos_interpolation=1.0,
+    )
+    if cfg.pooled_dim < 1:
+        raise ValueError(
+            f"cannot export to diffusers {SD3}: it always takes a pooled text vector (pooled_dim=0)"
+        )
+    return dict(
+        _common_export(cfg),
+        joint_attention_dim=cfg.text_dim,
+        caption_projection_dim=cfg.hidden_size,
+        pooled_projection_dim=cfg.pooled_dim,
+        pos_embed_max_size=cfg.pos_embed_max_size or None,
+        dual_attention_layers=(),
+        qk_norm="rms_norm" if cfg.qk_norm else None,
+    )
+
+
+def _sd3_links(cfg: DiTConfig) -> list[Link]:
+    links = _linear("x_embedder.proj", "pos_embed.proj")
+    if cfg.pos_embed_max_size:  # persistent only with a max size; else diffusers computes it
+        links.append(Link("pos_embed", ("pos_embed.pos_embed",)))
+    links += _timestep("time_text_embed.timestep_embedder")
+    links += _linear("pooled_embedder.mlp.0", "time_text_embed.text_embedder.linear_1")
+    links += _linear("pooled_embedder.mlp.2", "time_text_embed.text_embedder.linear_2")
+    links += _linear("text_embedder.proj", "context_embedder")
+    for i in range(cfg.depth):
+        b, d = f"blocks.{i}", f"transformer_blocks.{i}"
+        last = i == cfg.depth - 1
+        links += _linear(f"{b}.adaLN_modulation.1", f"{d}.norm1.linear")  # both: shift, scale, gate × 2
+        links += _linear(f"{b}.attn.qkv", *(f"{d}.attn.to_{n}" for n in "qkv"))
+        links += _linear(f"{b}.attn.proj", f"{d}.attn.to_out.0")
+        links += _mlp(f"{b}.mlp", f"{d}.ff")
+        heads = [("q_norm", "norm_q"), ("k_norm", "norm_k"), ("context_k_norm", "norm_added_k")]
+        if last:
+            links += _linear(f"{b}.attn.context_kv", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj")
+            # AdaLayerNormContinuous: (scale, shift) where ditlab's one-branch modulation is (shift, scale)
+            ctx = f"{b}.context_stream.adaLN_modulation.1"
+            links += _linear(ctx, f"{d}.norm1_context.linear", kind="swap")
+        else:
+            links += _linear(f"{b}.attn.context_qkv", *(f"{d}.attn.add_{n}_proj" for n in "qkv"))
+            links += _linear(f"{b}.attn.context_proj", f"{d}.attn.to_add_out")
+            links += _linear(f"{b}.context_stream.adaLN_modulation.1", f"{d}.norm1_context.linear")
+            links += _mlp(f"{b}.context_stream.mlp", f"{d}.ff_context")
+            heads.append(("context_q_norm", "norm_added_q"))
+        if cfg.qk_norm:
+            links += [Link(f"{b}.attn.{o}.weight", (f"{d}.attn.{t}.weight",)) for o, t in heads]
+    links += _linear("final_layer.adaLN_modulation.1", "norm_out.linear", kind="swap")
+    links += _linear("final_layer.linear", "proj_out")
+    return links
+
+
+def _sd3_unread(cfg: DiTConfig) -> dict[str, torch.Tensor]:
+    """The last block's context queries: computed by diffusers, never read (their output is discarded)."""
+    D, d = cfg.hidden_size, f"transformer_blocks.{cfg.depth - 1}.attn"
+    out = {f"{d}.add_q_proj.weight": torch.zeros(D, D), f"{d}.add_q_proj.bias": torch.zeros(D)}
+    if cfg.qk_norm:
+        out[f"{d}.norm_added_q.weight"] = torch.ones(D // cfg.num_heads)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- PixArt
+_PIXART_DEFAULTS = dict(
+    num_attention_heads=16,
+    attention_head_dim=72,
+    in_channels=4,
+    out_channels=8,
+    num_layers=28,
+    dropout=0.0,
+    cross_attention_dim=1152,
+    attention_bias=True,
+    sample_size=128,
+    patch_size=2,
+    activation_fn="gelu-approximate",
+    norm_type="ada_norm_single",
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+    interpolation_scale=None,
+    use_additional_conditions=None,
+    caption_channels=None,
+    attention_type="default",
+)
+
+
+def _pixart_to_config(dconf: Mapping) -> dict:
+    c = _defaults(dconf, _PIXART_DEFAULTS)
+    _need(c, PIXART, "norm_type", "ada_norm_single", "adaLN-single conditioning")
+    _need(c, PIXART, "activation_fn", "gelu-approximate", "the MLP's tanh-approximate GELU")
+    _need(c, PIXART, "attention_bias", True, "q/k/v projections with bias")
+    _need(c, PIXART, "norm_elementwise_affine", False, "token norms without learned affine")
+    _need(c, PIXART, "attention_type", "default", "plain attention")
+    additional = c["use_additional_conditions"]
+    if additional is None:
+        additional = int(c["sample_size"]) == 128  # diffusers' rule
+    if additional:
+        raise ValueError(
+            f"{PIXART} config uses additional conditions (resolution and aspect-ratio embeddings of PixArt-α's "
+            "1024 px models, on by default for sample_size=128), which ditlab does not implement"
+        )
+    if c["caption_channels"] is None:
+        raise ValueError(
+            f"{PIXART} config has caption_channels=None: ditlab's PixArt embeds captions (set it)"
+        )
+    fields = _common_fields(c, PIXART)
+    if c["cross_attention_dim"] is not None and int(c["cross_attention_dim"]) != fields["hidden_size"]:
+        raise ValueError(
+            f"{PIXART} config has cross_attention_dim={c['cross_attention_dim']} ≠ the hidden size "
+            f"{fields['hidden_size']}: the caption projection outputs the hidden size"
+        )
+    scale = c["interpolation_scale"]
+    scale = float(scale) if scale is not None else float(max(int(c["sample_size"]) // 64, 1))
+    return dict(
+        fields,
+        conditioning="adaln-single",
+        norm="layernorm",
+        norm_eps=float(c["norm_eps"]),
+        text_dim=int(c["caption_channels"]),
+        text_mixing="cross-attention",
+        text_embedder="mlp",
+        cross_norm=False,  # PixArt feeds the residual stream to its cross-attention as it is
+        pos_interpolation=scale,
+    )
+
+
+def _pixart_from_config(cfg: DiTConfig) -> dict:
+    _require(
+        cfg,
+        PIXART,
+        conditioning="adaln-single",
+        text_mixing="cross-attention",
+        text_embedder="mlp",
+        cross_norm=False,
+        norm="layernorm",
+        mlp_norm_eps=None,
+        shift=True,
+        gate_fn="identity",
+        sandwich_norm=False,
+        arrangement="sequential",
+        mlp_ratio=4.0,
+        num_classes=0,
+        pooled_dim=0,
+        timestep_freq_shift=0,
+        qk_norm=False,
+        rope=False,
+        context_refiner=0,
+        pos_embed_max_size=0,
+    )
+    return dict(
+        _common_export(cfg),
+        cross_attention_dim=cfg.hidden_size,
+        caption_channels=cfg.text_dim,
+        norm_eps=cfg.norm_eps,
+        interpolation_scale=cfg.pos_interpolation,
+        use_additional_conditions=False,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+    )
+
+
+def _pixart_links(cfg: DiTConfig) -> list[Link]:
+    links = _linear("x_embedder.proj", "pos_embed.proj")
+    links += _timestep("adaln_single.emb.timestep_embedder")
+    links += _linear("adaLN_single.t_block.1", "adaln_single.linear")  # rows: shift, scale, gate × 2
+    links += _linear("text_embedder.mlp.0", "caption_projection.linear_1")
+    links += _linear("text_embedder.mlp.2", "caption_projection.linear_2")
+    for i in range(cfg.depth):
+        b, d = f"blocks.{i}", f"transformer_blocks.{i}"
+        links.append(Link(f"{b}.adaLN_table.scale_shift_table", (f"{d}.scale_shift_table",)))
+        links += _linear(f"{b}.attn.qkv", *(f"{d}.attn1.to_{n}" for n in "qkv"))
+        links += _linear(f"{b}.attn.proj", f"{d}.attn1.to_out.0")
+        links += _linear(f"{b}.cross_attn.q", f"{d}.attn2.to_q")
+        links += _linear(f"{b}.cross_attn.kv", f"{d}.attn2.to_k", f"{d}.attn2.to_v")
+        links += _linear(f"{b}.cross_attn.proj", f"{d}.attn2.to_out.0")
+        links += _mlp(f"{b}.mlp", f"{d}.ff")
+    links.append(Link("final_layer.adaLN_table.scale_shift_table", ("scale_shift_table",)))  # (shift, scale)
+    links += _linear("final_layer.linear", "proj_out")
+    return links
+
+
+CLASSES: dict[str, TextClass] = {
+    SD3: TextClass(
+        SD3, _sd3_to_config, _sd3_from_config, _sd3_links, _sd3_unread, lambda cfg: cfg.text_mixing == "joint"
+    ),
+    PIXART: TextClass(
+        PIXART,
+        _pixart_to_config,
+        _pixart_from_config,
+        _pixart_links,
+        lambda cfg: {},
+        lambda cfg: cfg.text_mixing == "cross-attention" and cfg.conditioning == "adaln-single",
+    ),
+}
+
+
+def text_class_for(cfg: DiTConfig) -> TextClass | None:
+    """The diffusers class a ditlab config's architecture is (None: not one of these text classes)."""
+    return next((tc for tc in CLASSES.values() if tc.matches(cfg)), None)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def text_config(dconf: Mapping, source: str = "diffusers config", **overrides) -> DiTConfig:
+    """The DiTConfig of a diffusers SD3 / PixArt config: its ditlab record's when it has one, else derived."""
+    tc = _class_of(dconf, source)
+    described = DiTConfig().replace(**tc.to_config(dconf))
+    recorded = _record(dconf, source)
+    if recorded is None:
+        return described.replace(**overrides) if overrides else described
+    own = DiTConfig.from_dict(recorded[CONFIG_KEY])
+    geometry = ("image_hw", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "text_dim")
+    differ = [
+        f"{k} {getattr(own, k)!r} vs {getattr(described, k)!r}"
+        for k in geometry
+        if getattr(own, k) != getattr(described, k)
+    ]
+    if differ:
+        raise ValueError(
+            f"{source}: its ditlab record ({DITLAB_KEY!r}) and its diffusers fields disagree ({', '.join(differ)}); "
+            f"delete the {DITLAB_KEY!r} entry to read it as diffusers describes it"
+        )
+    return own.replace(**overrides) if overrides else own
+
+
+def _class_of(dconf: Mapping, source: str) -> TextClass:
+    name = dconf.get("_class_name")
+    if name not in CLASSES:
+        raise ValueError(f"{source}: diffusers class {name!r} is not one of {', '.join(CLASSES)}")
+    return CLASSES[name]
+
+
+# ---------------------------------------------------------------------------------------------- weights
+def state_dict_from_text_diffusers(dstate: Mapping, cfg: DiTConfig, model: DiT) -> dict:
+    """A diffusers SD3 / PixArt state dict -> ditlab keys; refuses missing or unknown tensors."""
+    tc = text_class_for(cfg)
+    links = tc.links(cfg)
+    wanted = {k for link in links for k in link.theirs}
+    missing = sorted(wanted - set(dstate))
+    extra = sorted(set(dstate) - wanted - set(tc.unread(cfg)))
+    if missing or extra:
+        raise ValueError(
+            f"the diffusers {tc.name} weights do not fit its config: missing {missing[:4]} ({len(missing)}), "
+            f"unexpected {extra[:4]} ({len(extra)})"
+        )
+    state = {link.ours: link.to_ours(dstate) for link in links}
+    if model.pos_embed is not None and "pos_embed" not in state:  # computed by diffusers, not stored
+        state["pos_embed"] = model.pos_embed.detach().clone()
+    return state
+
+
+def state_dict_to_text_diffusers(model: DiT) -> dict[str, torch.Tensor]:
+    """ditlab weights -> the diffusers SD3 / PixArt state dict (refuses configs diffusers cannot express)."""
+    cfg = model.config
+    tc = _export_class(cfg)
+    tc.from_config(cfg)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    for link in tc.links(cfg):
+        out.update(link.to_theirs(state[link.ours]))
+    ref = next(iter(state.values()))
+    out.update({k: v.to(ref.device, ref.dtype) for k, v in tc.unread(cfg).items()})
+    return out
+
+
+def _export_class(cfg: DiTConfig) -> TextClass:
+    tc = text_class_for(cfg)
+    if tc is None:
+        raise ValueError(
+            "cannot export to a diffusers text-to-image class: the model is neither an MMDiT (text_mixing="
+            f"'joint' -> {SD3}) nor cross-attention with adaLN-single ({PIXART})"
+        )
+    return tc
+
+
+def _check_positions(cfg: DiTConfig) -> None:
+    """diffusers builds a computed table with base_size = the trained grid (a stored max-size table is exported
+    as it is, so it always agrees): refuse another base, warn where only other sizes differ."""
+    if cfg.pos_embed_max_size:
+        return
+    base = cfg.image_hw[0] // cfg.patch_size
+    if cfg.pos_base_size not in (0, base):
+        raise ValueError(
+            f"cannot export to diffusers: pos_base_size={cfg.pos_base_size}, but diffusers stretches the grid to "
+            f"base_size = sample_size / patch_size = {base}"
+        )
+    if cfg.pos_base_size == 0:
+        warnings.warn(
+            "the diffusers model computes the same function at the trained size; at other sizes diffusers "
+            f"stretches the token grid to {base} positions (base_size) where this model uses token indices",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def _build(dconf: Mapping, dstate: Mapping, overrides: dict, source: str) -> DiT:
+    config = text_config(dconf, source, **overrides)
+    model = DiT(config)
+    load_state_dict_checked(model, state_dict_from_text_diffusers(dstate, config, model), source=source)
+    return restore_metadata(model, _record(dconf, source) or {}).eval()
+
+
+def load_text_diffusers(
+    path: str | os.PathLike, device="cpu", variant: str | None = None, **overrides
+) -> DiT:
+    """Load a diffusers SD3Transformer2DModel / PixArtTransformer2DModel folder (or a pipeline root with a
+    transformer/ folder) as a ditlab model in eval mode. Does not need diffusers installed."""
+    folder = _resolve_folder(Path(path))
+    dconf = json.loads((folder / CONFIG_NAME).read_text())
+    text_config(dconf, str(folder), **overrides)  # a bad config fails before the weights are read
+    return _build(dconf, _read_weights(folder, variant), overrides, str(folder)).to(device)
+
+
+def from_text_diffusers(transformer, **overrides) -> DiT:
+    """A ditlab model with the weights of an in-memory diffusers SD3 / PixArt transformer (its device, dtype)."""
+    dconf = dict(transformer.config)
+    dconf.setdefault("_class_name", type(transformer).__name__)
+    param = next(transformer.parameters())
+    return _build(dconf, transformer.state_dict(), overrides, "the diffusers model").to(
+        param.device, param.dtype
+    )
+
+
+def text_diffusers_config(model: DiT) -> dict:
+    """The diffusers constructor arguments (with `_class_name` and ditlab's record) for a text model."""
+    tc = _export_class(model.config)
+    kwargs = tc.from_config(model.config)
+    _check_positions(model.config)
+    return {"_class_name": tc.name, **kwargs, DITLAB_KEY: model_metadata(model)}
+
+
+def to_text_diffusers(model: DiT):
+    """A diffusers SD3Transformer2DModel / PixArtTransformer2DModel with this model's weights (eval mode)."""
+    config = text_diffusers_config(model)
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ImportError(f"{INSTALL_HINT} ({e})") from e
+    name = config.pop("_class_name")
+    record = config.pop(DITLAB_KEY)
+    transformer = getattr(diffusers, name)(**config)
+    transformer.register_to_config(**{DITLAB_KEY: record})
+    transformer.load_state_dict(state_dict_to_text_diffusers(model), strict=True)
+    param = next(model.parameters())
+    if param.dtype != torch.float32:
+        transformer = transformer.to(dtype=param.dtype)
+    return transformer.to(param.device).eval()
+
+
+def save_text_diffusers(model: DiT, path: str | os.PathLike) -> Path:
+    """Write a text model as a diffusers folder (config.json + diffusion_pytorch_model.safetensors) that
+    `SD3Transformer2DModel` / `PixArtTransformer2DModel.from_pretrained(path)` loads; returns the folder."""
+    config = text_diffusers_config(model)
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file; a diffusers model is written as a folder")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict_to_text_diffusers(model).items()}
+    try:
+        import diffusers
+
+        config["_diffusers_version"] = diffusers.__version__
+    except ImportError:
+        pass
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write(
+        path / f"{WEIGHTS_NAME}.safetensors", lambda f: save_file(tensors, f.name, metadata={"format": "pt"})
+    )
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    atomic_write(path / CONFIG_NAME, lambda f: f.write(text.encode()))
+    return path
+
+
+def folder_class(path: Path) -> str | None:
+    """The `_class_name` in a folder's (or its transformer/ subfolder's) config.json, None if unreadable."""
+    for config in (path / CONFIG_NAME, path / "transformer" / CONFIG_NAME):
+        if config.is_file():
+            try:
+                return json.loads(config.read_text()).get("_class_name")
+            except (OSError, ValueError, AttributeError):
+                return None
+    return None
+
+
+for _name in CLASSES:
+    register_format(
+        CheckpointFormat(
+            f"diffusers-{_name}",
+            "folder",
+            lambda probe, name=_name: folder_class(probe.path) == name,
+            lambda probe, device, model=None, **overrides: load_text_diffusers(
+                probe.path, device=device, **overrides
+            ),
+            priority=5,  # outranks the plain diffusers (DiT) folder, which claims every folder
+            accepts_overrides=True,
+        )
+    )
+
+__all__ = [
+    "CLASSES",
+    "PIXART",
+    "SD3",
+    "from_text_diffusers",
+    "load_text_diffusers",
+    "save_text_diffusers",
+    "state_dict_from_text_diffusers",
+    "state_dict_to_text_diffusers",
+    "text_class_for",
+    "text_config",
+    "text_diffusers_config",
+    "to_text_diffusers",
+]
