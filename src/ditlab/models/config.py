@@ -73,6 +73,10 @@ class DiTConfig(DictConfig):
     qk_norm: bool = False  # RMSNorm (learned weight) on each head's queries and keys (SD3.5, Flux, Z-Image)
     context_refiner: int = 0  # Z-Image: unmodulated blocks run over the text tokens alone before the blocks
     rope: bool = False  # 2-D rotary positions on queries and keys instead of the additive sin-cos table
+    rope_lead: int = 0  # rotary: head channels left unrotated before the row and column axes (Flux: 16)
+    double_blocks: int = (
+        0  # concat (Flux): the first N blocks are MMDiT double-stream blocks, then one stream
+    )
     # --- fixed sin-cos positions as diffusers builds them (defaults: the official DiT's token indices) ---
     pos_embed_max_size: int = 0  # > 0 (SD3): a max×max table, an input's grid cropped from its centre
     pos_base_size: int = 0  # > 0 (PixArt, SD3): a grid of g tokens spans base positions (index·base/g)
@@ -164,6 +168,18 @@ class DiTConfig(DictConfig):
             raise ValueError("text_len, context_refiner, pos_embed_max_size and pos_base_size must be >= 0")
         if self.pos_interpolation <= 0:
             raise ValueError(f"pos_interpolation must be > 0, got {self.pos_interpolation}")
+        if self.double_blocks and (self.text_mixing != "concat" or self.double_blocks > self.depth):
+            raise ValueError(
+                f"double_blocks={self.double_blocks}: Flux's double-stream blocks precede the single stream "
+                "(text_mixing='concat') and number at most depth"
+            )
+        if self.double_blocks and self.conditioning not in ("adaln", "adaln-zero"):
+            raise ValueError("double_blocks (MMDiT) need conditioning='adaln' or 'adaln-zero'")
+        if self.rope and ((self.hidden_size // self.num_heads - self.rope_lead) % 4 or self.rope_lead < 0):
+            raise ValueError(
+                f"rotary positions split each head's {self.hidden_size // self.num_heads} channels (less "
+                f"rope_lead={self.rope_lead}) into row and column pairs: that must be a multiple of 4"
+            )
         if self.context_refiner and self.text_mixing == "none":
             raise ValueError("context_refiner refines text tokens: set text_dim and text_mixing too")
         if self.text_mixing == "joint" and (

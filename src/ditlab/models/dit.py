@@ -385,8 +385,17 @@ class DiT(nn.Module):
         table = cfg.pos_embed_max_size**2 if cfg.pos_embed_max_size else cfg.num_tokens
         self.pos_embed = None if cfg.rope else nn.Parameter(torch.zeros(1, table, D), requires_grad=False)
         joint = cfg.text_mixing == "joint"  # the last MMDiT block is context-pre-only
+        # Flux: MMDiT double-stream blocks (not pre-only: the stream merges into the single stream) come first.
+        double = (
+            cfg.replace(text_mixing="joint", arrangement="sequential", double_blocks=0)
+            if cfg.double_blocks
+            else None
+        )
         self.blocks = nn.ModuleList(
-            Block(cfg, context_pre_only=joint and i == cfg.depth - 1) for i in range(cfg.depth)
+            Block(double)
+            if i < cfg.double_blocks
+            else Block(cfg, context_pre_only=joint and i == cfg.depth - 1)
+            for i in range(cfg.depth)
         )
         self.final_layer = FinalLayer(cfg)
         self.pooled_embedder = (
@@ -590,7 +599,10 @@ class DiT(nn.Module):
             ones = None if text_mask is None else text_mask.new_ones(N, tokens.shape[1])
             if mixing == "concat":  # one sequence: image tokens, then text tokens
                 mask = None if text_mask is None else torch.cat([ones, text_mask], dim=1)
-                tokens = torch.cat([tokens, words], dim=1)
+                if self.config.double_blocks:  # two streams first; run_blocks merges them (Flux)
+                    context, context_mask = words, text_mask
+                else:
+                    tokens = torch.cat([tokens, words], dim=1)
             elif mixing == "joint":
                 context, context_mask = words, text_mask
             elif context is None:  # cross-attention to the text
@@ -635,8 +647,11 @@ class DiT(nn.Module):
         """The rotary (cos, sin) tables of the attended tokens (image grid first, others at position 0)."""
         if not self.config.rope:
             return None
-        extra = tokens.shape[1] - grid[0] * grid[1] + (context.shape[1] if mixing == "joint" else 0)
-        cos, sin = rope_2d(self.config.hidden_size // self.num_heads, *grid, extra=extra)
+        streams = mixing == "joint" or self.config.double_blocks
+        extra = tokens.shape[1] - grid[0] * grid[1] + (context.shape[1] if streams else 0)
+        cos, sin = rope_2d(
+            self.config.hidden_size // self.num_heads, *grid, extra=extra, lead=self.config.rope_lead
+        )
         return cos.to(tokens.device), sin.to(tokens.device)
 
     def run_blocks(self, x, cond: Condition, routes: list[BlockRoute] | None = None) -> torch.Tensor:
@@ -644,15 +659,18 @@ class DiT(nn.Module):
         checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         options = self._checkpoint_options() if checkpointed else {}
         c, shared, context = cond.c, cond.shared, cond.context
-        joint = self.config.text_mixing == "joint"  # the blocks return (x, context): thread the text stream
+        merge = self.config.double_blocks  # Flux: after the double-stream blocks the two streams become one
         for i, block in enumerate(self.blocks):
+            if merge and i == merge:
+                x, context = torch.cat([x, context], dim=1), None  # image tokens, then text tokens
             route = None if routes is None else routes[i]
             args = (x, c, shared, context, route, cond.mask, cond.context_mask, cond.rope)
             if checkpointed:
                 out = checkpoint(block, *args, use_reentrant=False, **options)
             else:
                 out = block(*args)  # (N, T, D)
-            x, context = out if joint else (out, context)
+            # an MMDiT block returns (x, context): thread the text stream to the next block
+            x, context = out if block.context_stream is not None else (out, context)
         return x
 
     def unembed(self, x, cond: Condition) -> torch.Tensor:

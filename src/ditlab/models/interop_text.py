@@ -64,27 +64,67 @@ from ditlab.models.interop import (
 
 SD3 = "SD3Transformer2DModel"
 PIXART = "PixArtTransformer2DModel"
+FLUX = "FluxTransformer2DModel"
+# Flux's transformer reads latents the pipeline packed into 2×2 patches (patch_size=1 on packed tokens) and
+# has no sample size (rotary positions); ditlab patchifies itself and records a nominal latent size.
+FLUX_PACK = 2
+FLUX_INPUT_SIZE = 128  # the latent side of 1024 px images, only for Gflops (override input_size= freely)
 
 
 @dataclass(frozen=True)
 class Link:
-    """ditlab tensor `ours` = the diffusers tensor(s) `theirs`, as `kind` says (same, cat, swap)."""
+    """ditlab tensor(s) `ours` = the diffusers tensor(s) `theirs`, as `kind` says:
 
-    ours: str
+    same       one tensor as it is
+    cat        one ditlab tensor = the diffusers tensors stacked along rows (qkv = [to_q; to_k; to_v])
+    cols       the ditlab tensors side by side = one diffusers tensor (Flux's proj_out = [attn.proj | fc2])
+    bias_sum   ditlab's two biases add up to one diffusers bias (import: all in the first, 0 in the second)
+    swap       one tensor, its two row halves exchanged ((scale, shift) vs (shift, scale))
+    patch_in   a conv patch embedding (D, C, p, p) = a Linear on packed patches (D, C·p·p), channel slowest
+    patch_out  output rows: ditlab's token layout (py, px, c) vs Flux's packed (c, py, px), `arg` = p·p
+    """
+
+    ours: tuple[str, ...]
     theirs: tuple[str, ...]
     kind: str = "same"
+    arg: int = 0
 
-    def to_ours(self, state: Mapping) -> torch.Tensor:
+    def to_ours(self, state: Mapping, own: Mapping) -> dict[str, torch.Tensor]:
+        """ditlab tensors from a diffusers state (`own`: the ditlab model's state, for shapes)."""
+        t = [state[k] for k in self.theirs]
         if self.kind == "cat":
-            return torch.cat([state[k] for k in self.theirs], dim=0)
-        t = state[self.theirs[0]]
-        return _swap_halves(t) if self.kind == "swap" else t
+            return {self.ours[0]: torch.cat(t, dim=0)}
+        if self.kind == "cols":
+            widths = [own[k].shape[1] for k in self.ours]
+            return dict(zip(self.ours, (p.contiguous() for p in t[0].split(widths, dim=1)), strict=True))
+        if self.kind == "bias_sum":
+            return {self.ours[0]: t[0], self.ours[1]: torch.zeros_like(own[self.ours[1]])}
+        if self.kind == "swap":
+            return {self.ours[0]: _swap_halves(t[0])}
+        if self.kind == "patch_in":
+            return {self.ours[0]: t[0].reshape(own[self.ours[0]].shape)}
+        if self.kind == "patch_out":  # rows (c, q) -> (q, c), q = the arg = p·p positions in a patch
+            return {self.ours[0]: _swap_row_axes(t[0], -1, self.arg)}
+        return {self.ours[0]: t[0]}
 
-    def to_theirs(self, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    def to_theirs(self, state: Mapping) -> dict[str, torch.Tensor]:
+        """diffusers tensors (each with its own storage) from a ditlab state."""
+        t = [state[k] for k in self.ours]
         if self.kind == "cat":
-            parts = t.chunk(len(self.theirs), dim=0)
-            return {k: p.clone() for k, p in zip(self.theirs, parts, strict=True)}  # own storage each
-        return {self.theirs[0]: _swap_halves(t) if self.kind == "swap" else t.contiguous()}
+            return {
+                k: p.clone() for k, p in zip(self.theirs, t[0].chunk(len(self.theirs), dim=0), strict=True)
+            }
+        if self.kind == "cols":
+            return {self.theirs[0]: torch.cat(t, dim=1)}
+        if self.kind == "bias_sum":
+            return {self.theirs[0]: t[0] + t[1]}
+        if self.kind == "swap":
+            return {self.theirs[0]: _swap_halves(t[0])}
+        if self.kind == "patch_in":
+            return {self.theirs[0]: t[0].reshape(t[0].shape[0], -1).clone()}
+        if self.kind == "patch_out":  # rows (q, c) -> (c, q)
+            return {self.theirs[0]: _swap_row_axes(t[0], self.arg, -1)}
+        return {self.theirs[0]: t[0].clone()}
 
 
 def _swap_halves(t: torch.Tensor) -> torch.Tensor:
@@ -92,10 +132,23 @@ def _swap_halves(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([b, a], dim=0)
 
 
-def _linear(ours: str, *theirs: str, kind: str | None = None) -> list[Link]:
+def _swap_row_axes(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """Rows viewed as an (a, b) grid (one of them -1), transposed to (b, a): a permutation of the rows."""
+    return t.reshape(a, b, *t.shape[1:]).transpose(0, 1).reshape(t.shape).contiguous()
+
+
+def _linear(ours: str, *theirs: str, kind: str | None = None, arg: int = 0) -> list[Link]:
     """The weight and bias links of a Linear (several diffusers Linears: cat)."""
     kind = kind or ("cat" if len(theirs) > 1 else "same")
-    return [Link(f"{ours}.{s}", tuple(f"{t}.{s}" for t in theirs), kind) for s in ("weight", "bias")]
+    bias_kind = "same" if kind == "patch_in" else kind
+    return [
+        Link((f"{ours}.weight",), tuple(f"{t}.weight" for t in theirs), kind, arg),
+        Link((f"{ours}.bias",), tuple(f"{t}.bias" for t in theirs), bias_kind, arg),
+    ]
+
+
+def _norm(ours: str, theirs: str) -> Link:
+    return Link((f"{ours}.weight",), (f"{theirs}.weight",))
 
 
 def _mlp(ours: str, theirs: str) -> list[Link]:
@@ -274,7 +327,7 @@ def _sd3_from_config(cfg: DiTConfig) -> dict:
 def _sd3_links(cfg: DiTConfig) -> list[Link]:
     links = _linear("x_embedder.proj", "pos_embed.proj")
     if cfg.pos_embed_max_size:  # persistent only with a max size; else diffusers computes it
-        links.append(Link("pos_embed", ("pos_embed.pos_embed",)))
+        links.append(Link(("pos_embed",), ("pos_embed.pos_embed",)))
     links += _timestep("time_text_embed.timestep_embedder")
     links += _linear("pooled_embedder.mlp.0", "time_text_embed.text_embedder.linear_1")
     links += _linear("pooled_embedder.mlp.2", "time_text_embed.text_embedder.linear_2")
@@ -299,7 +352,7 @@ def _sd3_links(cfg: DiTConfig) -> list[Link]:
             links += _mlp(f"{b}.context_stream.mlp", f"{d}.ff_context")
             heads.append(("context_q_norm", "norm_added_q"))
         if cfg.qk_norm:
-            links += [Link(f"{b}.attn.{o}.weight", (f"{d}.attn.{t}.weight",)) for o, t in heads]
+            links += [_norm(f"{b}.attn.{o}", f"{d}.attn.{t}") for o, t in heads]
     links += _linear("final_layer.adaLN_modulation.1", "norm_out.linear", kind="swap")
     links += _linear("final_layer.linear", "proj_out")
     return links
@@ -422,16 +475,177 @@ def _pixart_links(cfg: DiTConfig) -> list[Link]:
     links += _linear("text_embedder.mlp.2", "caption_projection.linear_2")
     for i in range(cfg.depth):
         b, d = f"blocks.{i}", f"transformer_blocks.{i}"
-        links.append(Link(f"{b}.adaLN_table.scale_shift_table", (f"{d}.scale_shift_table",)))
+        links.append(Link((f"{b}.adaLN_table.scale_shift_table",), (f"{d}.scale_shift_table",)))
         links += _linear(f"{b}.attn.qkv", *(f"{d}.attn1.to_{n}" for n in "qkv"))
         links += _linear(f"{b}.attn.proj", f"{d}.attn1.to_out.0")
         links += _linear(f"{b}.cross_attn.q", f"{d}.attn2.to_q")
         links += _linear(f"{b}.cross_attn.kv", f"{d}.attn2.to_k", f"{d}.attn2.to_v")
         links += _linear(f"{b}.cross_attn.proj", f"{d}.attn2.to_out.0")
         links += _mlp(f"{b}.mlp", f"{d}.ff")
-    links.append(Link("final_layer.adaLN_table.scale_shift_table", ("scale_shift_table",)))  # (shift, scale)
+    links.append(Link(("final_layer.adaLN_table.scale_shift_table",), ("scale_shift_table",)))  # shift, scale
     links += _linear("final_layer.linear", "proj_out")
     return links
+
+
+# ---------------------------------------------------------------------------------------------- Flux
+_FLUX_DEFAULTS = dict(
+    patch_size=1,
+    in_channels=64,
+    out_channels=None,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=False,
+    axes_dims_rope=(16, 56, 56),
+)
+
+
+def _flux_to_config(dconf: Mapping) -> dict:
+    c = _defaults(dconf, _FLUX_DEFAULTS)
+    _need(c, FLUX, "patch_size", 1, "the pipeline packs 2×2 latent patches into tokens")
+    _need(c, FLUX, "guidance_embeds", False, "FLUX.1-dev's distilled-guidance embedder is not implemented")
+    axes = tuple(int(a) for a in c["axes_dims_rope"])
+    head_dim = int(c["attention_head_dim"])
+    if len(axes) != 3 or axes[1] != axes[2] or sum(axes) != head_dim:
+        raise ValueError(
+            f"{FLUX} config has axes_dims_rope={axes}; ditlab's 2-D rotary positions need (lead, n, n) summing "
+            f"to attention_head_dim={head_dim}"
+        )
+    in_ch = int(c["in_channels"])
+    out_ch = in_ch if c["out_channels"] is None else int(c["out_channels"])
+    pp = FLUX_PACK * FLUX_PACK
+    if in_ch % pp or out_ch % pp:
+        raise ValueError(f"{FLUX} config has in/out_channels {in_ch}/{out_ch}, not packed 2×2 patches (÷4)")
+    heads = int(c["num_attention_heads"])
+    return dict(
+        input_size=FLUX_INPUT_SIZE,
+        patch_size=FLUX_PACK,
+        in_channels=in_ch // pp,
+        hidden_size=heads * head_dim,
+        depth=int(c["num_layers"]) + int(c["num_single_layers"]),
+        num_heads=heads,
+        mlp_ratio=4.0,
+        class_dropout_prob=0.0,
+        num_classes=0,
+        learn_sigma=_out_channels({"in_channels": in_ch, "out_channels": out_ch}, FLUX),
+        timestep_freq_shift=0,
+        conditioning="adaln-zero",
+        arrangement="parallel",
+        norm="layernorm",
+        norm_eps=1e-6,
+        pooled_dim=int(c["pooled_projection_dim"]),
+        text_dim=int(c["joint_attention_dim"]),
+        text_mixing="concat",
+        text_embedder="linear",
+        qk_norm=True,
+        rope=True,
+        rope_lead=axes[0],
+        double_blocks=int(c["num_layers"]),
+    )
+
+
+def _flux_from_config(cfg: DiTConfig) -> dict:
+    _require(
+        cfg,
+        FLUX,
+        conditioning="adaln-zero",
+        arrangement="parallel",
+        text_mixing="concat",
+        text_embedder="linear",
+        patch_size=FLUX_PACK,
+        norm="layernorm",
+        norm_eps=1e-6,
+        mlp_norm_eps=None,
+        shift=True,
+        gate_fn="identity",
+        sandwich_norm=False,
+        mlp_ratio=4.0,
+        num_classes=0,
+        timestep_freq_shift=0,
+        qk_norm=True,
+        rope=True,
+        context_refiner=0,
+    )
+    if cfg.pooled_dim < 1:
+        raise ValueError(
+            f"cannot export to diffusers {FLUX}: it always takes a pooled text vector (pooled_dim=0)"
+        )
+    pp = FLUX_PACK * FLUX_PACK
+    head_dim = cfg.hidden_size // cfg.num_heads
+    n = (head_dim - cfg.rope_lead) // 2
+    return dict(
+        patch_size=1,
+        in_channels=cfg.in_channels * pp,
+        out_channels=cfg.out_channels * pp,
+        num_layers=cfg.double_blocks,
+        num_single_layers=cfg.depth - cfg.double_blocks,
+        attention_head_dim=head_dim,
+        num_attention_heads=cfg.num_heads,
+        joint_attention_dim=cfg.text_dim,
+        pooled_projection_dim=cfg.pooled_dim,
+        guidance_embeds=False,
+        axes_dims_rope=(cfg.rope_lead, n, n),
+    )
+
+
+def _flux_links(cfg: DiTConfig) -> list[Link]:
+    links = _linear("x_embedder.proj", "x_embedder", kind="patch_in")
+    links += _timestep("time_text_embed.timestep_embedder")
+    links += _linear("pooled_embedder.mlp.0", "time_text_embed.text_embedder.linear_1")
+    links += _linear("pooled_embedder.mlp.2", "time_text_embed.text_embedder.linear_2")
+    links += _linear("text_embedder.proj", "context_embedder")
+    for i in range(cfg.double_blocks):  # MMDiT blocks, as SD3's but never context-pre-only
+        b, d = f"blocks.{i}", f"transformer_blocks.{i}"
+        links += _linear(f"{b}.adaLN_modulation.1", f"{d}.norm1.linear")
+        links += _linear(f"{b}.attn.qkv", *(f"{d}.attn.to_{n}" for n in "qkv"))
+        links += _linear(f"{b}.attn.proj", f"{d}.attn.to_out.0")
+        links += _linear(f"{b}.attn.context_qkv", *(f"{d}.attn.add_{n}_proj" for n in "qkv"))
+        links += _linear(f"{b}.attn.context_proj", f"{d}.attn.to_add_out")
+        links += _linear(f"{b}.context_stream.adaLN_modulation.1", f"{d}.norm1_context.linear")
+        links += _mlp(f"{b}.mlp", f"{d}.ff")
+        links += _mlp(f"{b}.context_stream.mlp", f"{d}.ff_context")
+        for o, t in (("q", "q"), ("k", "k"), ("context_q", "added_q"), ("context_k", "added_k")):
+            links.append(_norm(f"{b}.attn.{o}_norm", f"{d}.attn.norm_{t}"))
+    for j in range(cfg.depth - cfg.double_blocks):  # single blocks: the parallel arrangement
+        b, d = f"blocks.{cfg.double_blocks + j}", f"single_transformer_blocks.{j}"
+        links += _linear(f"{b}.adaLN_modulation.1", f"{d}.norm.linear")  # shift, scale, gate
+        links += _linear(f"{b}.attn.qkv", *(f"{d}.attn.to_{n}" for n in "qkv"))
+        links += [
+            _norm(f"{b}.attn.q_norm", f"{d}.attn.norm_q"),
+            _norm(f"{b}.attn.k_norm", f"{d}.attn.norm_k"),
+        ]
+        links += _linear(f"{b}.mlp.fc1", f"{d}.proj_mlp")
+        # proj_out(cat(attention, mlp)) = attn.proj(attention) + fc2(mlp): its columns split, its bias in proj
+        links.append(
+            Link((f"{b}.attn.proj.weight", f"{b}.mlp.fc2.weight"), (f"{d}.proj_out.weight",), "cols")
+        )
+        links.append(Link((f"{b}.attn.proj.bias", f"{b}.mlp.fc2.bias"), (f"{d}.proj_out.bias",), "bias_sum"))
+    links += _linear("final_layer.adaLN_modulation.1", "norm_out.linear", kind="swap")
+    links += _linear("final_layer.linear", "proj_out", kind="patch_out", arg=cfg.patch_size**2)
+    return links
+
+
+def pack_latents(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, H, W) latents -> what FluxTransformer2DModel reads: packed tokens (N, H/2·W/2, 4C), channel
+    slowest within a patch, and their ids (H/2·W/2, 3) = (0, row, col) (FluxPipeline's packing)."""
+    N, C, H, W = x.shape
+    p = FLUX_PACK
+    tokens = x.view(N, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(N, -1, C * p * p)
+    ids = torch.zeros(H // p, W // p, 3)
+    ids[..., 1] = torch.arange(H // p)[:, None]
+    ids[..., 2] = torch.arange(W // p)[None, :]
+    return tokens, ids.reshape(-1, 3).to(x.device)
+
+
+def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Packed Flux output tokens (N, H/2·W/2, 4C) -> (N, C, H, W) (the inverse of `pack_latents`)."""
+    N, _, D = tokens.shape
+    p = FLUX_PACK
+    x = tokens.view(N, height // p, width // p, D // (p * p), p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(N, D // (p * p), height, width)
 
 
 CLASSES: dict[str, TextClass] = {
@@ -445,6 +659,14 @@ CLASSES: dict[str, TextClass] = {
         _pixart_links,
         lambda cfg: {},
         lambda cfg: cfg.text_mixing == "cross-attention" and cfg.conditioning == "adaln-single",
+    ),
+    FLUX: TextClass(
+        FLUX,
+        _flux_to_config,
+        _flux_from_config,
+        _flux_links,
+        lambda cfg: {},
+        lambda cfg: cfg.text_mixing == "concat" and cfg.arrangement == "parallel",
     ),
 }
 
@@ -463,7 +685,8 @@ def text_config(dconf: Mapping, source: str = "diffusers config", **overrides) -
     if recorded is None:
         return described.replace(**overrides) if overrides else described
     own = DiTConfig.from_dict(recorded[CONFIG_KEY])
-    geometry = ("image_hw", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "text_dim")
+    geometry = ("patch_size", "in_channels", "hidden_size", "depth", "num_heads", "text_dim")
+    geometry += () if tc.name == FLUX else ("image_hw",)  # Flux's size is ditlab's nominal one
     differ = [
         f"{k} {getattr(own, k)!r} vs {getattr(described, k)!r}"
         for k in geometry
@@ -497,7 +720,8 @@ def state_dict_from_text_diffusers(dstate: Mapping, cfg: DiTConfig, model: DiT) 
             f"the diffusers {tc.name} weights do not fit its config: missing {missing[:4]} ({len(missing)}), "
             f"unexpected {extra[:4]} ({len(extra)})"
         )
-    state = {link.ours: link.to_ours(dstate) for link in links}
+    own = model.state_dict()
+    state = {k: v for link in links for k, v in link.to_ours(dstate, own).items()}
     if model.pos_embed is not None and "pos_embed" not in state:  # computed by diffusers, not stored
         state["pos_embed"] = model.pos_embed.detach().clone()
     return state
@@ -511,7 +735,7 @@ def state_dict_to_text_diffusers(model: DiT) -> dict[str, torch.Tensor]:
     state = {k: v.detach() for k, v in model.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     for link in tc.links(cfg):
-        out.update(link.to_theirs(state[link.ours]))
+        out.update(link.to_theirs(state))
     ref = next(iter(state.values()))
     out.update({k: v.to(ref.device, ref.dtype) for k, v in tc.unread(cfg).items()})
     return out
@@ -530,7 +754,7 @@ def _export_class(cfg: DiTConfig) -> TextClass:
 def _check_positions(cfg: DiTConfig) -> None:
     """diffusers builds a computed table with base_size = the trained grid (a stored max-size table is exported
     as it is, so it always agrees): refuse another base, warn where only other sizes differ."""
-    if cfg.pos_embed_max_size:
+    if cfg.pos_embed_max_size or cfg.rope:
         return
     base = cfg.image_hw[0] // cfg.patch_size
     if cfg.pos_base_size not in (0, base):
@@ -652,10 +876,12 @@ for _name in CLASSES:
 
 __all__ = [
     "CLASSES",
+    "FLUX",
     "PIXART",
     "SD3",
     "from_text_diffusers",
     "load_text_diffusers",
+    "pack_latents",
     "save_text_diffusers",
     "state_dict_from_text_diffusers",
     "state_dict_to_text_diffusers",
@@ -663,4 +889,5 @@ __all__ = [
     "text_config",
     "text_diffusers_config",
     "to_text_diffusers",
+    "unpack_latents",
 ]

@@ -50,21 +50,25 @@ def sincos_2d(
     return torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1).float()
 
 
-def rope_2d(head_dim: int, grid_h: int, grid_w: int, extra: int = 0, theta: float = 10000.0):
+def rope_2d(head_dim: int, grid_h: int, grid_w: int, extra: int = 0, theta: float = 10000.0, lead: int = 0):
     """Rotary angles for a grid_h × grid_w token grid (row-major) followed by `extra` tokens at position 0
     (text tokens, which rotary positions leave unrotated) -> (cos, sin), each (grid_h·grid_w + extra, head_dim).
 
-    The first half of each head's channels turns with the row index, the second half with the column index;
-    channel pair k of an axis with n channels turns at θ^(-2k/n), and both channels of a pair carry the same
-    angle (repeated), the convention of Flux's rotary embedding (there on axes (0, row, col)).
+    After `lead` unrotated channels (Flux's first axis, whose id is always 0), half of the remaining channels
+    of each head turn with the row index, half with the column index; channel pair k of an axis with n
+    channels turns at θ^(-2k/n), and both channels of a pair carry the same angle (repeated): Flux's rotary
+    embedding on ids (0, row, col) with axes_dims_rope (lead, n, n).
     """
-    if head_dim % 4:
-        raise ValueError(f"2-D rotary positions need a head size divisible by 4, got {head_dim}")
-    n = head_dim // 2
+    n = (head_dim - lead) // 2
+    if lead < 0 or lead % 2 or n % 2 or 2 * n + lead != head_dim:
+        raise ValueError(
+            f"2-D rotary positions need head_dim - lead divisible by 4; got head_dim={head_dim}, lead={lead}"
+        )
     freqs = 1.0 / theta ** (torch.arange(0, n, 2, dtype=torch.float64) / n)  # (n/2,)
     rows = torch.arange(grid_h, dtype=torch.float64).repeat_interleave(grid_w)
     cols = torch.arange(grid_w, dtype=torch.float64).repeat(grid_h)
-    angles = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=1)  # (T, hd/2)
+    angles = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=1)  # (T, n)
+    angles = torch.cat([angles.new_zeros(angles.shape[0], lead // 2), angles], dim=1)  # (T, hd/2)
     angles = torch.cat([angles, angles.new_zeros(extra, angles.shape[1])]).repeat_interleave(2, dim=1)
     return angles.cos().float(), angles.sin().float()
 
