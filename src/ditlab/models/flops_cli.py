@@ -3,6 +3,7 @@
 ditlab flops                         # the whole zoo at 256 px (32×32 latents)
 ditlab flops DiT-XL/2 --variants     # the four conditioning blocks of the DiT paper and later variants
 ditlab flops DiT-S/2 --input-size 64 --json
+ditlab flops MMDiT-S/2 PixArt-S/2 Flux-S/2 ZImage-S/2 Pooled-S/2   # text-to-image (32 text tokens)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def describe(name: str, input_size: int, variant: str | None = None) -> dict:
         model = DiT(cfg)
     return {
         "model": name,
-        "variant": variant or cfg.conditioning,
+        "variant": variant or (f"text:{cfg.text_mixing}" if cfg.has_text else cfg.conditioning),
         "input_size": input_size,
         "tokens": cfg.num_tokens,
         "params": model.num_parameters(),
@@ -41,7 +42,9 @@ def describe(name: str, input_size: int, variant: str | None = None) -> dict:
 
 
 def run(args) -> int:
-    names = args.models or [n for n in MODELS if n.split("-")[1].split("/")[0] in SIZES]
+    names = args.models or [
+        n for n in MODELS if n.startswith("DiT-") and n.split("-")[1].split("/")[0] in SIZES
+    ]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise SystemExit(f"unknown model(s) {unknown}; valid names: {', '.join(MODELS)}")
