@@ -220,3 +220,23 @@ def test_presets_parameter_counts_and_gflops(name):
         model = create_model(name)
     assert model.num_parameters() == params
     assert flops(model) == pytest.approx(gflops, abs=5e-4)
+
+
+@pytest.mark.parametrize("arch", ["mmdit", "flux-double", "zimage"])
+def test_gradient_checkpointing_and_fast_paths_change_nothing(arch):
+    """The text stream threads through checkpointed blocks; the in-place fast paths equal the plain path."""
+    model = perturbed(tiny(arch)).train()
+    args, kw = inputs(model)
+    model(*args, **kw).square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.gradient_checkpointing = True
+    model(*args, **kw).square().sum().backward()
+    for n, p in model.named_parameters():
+        if n in grads:
+            torch.testing.assert_close(p.grad, grads[n], atol=1e-6, rtol=1e-5)
+    model.eval()
+    with torch.no_grad():
+        fast = model(*args, **kw)
+        model.fast_paths = False
+        torch.testing.assert_close(model(*args, **kw), fast, atol=1e-6, rtol=1e-6)
