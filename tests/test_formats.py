@@ -142,6 +142,7 @@ def test_every_format_registers_from_the_package_that_owns_it():
         "diffusers-SD3Transformer2DModel": "ditlab.models.interop_text",
         "diffusers-PixArtTransformer2DModel": "ditlab.models.interop_text",
         "diffusers-FluxTransformer2DModel": "ditlab.models.interop_text",
+        "diffusers-ZImageTransformer2DModel": "ditlab.models.interop_text",
         "adapter": "ditlab.finetune.adapter",
         "dydit-safetensors": "ditlab.dydit.checkpoint",
         "dydit-torch": "ditlab.dydit.checkpoint",

@@ -12,6 +12,22 @@ from ditlab.models.dit import Block, ContextStream
 from ditlab.nn.attention import JointAttention
 
 TEXT_DIM, POOLED_DIM, L = 10, 12, 5
+ZIMAGE_DETAILS = dict(
+    mlp="swiglu",
+    mlp_ratio=8 / 3,
+    attn_bias=False,
+    norm_affine=True,
+    qk_norm_eps=1e-5,
+    cond_dim=32,
+    timestep_mid=48,
+    adaln_act=False,
+    final_norm="layernorm",
+    text_embedder="rms-linear",
+    noise_refiner=1,
+    rope_lead=4,
+    rope_theta=256.0,
+    rope_sequence_axis=True,
+)
 # Nano sizes (2 blocks, width 64, 4 heads) of each zoo architecture, on 8×8 two-channel inputs.
 ARCHS = {
     "pooled": ("Pooled-Nano/2", dict(pooled_dim=POOLED_DIM)),
@@ -20,8 +36,17 @@ ARCHS = {
     "flux": ("Flux-Nano/2", dict(pooled_dim=POOLED_DIM, text_dim=TEXT_DIM)),
     "flux-double": ("Flux-Nano/2", dict(pooled_dim=POOLED_DIM, text_dim=TEXT_DIM, depth=3, double_blocks=1)),
     "zimage": ("ZImage-Nano/2", dict(text_dim=TEXT_DIM, context_refiner=1)),
+    # every detail of Z-Image's own model (what its diffusers checkpoints need), a narrower condition included
+    "zimage-full": ("ZImage-Nano/2", dict(text_dim=TEXT_DIM, context_refiner=1, **ZIMAGE_DETAILS)),
 }
-ZERO_INIT = ("pooled", "mmdit", "flux", "flux-double", "zimage")  # adaLN-Zero / zero tanh gates
+ZERO_INIT = (
+    "pooled",
+    "mmdit",
+    "flux",
+    "flux-double",
+    "zimage",
+    "zimage-full",
+)  # adaLN-Zero / zero tanh gates
 MASK = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
 
 

@@ -27,7 +27,8 @@ ARRANGEMENTS = ("sequential", "parallel")
 TEXT_MIXINGS = ("none", "cross-attention", "joint", "concat")
 # How text tokens are embedded to the hidden size: one Linear (SD3, Flux, Z-Image's context embedder) or
 # Linear → GELU(tanh) → Linear (PixArt-α's caption projection).
-TEXT_EMBEDDERS = ("linear", "mlp")
+TEXT_EMBEDDERS = ("linear", "mlp", "rms-linear")  # rms-linear: RMSNorm then Linear (Z-Image's cap_embedder)
+MLPS = ("gelu", "swiglu")
 # Conditionings that produce per-branch modulation, and those whose modulation includes residual gates.
 MODULATED = ("adaln", "adaln-zero", "adaln-single")
 GATED = ("adaln-zero", "adaln-single")
@@ -76,6 +77,22 @@ class DiTConfig(DictConfig):
     rope_lead: int = 0  # rotary: head channels left unrotated before the row and column axes (Flux: 16)
     double_blocks: int = (
         0  # concat (Flux): the first N blocks are MMDiT double-stream blocks, then one stream
+    )
+    # --- Z-Image's block and condition details (defaults: DiT's) ---
+    mlp: str = "gelu"  # one of MLPS: DiT's GELU MLP or a SwiGLU (w1, w3 -> w2, no biases)
+    attn_bias: bool = True  # biases in the self-attention's qkv and output projections
+    norm_affine: bool = (
+        False  # a learned weight (and bias, LayerNorm) in the block norms (Z-Image's RMSNorms)
+    )
+    qk_norm_eps: float = 1e-6
+    cond_dim: int = 0  # width of the condition c (0 = hidden_size); Z-Image: 256
+    timestep_mid: int = 0  # hidden width of the timestep MLP (0 = cond width); Z-Image: 1024
+    adaln_act: bool = True  # SiLU before each block's adaLN projection (Z-Image's blocks project c as it is)
+    final_norm: str = ""  # the final layer's norm ("" = norm); Z-Image: layernorm after RMSNorm blocks
+    noise_refiner: int = 0  # Z-Image: modulated blocks over the image tokens alone before the text joins
+    rope_theta: float = 10000.0
+    rope_sequence_axis: bool = (
+        False  # Z-Image: the rope_lead channels turn with the token's sequence position
     )
     # --- fixed sin-cos positions as diffusers builds them (defaults: the official DiT's token indices) ---
     pos_embed_max_size: int = 0  # > 0 (SD3): a max×max table, an input's grid cropped from its centre
@@ -133,6 +150,9 @@ class DiTConfig(DictConfig):
         choose("arrangement", self.arrangement, ARRANGEMENTS)
         choose("text_mixing", self.text_mixing, TEXT_MIXINGS)
         choose("text_embedder", self.text_embedder, TEXT_EMBEDDERS)
+        choose("mlp", self.mlp, MLPS)
+        if self.final_norm:
+            choose("final_norm", self.final_norm, NORMS)
         self.validate_text()
         if self.arrangement == "parallel" and (self.conditioning == "cross-attention" or self.sandwich_norm):
             raise ValueError(
@@ -180,6 +200,19 @@ class DiTConfig(DictConfig):
                 f"rotary positions split each head's {self.hidden_size // self.num_heads} channels (less "
                 f"rope_lead={self.rope_lead}) into row and column pairs: that must be a multiple of 4"
             )
+        if (
+            self.cond_dim
+            and self.cond_dim != self.hidden_size
+            and self.conditioning in ("in-context", "cross-attention")
+        ):
+            raise ValueError(
+                f"cond_dim={self.cond_dim}: in-context and cross-attention conditioning use the condition "
+                "vectors as tokens of the hidden size; leave cond_dim=0"
+            )
+        if self.noise_refiner and self.text_mixing != "concat":
+            raise ValueError(
+                "noise_refiner refines the image tokens before the text joins them: text_mixing='concat'"
+            )
         if self.context_refiner and self.text_mixing == "none":
             raise ValueError("context_refiner refines text tokens: set text_dim and text_mixing too")
         if self.text_mixing == "joint" and (
@@ -202,6 +235,24 @@ class DiTConfig(DictConfig):
             raise ValueError(
                 f"the {gh}×{gw} token grid does not fit pos_embed_max_size={self.pos_embed_max_size}"
             )
+
+    def refiner_config(self) -> DiTConfig:
+        """The config of a context-refiner block (Z-Image): this block without modulation or text."""
+        return self.replace(
+            conditioning="in-context",
+            text_dim=0,
+            text_mixing="none",
+            arrangement="sequential",
+            context_refiner=0,
+            noise_refiner=0,
+            double_blocks=0,
+            cond_dim=0,
+        )
+
+    @property
+    def cond_width(self) -> int:
+        """The width of the condition vector c."""
+        return self.cond_dim or self.hidden_size
 
     @property
     def has_text(self) -> bool:

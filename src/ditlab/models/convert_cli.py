@@ -10,7 +10,7 @@ ditlab convert DiT-XL-2-256x256.pt dit-xl2.safetensors                  # offici
 ditlab convert DiT-XL-2-256x256.pt out/transformer --format diffusers   # official -> diffusers (warns: numerics)
 ditlab convert hub/DiT-XL-2-256 dit-xl2.safetensors --official-numerics # diffusers weights, official function
 ditlab convert runs/digits digits-diffusers/                            # a run folder: its model.safetensors
-ditlab convert sd3-medium/transformer mmdit.safetensors                 # SD3 / PixArt / Flux folders, both ways
+ditlab convert sd3-medium/transformer mmdit.safetensors                 # SD3 / PixArt / Flux / Z-Image, both ways
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def convert(src, dst, model=None, fmt=None, embedder_block=None, official_numeri
         if dst.is_dir():
             raise ValueError(f"{dst} is a folder; native output is one .safetensors file")
         save_model(net, dst)
-    elif text_class_for(net.config) is not None:  # SD3 / PixArt / Flux architectures
+    elif text_class_for(net.config) is not None:  # SD3 / PixArt / Flux / Z-Image architectures
         save_text_diffusers(net, dst)
     else:
         save_diffusers(net, dst)

@@ -36,7 +36,10 @@ take text tokens (N, L, text_dim) with their mask, `forward(x, t, pooled=..., te
   Flux's fused linear1/linear2 are the same function as separate qkv + fc1 and proj + fc2 (a linear map of a
   concatenation is the sum of the maps), so a checkpoint converter splits them into these official names.
   Z-Image's S3-DiT block is the sequential Block with RMSNorm, shift-free tanh-gated modulation and sandwich
-  norms; its context refiner (`context_refiner` unmodulated Blocks over the text tokens alone) runs first.
+  norms; its context refiner (`context_refiner` unmodulated Blocks over the text tokens alone) and noise
+  refiner (`noise_refiner` modulated Blocks over the image tokens alone) run first. Its checkpoints' other
+  details are config fields of the same parts (SwiGLU `mlp`, bias-free attention, weighted norms, a 256-d
+  condition `cond_dim` projected without SiLU, a LayerNorm `final_norm`, rotary ids with a sequence axis).
 - Positions: the additive sin-cos table (cropped from a max-size table for SD3, `pos_embed_max_size`) or 2-D
   rotary positions on the image tokens' queries and keys (`rope`; text tokens sit at position 0).
 """
@@ -53,7 +56,7 @@ from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ditlab.models.config import MODULATED, DiTConfig
-from ditlab.nn.attention import Attention, AttentionSlice, CrossAttention, JointAttention, Mlp, MlpSlice
+from ditlab.nn.attention import Attention, AttentionSlice, CrossAttention, JointAttention, MlpSlice, make_mlp
 from ditlab.nn.embed import (
     LabelEmbedder,
     PatchEmbed,
@@ -132,16 +135,17 @@ class ContextStream(nn.Module):
     def __init__(self, cfg: DiTConfig, pre_only: bool = False):
         super().__init__()
         D = cfg.hidden_size
-        self.norm1 = make_norm(cfg.norm, D, eps=cfg.norm_eps)
-        self.norm2 = None if pre_only else make_norm(cfg.norm, D, eps=cfg.norm_eps)
-        self.mlp = None if pre_only else Mlp(D, cfg.mlp_hidden)
+        self.norm1 = make_norm(cfg.norm, D, eps=cfg.norm_eps, affine=cfg.norm_affine)
+        self.norm2 = None if pre_only else make_norm(cfg.norm, D, eps=cfg.norm_eps, affine=cfg.norm_affine)
+        self.mlp = None if pre_only else make_mlp(cfg.mlp, D, cfg.mlp_hidden)
         self.adaLN_modulation = AdaLNModulation(
-            D,
+            cfg.cond_width,
             D,
             branches=1 if pre_only else cfg.branches,
             shift=cfg.shift,
             gate=cfg.gated and not pre_only,
             zero_init=cfg.zero_init,
+            act=cfg.adaln_act,
         )
 
     def mlp_branch(self, x, m: Modulation, inplace: bool) -> torch.Tensor:
@@ -169,24 +173,42 @@ class Block(nn.Module):
         super().__init__()
         D = cfg.hidden_size
         self.gate_fn = cfg.gate_fn
-        self.norm1 = make_norm(cfg.norm, D, eps=cfg.norm_eps)
+        self.norm1 = make_norm(cfg.norm, D, eps=cfg.norm_eps, affine=cfg.norm_affine)
         joint = cfg.text_mixing == "joint"
         self.attn = (
             JointAttention(D, cfg.num_heads, qk_norm=cfg.qk_norm, context_pre_only=context_pre_only)
             if joint
-            else Attention(D, cfg.num_heads, qkv_bias=True, qk_norm=cfg.qk_norm)
+            else Attention(
+                D,
+                cfg.num_heads,
+                qkv_bias=cfg.attn_bias,
+                qk_norm=cfg.qk_norm,
+                proj_bias=cfg.attn_bias,
+                qk_norm_eps=cfg.qk_norm_eps,
+            )
         )
         self.parallel = cfg.arrangement == "parallel"  # attention and MLP both read modulate(norm1(x))
         self.norm2 = (
             None
             if self.parallel
-            else make_norm(cfg.norm, D, eps=cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps)
+            else make_norm(
+                cfg.norm,
+                D,
+                eps=cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps,
+                affine=cfg.norm_affine,
+            )
         )
-        self.mlp = Mlp(D, cfg.mlp_hidden)
+        self.mlp = make_mlp(cfg.mlp, D, cfg.mlp_hidden)
         self.branches = cfg.branches
         self.adaLN_modulation = (
             AdaLNModulation(
-                D, D, branches=cfg.branches, shift=cfg.shift, gate=cfg.gated, zero_init=cfg.zero_init
+                cfg.cond_width,
+                D,
+                branches=cfg.branches,
+                shift=cfg.shift,
+                gate=cfg.gated,
+                zero_init=cfg.zero_init,
+                act=cfg.adaln_act,
             )
             if cfg.conditioning in ("adaln", "adaln-zero")
             else None
@@ -315,10 +337,10 @@ class FinalLayer(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         D, p = cfg.hidden_size, cfg.patch_size
-        self.norm_final = make_norm(cfg.norm, D, eps=1e-6)
+        self.norm_final = make_norm(cfg.final_norm or cfg.norm, D, eps=1e-6)
         self.linear = nn.Linear(D, p * p * cfg.out_channels, bias=True)
         self.adaLN_modulation = (
-            AdaLNModulation(D, D, branches=1, shift=cfg.shift, gate=False, zero_init=True)
+            AdaLNModulation(cfg.cond_width, D, branches=1, shift=cfg.shift, gate=False, zero_init=True)
             if cfg.conditioning in ("adaln", "adaln-zero")
             else None
         )
@@ -375,9 +397,12 @@ class DiT(nn.Module):
 
         # Creation order = the official DiT's (x, t, y embedders, blocks, final layer): same seed, same init.
         self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, D)
-        self.t_embedder = TimestepEmbedder(D, freq_shift=cfg.timestep_freq_shift)
+        E = cfg.cond_width  # the condition vector c: the hidden size, or Z-Image's narrower 256
+        self.t_embedder = TimestepEmbedder(
+            E, freq_shift=cfg.timestep_freq_shift, mid_size=cfg.timestep_mid or None
+        )
         self.y_embedder = (
-            LabelEmbedder(cfg.num_classes, D, cfg.class_dropout_prob) if cfg.num_classes else None
+            LabelEmbedder(cfg.num_classes, E, cfg.class_dropout_prob) if cfg.num_classes else None
         )
         # Fixed positions for the configured grid; a checkpoint carries them (key `pos_embed`) but they are
         # never trained. Other grid sizes get a table built on the fly.
@@ -399,24 +424,24 @@ class DiT(nn.Module):
         )
         self.final_layer = FinalLayer(cfg)
         self.pooled_embedder = (
-            PooledEmbedder(cfg.pooled_dim, D, cfg.class_dropout_prob) if cfg.pooled_dim else None
+            PooledEmbedder(cfg.pooled_dim, E, cfg.class_dropout_prob) if cfg.pooled_dim else None
         )
         self.adaLN_single = (
-            AdaLNSingle(D, D, n=cfg.branches * params_per_branch(cfg.shift, True))
+            AdaLNSingle(E, D, n=cfg.branches * params_per_branch(cfg.shift, True))
             if cfg.conditioning == "adaln-single"
             else None
         )
-        self.text_embedder = TextEmbedder(cfg.text_dim, D, cfg.text_embedder) if cfg.has_text else None
+        self.text_embedder = (
+            TextEmbedder(cfg.text_dim, D, cfg.text_embedder, eps=cfg.norm_eps) if cfg.has_text else None
+        )
         self.context_refiner = None  # Z-Image: Blocks without modulation over the text tokens alone
         if cfg.context_refiner:
-            refiner = cfg.replace(
-                conditioning="in-context",
-                text_dim=0,
-                text_mixing="none",
-                context_refiner=0,
-                arrangement="sequential",
-            )
+            refiner = cfg.refiner_config()
             self.context_refiner = nn.ModuleList(Block(refiner) for _ in range(cfg.context_refiner))
+        # Z-Image: modulated blocks over the image tokens alone, before the text joins them
+        self.noise_refiner = (
+            nn.ModuleList(Block(cfg) for _ in range(cfg.noise_refiner)) if cfg.noise_refiner else None
+        )
         self._pos_cache: dict[tuple, torch.Tensor] = {}
         self.initialize_weights()
 
@@ -595,7 +620,19 @@ class DiT(nn.Module):
         mask = context_mask = None
         mixing = self.config.text_mixing
         if mixing != "none":
-            words, text_mask = self.embed_text(text, text_mask, c, N)  # (N, L, D), (N, L) or None
+            text_mask = self.check_text(text, text_mask, N)
+        elif text is not None or text_mask is not None:
+            raise ValueError("this model takes no text tokens (text_dim=0); call it without text")
+        T = grid[0] * grid[1]
+        L = text.shape[1] if mixing in ("concat", "joint") else 0  # text tokens among the attended ones
+        rope = self.rope_tables(grid, tokens.shape[1] - T + L, x.device)
+        if mixing != "none":
+            text_rope = None if rope is None or not L else tuple(r[T:] for r in rope)
+            words = self.embed_text(text, text_mask, c, text_rope)  # (N, L, D)
+            if self.noise_refiner is not None:  # Z-Image: the image tokens alone first
+                image_rope = None if rope is None else tuple(r[:T] for r in rope)
+                for block in self.noise_refiner:
+                    tokens = block(tokens, c, shared, rope=image_rope)
             ones = None if text_mask is None else text_mask.new_ones(N, tokens.shape[1])
             if mixing == "concat":  # one sequence: image tokens, then text tokens
                 mask = None if text_mask is None else torch.cat([ones, text_mask], dim=1)
@@ -611,13 +648,10 @@ class DiT(nn.Module):
                 ones = None if text_mask is None else text_mask.new_ones(N, context.shape[1])
                 context_mask = None if text_mask is None else torch.cat([ones, text_mask], dim=1)
                 context = torch.cat([context, words], dim=1)
-        elif text is not None or text_mask is not None:
-            raise ValueError("this model takes no text tokens (text_dim=0); call it without text")
-        rope = self.rope_tables(grid, tokens, context, mixing)
         return tokens, Condition(c, parts[0], shared, context, grid, mask, context_mask, rope)
 
-    def embed_text(self, text, text_mask, c, batch: int):
-        """Check and embed text tokens (N, L, text_dim) -> (N, L, D) [through the context refiner] and the mask."""
+    def check_text(self, text, text_mask, batch: int):
+        """Refuse text tokens of the wrong shape; -> the mask as bools (or None)."""
         cfg = self.config
         if text is None:
             raise ValueError(
@@ -634,25 +668,33 @@ class DiT(nn.Module):
                     f"text_mask must have shape (N, L) = {tuple(text.shape[:2])}; got {tuple(text_mask.shape)}"
                 )
             text_mask = text_mask.bool()
+        return text_mask
+
+    def embed_text(self, text, text_mask, c, rope=None):
+        """Text tokens (N, L, text_dim) -> (N, L, D), through the context refiner (Z-Image) if any."""
         words = self.text_embedder(text.to(self.text_embedder_dtype))
         for block in self.context_refiner or ():
-            words = block(words, c, mask=text_mask)
-        return words, text_mask
+            words = block(words, c, mask=text_mask, rope=rope)
+        return words
 
     @property
     def text_embedder_dtype(self) -> torch.dtype:
         return next(self.text_embedder.parameters()).dtype
 
-    def rope_tables(self, grid, tokens, context, mixing: str):
-        """The rotary (cos, sin) tables of the attended tokens (image grid first, others at position 0)."""
-        if not self.config.rope:
+    def rope_tables(self, grid, extra: int, device):
+        """The rotary (cos, sin) tables of the attended tokens: the image grid, then `extra` others (text)."""
+        cfg = self.config
+        if not cfg.rope:
             return None
-        streams = mixing == "joint" or self.config.double_blocks
-        extra = tokens.shape[1] - grid[0] * grid[1] + (context.shape[1] if streams else 0)
         cos, sin = rope_2d(
-            self.config.hidden_size // self.num_heads, *grid, extra=extra, lead=self.config.rope_lead
+            cfg.hidden_size // cfg.num_heads,
+            *grid,
+            extra=extra,
+            theta=cfg.rope_theta,
+            lead=cfg.rope_lead,
+            sequence_axis=cfg.rope_sequence_axis,
         )
-        return cos.to(tokens.device), sin.to(tokens.device)
+        return cos.to(device), sin.to(device)
 
     def run_blocks(self, x, cond: Condition, routes: list[BlockRoute] | None = None) -> torch.Tensor:
         """The blocks in order, each with its route (None: dense), under the gradient-checkpointing policy."""

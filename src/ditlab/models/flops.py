@@ -44,7 +44,7 @@ def _attention(tokens: int, D: int, queries: int | None = None) -> int:
 
 def _joint_block(cfg: DiTConfig, T: int, L: int, pre_only: bool) -> dict[str, int]:
     """MMDiT: each stream's projections and MLP, one attention over T + L tokens (pre-only: T queries)."""
-    D, F = cfg.hidden_size, cfg.mlp_hidden
+    D, F, E = cfg.hidden_size, cfg.mlp_hidden, cfg.cond_width
     k = params_per_branch(cfg.shift, cfg.gated)
     ctx_q = 0 if pre_only else L
     attn = T * D * 3 * D + L * D * (2 if pre_only else 3) * D  # qkv per stream
@@ -52,8 +52,8 @@ def _joint_block(cfg: DiTConfig, T: int, L: int, pre_only: bool) -> dict[str, in
     heads = (2 * T + L + ctx_q) * D if cfg.qk_norm else 0  # q/k norms: image q, k; text k[, q]
     return dict(
         attention=attn,
-        mlp=2 * (T + ctx_q) * D * F,
-        block_modulation=D * 2 * k * D + (D * 2 * D if pre_only else D * 2 * k * D),
+        mlp=_mlp_macs(cfg) * (T + ctx_q) * D * F,
+        block_modulation=E * 2 * k * D + (E * 2 * D if pre_only else E * 2 * k * D),
         norms=2 * T * D + (L * D if pre_only else 2 * L * D) + heads,
     )
 
@@ -65,14 +65,19 @@ def _block(cfg: DiTConfig, Tb: int, T: int, S: int) -> dict[str, int]:
     cross = cfg.conditioning == "cross-attention" or cfg.text_mixing == "cross-attention"
     return dict(
         attention=_attention(Tb, D),
-        mlp=2 * Tb * D * F,
-        block_modulation=D * B * k * D if cfg.conditioning in ("adaln", "adaln-zero") else 0,
+        mlp=_mlp_macs(cfg) * Tb * D * F,
+        block_modulation=cfg.cond_width * B * k * D if cfg.conditioning in ("adaln", "adaln-zero") else 0,
         cross_attention=(T * D * D + S * D * 2 * D + 2 * T * S * D + T * D * D) if cross else 0,
         norms=B * Tb * D
         + (T * D if cross and cfg.cross_norm else 0)
         + (2 * Tb * D if cfg.sandwich_norm else 0)
         + (2 * Tb * D if cfg.qk_norm else 0),
     )
+
+
+def _mlp_macs(cfg: DiTConfig) -> int:
+    """Matmuls of D×F per token in the MLP: fc1, fc2 (GELU) or w1, w3, w2 (SwiGLU)."""
+    return 3 if cfg.mlp == "swiglu" else 2
 
 
 def _add(total: dict[str, int], part: dict[str, int], times: int = 1) -> None:
@@ -90,22 +95,19 @@ def flop_breakdown(model_or_config, input=None, text_len: int | None = None) -> 
     S = 1 + int(cfg.num_classes > 0) + int(cfg.pooled_dim > 0)  # condition vectors (tokens when in-context)
     k = params_per_branch(cfg.shift, cfg.gated)
 
-    out = {"patch_embed": T * C * p * p * D, "timestep_embed": 256 * D + D * D}
-    out["pooled_embed"] = (cfg.pooled_dim * D + D * D) if cfg.pooled_dim else 0
+    E, mid = cfg.cond_width, cfg.timestep_mid or cfg.cond_width  # the condition's width, the timestep MLP's
+    out = {"patch_embed": T * C * p * p * D, "timestep_embed": 256 * mid + mid * E}
+    out["pooled_embed"] = (cfg.pooled_dim * E + E * E) if cfg.pooled_dim else 0
     out["text_embed"] = L * cfg.text_dim * D + (L * D * D if cfg.text_embedder == "mlp" else 0)
-    out["shared_modulation"] = D * cfg.branches * k * D if cfg.conditioning == "adaln-single" else 0
+    out["shared_modulation"] = E * cfg.branches * k * D if cfg.conditioning == "adaln-single" else 0
 
     blocks: dict[str, int] = {}
     if cfg.context_refiner:  # Z-Image: unmodulated blocks over the text tokens alone
-        refiner = cfg.replace(
-            conditioning="in-context",
-            text_dim=0,
-            text_mixing="none",
-            arrangement="sequential",
-            context_refiner=0,
-            double_blocks=0,
-        )
+        refiner = cfg.refiner_config()
         _add(blocks, _block(refiner, L, L, 0), cfg.context_refiner)
+    _add(blocks, _block(cfg, T, T, 0), cfg.noise_refiner)  # Z-Image: the image tokens alone
+    if cfg.text_embedder == "rms-linear":
+        _add(blocks, {"norms": L * cfg.text_dim})
     joint = cfg.text_mixing == "joint"
     if joint:
         _add(blocks, _joint_block(cfg, T, L, pre_only=False), cfg.depth - 1)
@@ -128,12 +130,12 @@ def flop_breakdown(model_or_config, input=None, text_len: int | None = None) -> 
         out[key] = blocks.get(key, 0)
     out["norms"] = blocks.get("norms", 0) + T * D
     final_k = params_per_branch(cfg.shift, False)
-    out["final_modulation"] = D * final_k * D if cfg.conditioning in ("adaln", "adaln-zero") else 0
+    out["final_modulation"] = E * final_k * D if cfg.conditioning in ("adaln", "adaln-zero") else 0
     out["final_linear"] = T * D * p * p * cfg.out_channels
     out["total"] = sum(out.values())
     Tb = T + S if cfg.conditioning == "in-context" else T
     out["per_block_attention"] = _attention(Tb, D)
-    out["per_block_mlp"] = 2 * Tb * D * cfg.mlp_hidden
+    out["per_block_mlp"] = _mlp_macs(cfg) * Tb * D * cfg.mlp_hidden
     return out
 
 

@@ -8,7 +8,7 @@ safetensors file its header metadata and tensor names, for a torch `.pt` file it
                                ditlab training checkpoints, ditlab run folders (their model.safetensors)
     ditlab.models.interop      diffusers folders (DiTTransformer2DModel / DiTPipeline)
     ditlab.models.interop_text diffusers SD3Transformer2DModel / PixArtTransformer2DModel /
-                               FluxTransformer2DModel folders (text-to-image)
+                               FluxTransformer2DModel / ZImageTransformer2DModel folders (text-to-image)
     ditlab.finetune.adapter    fine-tuning adapter files (loaded onto their base, merged)
     ditlab.dydit.checkpoint    DyDiT files and DyDiT training checkpoints
     (later: VAEs)

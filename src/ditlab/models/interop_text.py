@@ -1,38 +1,44 @@
-"""Conversion between ditlab's text-to-image models and diffusers' `SD3Transformer2DModel` (MMDiT) and
-`PixArtTransformer2DModel` (cross-attention with adaLN-single), both ways: folders and in-memory models.
+"""Conversion between ditlab's text-to-image models and diffusers' `SD3Transformer2DModel` (MMDiT),
+`PixArtTransformer2DModel` (cross-attention with adaLN-single), `FluxTransformer2DModel` (double-stream MMDiT
+blocks, then single-stream parallel blocks) and `ZImageTransformer2DModel` (S3-DiT), both ways: folders
+(also pipeline roots with a transformer/ folder) and in-memory models. Reading a folder needs no diffusers.
 
 Each diffusers class is a `TextClass`: how its config becomes a DiTConfig and back, and a table of `Link`s,
-each tying one ditlab tensor to the diffusers tensor(s) it equals. A link is invertible, so one table serves
-both directions:
+each tying ditlab tensors to the diffusers tensors they equal. A link is invertible, so one table serves both
+directions (the kinds: see `Link`).
 
-    same   the tensor as it is
-    cat    ditlab's fused tensor is the diffusers tensors stacked along rows (qkv = [to_q; to_k; to_v])
-    swap   the two row halves exchanged: diffusers' AdaLayerNormContinuous chunks (scale, shift), ditlab's
-           modulation (shift, scale)
+Facts the tables encode (read off diffusers 0.42): SD3's joint attention concatenates the image tokens first,
+Flux's the text first (attention does not care: the rotary angles travel with their tokens); SD3's last block
+is context-pre-only; SD3 stores its max-size position table (`pos_embed.pos_embed`) and crops the input's grid
+from its centre, PixArt computes its table with base_size = sample_size / patch_size and interpolation_scale;
+Flux reads 2×2-packed latents (channel slowest) with ids (0, row, col), rotary axes (lead, n, n), and
+multiplies its σ ∈ [0, 1] timestep by 1000 (ditlab takes the 0…1000 scale); Z-Image patchifies channel-last,
+rotates with ids (sequence, row, col) — caption token i at 1 + i, image tokens at caption length + 1 — at
+θ = 256, conditions on a 256-d timestep embedding (middle width 1024) projected without SiLU, and uses
+SwiGLU, bias-free attention, RMSNorms with weights (eps 1e-5) and a shift-free LayerNorm final layer.
+AdaLayerNormContinuous chunks (scale, shift) where ditlab's modulation is (shift, scale).
 
-Facts the tables encode (read off diffusers 0.42): SD3's joint attention concatenates the image tokens first;
-its last block is context-pre-only (the text stream's output is never read); SD3 stores its max-size position
-table (`pos_embed.pos_embed`) and crops the input's grid from its centre, PixArt computes its table with
-`base_size` = sample_size / patch_size and `interpolation_scale`; both timestep sinusoids are cos-first with
-frequency shift 0 (the official DiT's), PixArt's caption projection is Linear → GELU(tanh) → Linear, SD3's
-pooled-text projection Linear → SiLU → Linear, its context embedder one Linear.
-
-Where ditlab differs on purpose:
+Where ditlab differs on purpose (each has a test in tests/test_text_interop.py):
 - SD3's last block computes context queries (`attn.add_q_proj`, `attn.norm_added_q`) whose attention output it
   discards; ditlab does not build them (`JointAttention(context_pre_only=True)`), so every parameter reaches
   the output. On import they are dropped (they cannot change the output), on export written as zeros / ones.
-- `SD3Transformer2DModel` takes no text mask (it attends to every text token, padding included); ditlab's
-  MMDiT does when given `text_mask`. With `text_mask=None` both compute the same function.
+- SD3, Flux and Z-Image take no text mask (they attend to every text token given, padding included); ditlab
+  does when given `text_mask`. With `text_mask=None` both compute the same function.
+- Flux's single block projects cat(attention, MLP) with one Linear; ditlab's parallel Block has attn.proj and
+  mlp.fc2 (the same function): import puts the bias in attn.proj, export sums the two.
+- Z-Image pads image and caption sequences to multiples of 32 with learned pad tokens that take part in
+  attention; ditlab pads nothing. At lengths of 32·k both agree; the pad tokens are dropped on import and
+  written as zeros on export.
 - diffusers stretches a grid of another size to `base_size` positions; a ditlab model built natively
   (`pos_base_size=0`) uses token indices. At the trained size they agree; an export says so in one warning.
-- PixArt-α's resolution / aspect-ratio conditioning (`use_additional_conditions`, the 1024 px models) is not
-  implemented: such folders are refused with that reason.
+- Not implemented, refused with the reason: PixArt-α's resolution / aspect-ratio conditioning (its 1024 px
+  models), SD3.5's dual attention layers, FLUX.1-dev's guidance embedder, Z-Image-Omni's SigLIP branch.
 
 Round trips are exact: an export writes ditlab's record of the model under `_ditlab` in config.json (as the
 DiT interop does), and a folder with that record reads back as the exported model.
 
-    model = load_model("sd3-folder/")                     # also a pipeline root with transformer/
-    save_text_diffusers(model, "out/transformer")         # SD3Transformer2DModel.from_pretrained loads it
+    model = load_model("sd3-folder/")                     # any of the four; also a pipeline root
+    save_text_diffusers(model, "out/transformer")         # <Class>.from_pretrained loads it
 """
 
 from __future__ import annotations
@@ -65,10 +71,13 @@ from ditlab.models.interop import (
 SD3 = "SD3Transformer2DModel"
 PIXART = "PixArtTransformer2DModel"
 FLUX = "FluxTransformer2DModel"
+ZIMAGE = "ZImageTransformer2DModel"
 # Flux's transformer reads latents the pipeline packed into 2×2 patches (patch_size=1 on packed tokens) and
 # has no sample size (rotary positions); ditlab patchifies itself and records a nominal latent size.
 FLUX_PACK = 2
 FLUX_INPUT_SIZE = 128  # the latent side of 1024 px images, only for Gflops (override input_size= freely)
+ZIMAGE_ADALN_DIM = 256  # Z-Image's condition width: min(dim, 256)
+ZIMAGE_TIMESTEP_MID = 1024  # and its timestep MLP's middle width
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class Link:
     swap       one tensor, its two row halves exchanged ((scale, shift) vs (shift, scale))
     patch_in   a conv patch embedding (D, C, p, p) = a Linear on packed patches (D, C·p·p), channel slowest
     patch_out  output rows: ditlab's token layout (py, px, c) vs Flux's packed (c, py, px), `arg` = p·p
+    patch_last a conv patch embedding (D, C, p, p) = a Linear on patches laid out (py, px, c) (Z-Image)
     """
 
     ours: tuple[str, ...]
@@ -105,6 +115,9 @@ class Link:
             return {self.ours[0]: t[0].reshape(own[self.ours[0]].shape)}
         if self.kind == "patch_out":  # rows (c, q) -> (q, c), q = the arg = p·p positions in a patch
             return {self.ours[0]: _swap_row_axes(t[0], -1, self.arg)}
+        if self.kind == "patch_last":  # (D, p·p·C), channel fastest -> (D, C, p, p)
+            D, C, p, _ = own[self.ours[0]].shape
+            return {self.ours[0]: t[0].reshape(D, p, p, C).permute(0, 3, 1, 2).contiguous()}
         return {self.ours[0]: t[0]}
 
     def to_theirs(self, state: Mapping) -> dict[str, torch.Tensor]:
@@ -124,6 +137,8 @@ class Link:
             return {self.theirs[0]: t[0].reshape(t[0].shape[0], -1).clone()}
         if self.kind == "patch_out":  # rows (q, c) -> (c, q)
             return {self.theirs[0]: _swap_row_axes(t[0], self.arg, -1)}
+        if self.kind == "patch_last":
+            return {self.theirs[0]: t[0].permute(0, 2, 3, 1).reshape(t[0].shape[0], -1).contiguous()}
         return {self.theirs[0]: t[0].clone()}
 
 
@@ -140,11 +155,18 @@ def _swap_row_axes(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
 def _linear(ours: str, *theirs: str, kind: str | None = None, arg: int = 0) -> list[Link]:
     """The weight and bias links of a Linear (several diffusers Linears: cat)."""
     kind = kind or ("cat" if len(theirs) > 1 else "same")
-    bias_kind = "same" if kind == "patch_in" else kind
+    bias_kind = "same" if kind in ("patch_in", "patch_last") else kind
     return [
         Link((f"{ours}.weight",), tuple(f"{t}.weight" for t in theirs), kind, arg),
         Link((f"{ours}.bias",), tuple(f"{t}.bias" for t in theirs), bias_kind, arg),
     ]
+
+
+def _weight(ours: str, *theirs: str) -> Link:
+    """A bias-free Linear (several diffusers Linears: cat)."""
+    return Link(
+        (f"{ours}.weight",), tuple(f"{t}.weight" for t in theirs), "cat" if len(theirs) > 1 else "same"
+    )
 
 
 def _norm(ours: str, theirs: str) -> Link:
@@ -648,6 +670,190 @@ def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tenso
     return x.reshape(N, D // (p * p), height, width)
 
 
+# ---------------------------------------------------------------------------------------------- Z-Image
+_ZIMAGE_DEFAULTS = dict(
+    all_patch_size=(2,),
+    all_f_patch_size=(1,),
+    in_channels=16,
+    dim=3840,
+    n_layers=30,
+    n_refiner_layers=2,
+    n_heads=30,
+    n_kv_heads=30,
+    norm_eps=1e-5,
+    qk_norm=True,
+    cap_feat_dim=2560,
+    siglip_feat_dim=None,
+    rope_theta=256.0,
+    t_scale=1000.0,
+    axes_dims=(32, 48, 48),
+    axes_lens=(1024, 512, 512),
+)
+ZIMAGE_MLP_RATIO = 8 / 3  # its SwiGLU's hidden width int(dim / 3 · 8)
+
+
+def _zimage_to_config(dconf: Mapping) -> dict:
+    c = _defaults(dconf, _ZIMAGE_DEFAULTS)
+    if tuple(c["all_patch_size"]) != (c["all_patch_size"][0],) or tuple(c["all_f_patch_size"]) != (1,):
+        raise ValueError(
+            f"{ZIMAGE} config has all_patch_size={c['all_patch_size']}, all_f_patch_size={c['all_f_patch_size']}; "
+            "ditlab reads one spatial patch size and single frames (all_f_patch_size=(1,))"
+        )
+    _need(c, ZIMAGE, "siglip_feat_dim", None, "Z-Image-Omni's SigLIP image conditioning is not implemented")
+    if int(c["n_kv_heads"]) != int(c["n_heads"]):
+        raise ValueError(
+            f"{ZIMAGE} config has n_kv_heads={c['n_kv_heads']} ≠ n_heads: grouped-query attention"
+        )
+    D, heads = int(c["dim"]), int(c["n_heads"])
+    axes = tuple(int(a) for a in c["axes_dims"])
+    if len(axes) != 3 or axes[1] != axes[2] or sum(axes) != D // heads:
+        raise ValueError(
+            f"{ZIMAGE} config has axes_dims={axes}; ditlab's rotary positions need (lead, n, n) summing to the "
+            f"head size {D // heads}"
+        )
+    if int(D * ZIMAGE_MLP_RATIO) != int(D / 3 * 8):
+        raise ValueError(
+            f"{ZIMAGE} config has dim={D}, whose SwiGLU width int(dim/3·8) ditlab cannot reproduce"
+        )
+    refiners = int(c["n_refiner_layers"])
+    return dict(
+        input_size=FLUX_INPUT_SIZE,  # no sample size: rotary positions only (nominal, for Gflops)
+        patch_size=int(c["all_patch_size"][0]),
+        in_channels=int(c["in_channels"]),
+        hidden_size=D,
+        depth=int(c["n_layers"]),
+        num_heads=heads,
+        mlp_ratio=ZIMAGE_MLP_RATIO,
+        mlp="swiglu",
+        class_dropout_prob=0.0,
+        num_classes=0,
+        learn_sigma=False,
+        timestep_freq_shift=0,
+        conditioning="adaln-zero",
+        norm="rmsnorm",
+        norm_affine=True,
+        norm_eps=float(c["norm_eps"]),
+        shift=False,
+        gate_fn="tanh",
+        sandwich_norm=True,
+        attn_bias=False,
+        qk_norm=bool(c["qk_norm"]),
+        qk_norm_eps=1e-5,  # fixed in its attention
+        cond_dim=min(D, ZIMAGE_ADALN_DIM),
+        timestep_mid=ZIMAGE_TIMESTEP_MID,
+        adaln_act=False,
+        final_norm="layernorm",
+        text_dim=int(c["cap_feat_dim"]),
+        text_mixing="concat",
+        text_embedder="rms-linear",
+        context_refiner=refiners,
+        noise_refiner=refiners,
+        rope=True,
+        rope_lead=axes[0],
+        rope_theta=float(c["rope_theta"]),
+        rope_sequence_axis=True,
+    )
+
+
+def _zimage_from_config(cfg: DiTConfig) -> dict:
+    _require(
+        cfg,
+        ZIMAGE,
+        conditioning="adaln-zero",
+        arrangement="sequential",
+        text_mixing="concat",
+        text_embedder="rms-linear",
+        mlp="swiglu",
+        norm="rmsnorm",
+        norm_affine=True,
+        shift=False,
+        gate_fn="tanh",
+        sandwich_norm=True,
+        attn_bias=False,
+        qk_norm_eps=1e-5,
+        adaln_act=False,
+        final_norm="layernorm",
+        learn_sigma=False,
+        num_classes=0,
+        pooled_dim=0,
+        timestep_freq_shift=0,
+        rope=True,
+        rope_sequence_axis=True,
+        double_blocks=0,
+        cond_width=min(cfg.hidden_size, ZIMAGE_ADALN_DIM),
+        timestep_mid=ZIMAGE_TIMESTEP_MID,
+        mlp_hidden=int(cfg.hidden_size / 3 * 8),
+    )
+    if cfg.context_refiner != cfg.noise_refiner:
+        raise ValueError(
+            f"cannot export to diffusers {ZIMAGE}: its n_refiner_layers sets both refiners, but this model has "
+            f"context_refiner={cfg.context_refiner}, noise_refiner={cfg.noise_refiner}"
+        )
+    head_dim = cfg.hidden_size // cfg.num_heads
+    n = (head_dim - cfg.rope_lead) // 2
+    return dict(
+        all_patch_size=(cfg.patch_size,),
+        all_f_patch_size=(1,),
+        in_channels=cfg.in_channels,
+        dim=cfg.hidden_size,
+        n_layers=cfg.depth,
+        n_refiner_layers=cfg.context_refiner,
+        n_heads=cfg.num_heads,
+        n_kv_heads=cfg.num_heads,
+        norm_eps=cfg.norm_eps,
+        qk_norm=cfg.qk_norm,
+        cap_feat_dim=cfg.text_dim,
+        rope_theta=cfg.rope_theta,
+        axes_dims=(cfg.rope_lead, n, n),
+    )
+
+
+def _zimage_block(ours: str, theirs: str, cfg: DiTConfig, modulated: bool) -> list[Link]:
+    """One ZImageTransformerBlock = a sequential Block with sandwich norms, no attention biases, SwiGLU."""
+    a = f"{theirs}.attention"
+    links = [
+        _norm(f"{ours}.norm1", f"{theirs}.attention_norm1"),
+        _weight(f"{ours}.attn.qkv", f"{a}.to_q", f"{a}.to_k", f"{a}.to_v"),
+        _weight(f"{ours}.attn.proj", f"{a}.to_out.0"),
+        _norm(f"{ours}.post_norm1", f"{theirs}.attention_norm2"),
+        _norm(f"{ours}.norm2", f"{theirs}.ffn_norm1"),
+        *(_weight(f"{ours}.mlp.{w}", f"{theirs}.feed_forward.{w}") for w in ("w1", "w2", "w3")),
+        _norm(f"{ours}.post_norm2", f"{theirs}.ffn_norm2"),
+    ]
+    if cfg.qk_norm:
+        links += [_norm(f"{ours}.attn.q_norm", f"{a}.norm_q"), _norm(f"{ours}.attn.k_norm", f"{a}.norm_k")]
+    if modulated:  # scale, gate × 2 from c as it is (no SiLU): ditlab's Identity + Linear keeps `.1`
+        links += _linear(f"{ours}.adaLN_modulation.1", f"{theirs}.adaLN_modulation.0")
+    return links
+
+
+def _zimage_links(cfg: DiTConfig) -> list[Link]:
+    key = f"{cfg.patch_size}-1"
+    links = _linear("x_embedder.proj", f"all_x_embedder.{key}", kind="patch_last")
+    links += [
+        Link((f"t_embedder.mlp.{i}.{s}",), (f"t_embedder.mlp.{i}.{s}",))
+        for i in (0, 2)
+        for s in ("weight", "bias")
+    ]
+    links.append(_norm("text_embedder.norm", "cap_embedder.0"))
+    links += _linear("text_embedder.proj", "cap_embedder.1")
+    for j in range(cfg.noise_refiner):
+        links += _zimage_block(f"noise_refiner.{j}", f"noise_refiner.{j}", cfg, modulated=True)
+    for j in range(cfg.context_refiner):
+        links += _zimage_block(f"context_refiner.{j}", f"context_refiner.{j}", cfg, modulated=False)
+    for i in range(cfg.depth):
+        links += _zimage_block(f"blocks.{i}", f"layers.{i}", cfg, modulated=True)
+    links += _linear("final_layer.adaLN_modulation.1", f"all_final_layer.{key}.adaLN_modulation.1")  # scale
+    links += _linear("final_layer.linear", f"all_final_layer.{key}.linear")  # (py, px, c) as ditlab
+    return links
+
+
+def _zimage_unread(cfg: DiTConfig) -> dict[str, torch.Tensor]:
+    """The learned pad tokens Z-Image puts where it pads sequences to multiples of 32 (which then take part in
+    attention); ditlab pads nothing (padding is masked), so these change nothing at lengths of 32·k."""
+    return {"x_pad_token": torch.zeros(1, cfg.hidden_size), "cap_pad_token": torch.zeros(1, cfg.hidden_size)}
+
+
 CLASSES: dict[str, TextClass] = {
     SD3: TextClass(
         SD3, _sd3_to_config, _sd3_from_config, _sd3_links, _sd3_unread, lambda cfg: cfg.text_mixing == "joint"
@@ -668,6 +874,14 @@ CLASSES: dict[str, TextClass] = {
         lambda cfg: {},
         lambda cfg: cfg.text_mixing == "concat" and cfg.arrangement == "parallel",
     ),
+    ZIMAGE: TextClass(
+        ZIMAGE,
+        _zimage_to_config,
+        _zimage_from_config,
+        _zimage_links,
+        _zimage_unread,
+        lambda cfg: cfg.text_mixing == "concat" and cfg.arrangement == "sequential",
+    ),
 }
 
 
@@ -686,7 +900,7 @@ def text_config(dconf: Mapping, source: str = "diffusers config", **overrides) -
         return described.replace(**overrides) if overrides else described
     own = DiTConfig.from_dict(recorded[CONFIG_KEY])
     geometry = ("patch_size", "in_channels", "hidden_size", "depth", "num_heads", "text_dim")
-    geometry += () if tc.name == FLUX else ("image_hw",)  # Flux's size is ditlab's nominal one
+    geometry += () if tc.name in (FLUX, ZIMAGE) else ("image_hw",)  # theirs have no size: ours is nominal
     differ = [
         f"{k} {getattr(own, k)!r} vs {getattr(described, k)!r}"
         for k in geometry
@@ -877,6 +1091,7 @@ for _name in CLASSES:
 __all__ = [
     "CLASSES",
     "FLUX",
+    "ZIMAGE",
     "PIXART",
     "SD3",
     "from_text_diffusers",

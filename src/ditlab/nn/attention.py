@@ -70,9 +70,9 @@ def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> t
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
-def _head_norms(head_dim: int, enabled: bool) -> tuple[nn.Module | None, nn.Module | None]:
-    """The optional per-head RMSNorms of queries and keys (eps 1e-6, learned weight)."""
-    return (RMSNorm(head_dim, eps=1e-6), RMSNorm(head_dim, eps=1e-6)) if enabled else (None, None)
+def _head_norms(head_dim: int, enabled: bool, eps: float = 1e-6) -> tuple[nn.Module | None, nn.Module | None]:
+    """The optional per-head RMSNorms of queries and keys (learned weight)."""
+    return (RMSNorm(head_dim, eps=eps), RMSNorm(head_dim, eps=eps)) if enabled else (None, None)
 
 
 def _normed(x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
@@ -82,15 +82,23 @@ def _normed(x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection (rows ordered [q | k | v], head-major)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        proj_bias: bool = True,
+        qk_norm_eps: float = 1e-6,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.q_norm, self.k_norm = _head_norms(self.head_dim, qk_norm)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.q_norm, self.k_norm = _head_norms(self.head_dim, qk_norm, qk_norm_eps)
 
     def forward(
         self, x: torch.Tensor, head_mask=None, weights: AttentionSlice | None = None, mask=None, rope=None
@@ -208,6 +216,30 @@ class JointAttention(nn.Module):
         out = out.transpose(1, 2).flatten(2)  # (N, T[+S], D)
         x_out = self.proj(out[:, :T])
         return x_out, (None if self.context_proj is None else self.context_proj(out[:, T:]))
+
+
+class SwiGLU(nn.Module):
+    """w2(SiLU(w1·x) ⊙ w3·x), without biases: the gated MLP of LLaMA-style blocks (Z-Image's feed-forward)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor, group_mask=None, weights=None) -> torch.Tensor:
+        if group_mask is not None or weights is not None:
+            raise ValueError("the SwiGLU MLP has no dynamic-width (DyDiT) path; use mlp='gelu'")
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def make_mlp(kind: str, dim: int, hidden_dim: int) -> nn.Module:
+    """The MLP named `kind`: "gelu" (DiT's fc1 → GELU(tanh) → fc2) or "swiglu" (Z-Image's w1, w3 → w2)."""
+    if kind == "gelu":
+        return Mlp(dim, hidden_dim)
+    if kind == "swiglu":
+        return SwiGLU(dim, hidden_dim)
+    raise ValueError(f"unknown mlp {kind!r}; choose one of: gelu, swiglu")
 
 
 class Mlp(nn.Module):

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from ditlab.nn.norms import RMSNorm
+
 
 def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
     """(M,) positions -> (M, dim) table [sin(pos·ω), cos(pos·ω)] with ω_k = 1/10000^(2k/dim). Float64."""
@@ -50,7 +52,15 @@ def sincos_2d(
     return torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1).float()
 
 
-def rope_2d(head_dim: int, grid_h: int, grid_w: int, extra: int = 0, theta: float = 10000.0, lead: int = 0):
+def rope_2d(
+    head_dim: int,
+    grid_h: int,
+    grid_w: int,
+    extra: int = 0,
+    theta: float = 10000.0,
+    lead: int = 0,
+    sequence_axis: bool = False,
+):
     """Rotary angles for a grid_h × grid_w token grid (row-major) followed by `extra` tokens at position 0
     (text tokens, which rotary positions leave unrotated) -> (cos, sin), each (grid_h·grid_w + extra, head_dim).
 
@@ -58,6 +68,8 @@ def rope_2d(head_dim: int, grid_h: int, grid_w: int, extra: int = 0, theta: floa
     of each head turn with the row index, half with the column index; channel pair k of an axis with n
     channels turns at θ^(-2k/n), and both channels of a pair carry the same angle (repeated): Flux's rotary
     embedding on ids (0, row, col) with axes_dims_rope (lead, n, n).
+    `sequence_axis` (Z-Image): the lead channels turn with a sequence position instead, text token i at 1 + i
+    and every image token at extra + 1 (after the caption), with the lead axis's own frequencies.
     """
     n = (head_dim - lead) // 2
     if lead < 0 or lead % 2 or n % 2 or 2 * n + lead != head_dim:
@@ -68,8 +80,15 @@ def rope_2d(head_dim: int, grid_h: int, grid_w: int, extra: int = 0, theta: floa
     rows = torch.arange(grid_h, dtype=torch.float64).repeat_interleave(grid_w)
     cols = torch.arange(grid_w, dtype=torch.float64).repeat(grid_h)
     angles = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=1)  # (T, n)
-    angles = torch.cat([angles.new_zeros(angles.shape[0], lead // 2), angles], dim=1)  # (T, hd/2)
-    angles = torch.cat([angles, angles.new_zeros(extra, angles.shape[1])]).repeat_interleave(2, dim=1)
+    angles = torch.cat([angles, angles.new_zeros(extra, angles.shape[1])])  # text tokens: row = col = 0
+    seq = torch.zeros(angles.shape[0], dtype=torch.float64)
+    if sequence_axis:
+        seq[: grid_h * grid_w] = extra + 1
+        seq[grid_h * grid_w :] = torch.arange(1, extra + 1, dtype=torch.float64)
+    lead_freqs = 1.0 / theta ** (torch.arange(0, lead, 2, dtype=torch.float64) / max(lead, 1))
+    angles = torch.cat([seq[:, None] * lead_freqs, angles], dim=1).repeat_interleave(
+        2, dim=1
+    )  # (T + extra, hd)
     return angles.cos().float(), angles.sin().float()
 
 
@@ -114,14 +133,21 @@ class PatchEmbed(nn.Module):
 class TimestepEmbedder(nn.Module):
     """Timestep -> D vector: a 256-d sinusoid through Linear → SiLU → Linear (`t_embedder.mlp.{0,2}`)."""
 
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, freq_shift: int = 0):
+    def __init__(
+        self,
+        hidden_size: int,
+        frequency_embedding_size: int = 256,
+        freq_shift: int = 0,
+        mid_size: int | None = None,
+    ):
         super().__init__()
         self.frequency_embedding_size = frequency_embedding_size
         self.freq_shift = freq_shift
+        mid = mid_size or hidden_size  # Z-Image: a wider middle layer (1024) than its 256-d output
         self.mlp = nn.Sequential(
-            nn.Linear(frequency_embedding_size, hidden_size),
+            nn.Linear(frequency_embedding_size, mid),
             nn.SiLU(),
-            nn.Linear(hidden_size, hidden_size),
+            nn.Linear(mid, hidden_size),
         )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:  # (N,) -> (N, D)
@@ -183,10 +209,12 @@ class TextEmbedder(nn.Module):
     """Text tokens (N, L, text_dim) -> (N, L, D): one Linear (`proj`; SD3's and Flux's context embedder) or
     Linear → GELU(tanh) → Linear (`mlp`; PixArt-α's caption projection)."""
 
-    def __init__(self, text_dim: int, hidden_size: int, kind: str = "linear"):
+    def __init__(self, text_dim: int, hidden_size: int, kind: str = "linear", eps: float = 1e-6):
         super().__init__()
         self.kind = kind
-        if kind == "linear":
+        if kind == "rms-linear":  # Z-Image's caption embedder: RMSNorm (learned weight), then the Linear
+            self.norm = RMSNorm(text_dim, eps=eps)
+        if kind in ("linear", "rms-linear"):
             self.proj = nn.Linear(text_dim, hidden_size)
         elif kind == "mlp":
             self.mlp = nn.Sequential(
@@ -195,7 +223,9 @@ class TextEmbedder(nn.Module):
                 nn.Linear(hidden_size, hidden_size),
             )
         else:
-            raise ValueError(f"unknown text embedder {kind!r}; choose one of: linear, mlp")
+            raise ValueError(f"unknown text embedder {kind!r}; choose one of: linear, rms-linear, mlp")
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        return self.proj(text) if self.kind == "linear" else self.mlp(text)
+        if self.kind == "mlp":
+            return self.mlp(text)
+        return self.proj(self.norm(text) if self.kind == "rms-linear" else text)
