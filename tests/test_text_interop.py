@@ -101,27 +101,7 @@ TINY_DITLAB = {
         "Flux-Nano/2",
         dict(learn_sigma=False, pooled_dim=POOLED_DIM, depth=3, double_blocks=1, rope_lead=4),
     ),
-    ZIMAGE: (
-        "ZImage-Nano/2",
-        dict(
-            learn_sigma=False,
-            mlp="swiglu",
-            mlp_ratio=8 / 3,
-            attn_bias=False,
-            norm_affine=True,
-            norm_eps=1e-5,
-            qk_norm_eps=1e-5,
-            timestep_mid=1024,
-            adaln_act=False,
-            final_norm="layernorm",
-            text_embedder="rms-linear",
-            context_refiner=1,
-            noise_refiner=1,
-            rope_lead=4,
-            rope_theta=256.0,
-            rope_sequence_axis=True,
-        ),
-    ),
+    ZIMAGE: ("ZImage-Nano/2", dict(learn_sigma=False, context_refiner=1, noise_refiner=1)),  # the preset
 }
 
 

@@ -12,21 +12,20 @@ from ditlab.models.dit import Block, ContextStream
 from ditlab.nn.attention import JointAttention
 
 TEXT_DIM, POOLED_DIM, L = 10, 12, 5
-ZIMAGE_DETAILS = dict(
-    mlp="swiglu",
-    mlp_ratio=8 / 3,
-    attn_bias=False,
-    norm_affine=True,
-    qk_norm_eps=1e-5,
-    cond_dim=32,
-    timestep_mid=48,
-    adaln_act=False,
-    final_norm="layernorm",
-    text_embedder="rms-linear",
-    noise_refiner=1,
-    rope_lead=4,
-    rope_theta=256.0,
-    rope_sequence_axis=True,
+S3DIT_ONLY = dict(
+    mlp="gelu",
+    mlp_ratio=4.0,
+    attn_bias=True,
+    norm_affine=False,
+    cond_dim=0,
+    timestep_mid=0,
+    adaln_act=True,
+    final_norm="",
+    text_embedder="linear",
+    noise_refiner=0,
+    rope=False,
+    rope_lead=0,
+    rope_sequence_axis=False,
 )
 # Nano sizes (2 blocks, width 64, 4 heads) of each zoo architecture, on 8×8 two-channel inputs.
 ARCHS = {
@@ -35,9 +34,14 @@ ARCHS = {
     "mmdit": ("MMDiT-Nano/2", dict(pooled_dim=POOLED_DIM, text_dim=TEXT_DIM, qk_norm=True)),
     "flux": ("Flux-Nano/2", dict(pooled_dim=POOLED_DIM, text_dim=TEXT_DIM)),
     "flux-double": ("Flux-Nano/2", dict(pooled_dim=POOLED_DIM, text_dim=TEXT_DIM, depth=3, double_blocks=1)),
-    "zimage": ("ZImage-Nano/2", dict(text_dim=TEXT_DIM, context_refiner=1)),
-    # every detail of Z-Image's own model (what its diffusers checkpoints need), a narrower condition included
-    "zimage-full": ("ZImage-Nano/2", dict(text_dim=TEXT_DIM, context_refiner=1, **ZIMAGE_DETAILS)),
+    "zimage": ("ZImage-Nano/2", dict(text_dim=TEXT_DIM, context_refiner=1, noise_refiner=1)),
+    # the S3-DiT block alone (GELU MLP, biases, unweighted norms, no noise refiner, no rotary positions)
+    "s3dit": ("ZImage-Nano/2", dict(text_dim=TEXT_DIM, context_refiner=1, **S3DIT_ONLY)),
+    # a condition narrower than the tokens (Z-Image: 256-d), with a wider timestep MLP
+    "zimage-narrow": (
+        "ZImage-Nano/2",
+        dict(text_dim=TEXT_DIM, context_refiner=1, cond_dim=32, timestep_mid=48),
+    ),
 }
 ZERO_INIT = (
     "pooled",
@@ -45,8 +49,9 @@ ZERO_INIT = (
     "flux",
     "flux-double",
     "zimage",
-    "zimage-full",
-)  # adaLN-Zero / zero tanh gates
+    "s3dit",
+    "zimage-narrow",
+)  # zero gates at init
 MASK = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
 
 
@@ -232,7 +237,7 @@ PRESETS = {
     "PixArt-S/2": (29_946_272, 7.152),
     "MMDiT-S/2": (62_873_504, 6.859),
     "Flux-S/2": (27_603_488, 6.899),
-    "ZImage-S/2": (32_490_912, 7.020),
+    "ZImage-S/2": (34_656_032, 8.026),
     "MMDiT-XL/2": (1_326_943_904, 133.820),
     "PixArt-XL/2": (606_874_784, 140.409),
 }

@@ -75,7 +75,7 @@ ZIMAGE = "ZImageTransformer2DModel"
 # Flux's transformer reads latents the pipeline packed into 2×2 patches (patch_size=1 on packed tokens) and
 # has no sample size (rotary positions); ditlab patchifies itself and records a nominal latent size.
 FLUX_PACK = 2
-FLUX_INPUT_SIZE = 128  # the latent side of 1024 px images, only for Gflops (override input_size= freely)
+NOMINAL_INPUT_SIZE = 128  # Flux, Z-Image: no sample size; 1024 px latents, for Gflops only (override freely)
 ZIMAGE_ADALN_DIM = 256  # Z-Image's condition width: min(dim, 256)
 ZIMAGE_TIMESTEP_MID = 1024  # and its timestep MLP's middle width
 
@@ -543,7 +543,7 @@ def _flux_to_config(dconf: Mapping) -> dict:
         raise ValueError(f"{FLUX} config has in/out_channels {in_ch}/{out_ch}, not packed 2×2 patches (÷4)")
     heads = int(c["num_attention_heads"])
     return dict(
-        input_size=FLUX_INPUT_SIZE,
+        input_size=NOMINAL_INPUT_SIZE,
         patch_size=FLUX_PACK,
         in_channels=in_ch // pp,
         hidden_size=heads * head_dim,
@@ -717,7 +717,7 @@ def _zimage_to_config(dconf: Mapping) -> dict:
         )
     refiners = int(c["n_refiner_layers"])
     return dict(
-        input_size=FLUX_INPUT_SIZE,  # no sample size: rotary positions only (nominal, for Gflops)
+        input_size=NOMINAL_INPUT_SIZE,  # no sample size: rotary positions only (nominal, for Gflops)
         patch_size=int(c["all_patch_size"][0]),
         in_channels=int(c["in_channels"]),
         hidden_size=D,

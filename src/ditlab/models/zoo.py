@@ -61,18 +61,43 @@ TEXT_ARCHITECTURES: dict[str, dict] = {
         qk_norm=True,
         rope=True,
     ),
+    # Z-Image's own block, as its diffusers checkpoints hold it (export also needs learn_sigma=False)
     "ZImage": dict(
         text_dim=TEXT_DIM,
         text_mixing="concat",
+        text_embedder="rms-linear",
         norm="rmsnorm",
+        norm_affine=True,
+        norm_eps=1e-5,
         shift=False,
         gate_fn="tanh",
         sandwich_norm=True,
+        mlp="swiglu",
+        mlp_ratio=8 / 3,
+        attn_bias=False,
         qk_norm=True,
+        qk_norm_eps=1e-5,
+        timestep_mid=1024,
+        adaln_act=False,
+        final_norm="layernorm",
         rope=True,
+        rope_theta=256.0,
+        rope_sequence_axis=True,
         context_refiner=2,
+        noise_refiner=2,
     ),
 }
+
+
+def _sized(arch: str, hidden: int, heads: int) -> dict:
+    """The fields of an architecture that depend on the width (Z-Image's condition and rotary axes)."""
+    if arch != "ZImage":
+        return {}
+    # Z-Image: a min(dim, 256) condition; rotary axes (32, 48, 48) of 128 channels, i.e. a quarter of each
+    # head on the sequence axis (a multiple of 4), the rest split between rows and columns
+    return dict(cond_dim=min(hidden, 256), rope_lead=4 * round(hidden // heads / 16))
+
+
 for _arch, _fields in TEXT_ARCHITECTURES.items():
     for _size, (_depth, _hidden, _heads) in {**SIZES, **SMALL}.items():
         for _p in (1, 2, 4, 8) if _size in SMALL else (2, 4, 8):
@@ -81,7 +106,7 @@ for _arch, _fields in TEXT_ARCHITECTURES.items():
                 hidden_size=_hidden,
                 num_heads=_heads,
                 patch_size=_p,
-                **{**_TEXT_COMMON, **_fields},
+                **{**_TEXT_COMMON, **_fields, **_sized(_arch, _hidden, _heads)},
             )
 
 # Conditioning variants compared by the DiT paper (Fig. 3 / Table 4) and later models, as config overrides.
