@@ -101,6 +101,9 @@ def test_blocks_start_as_the_identity(arch):
     with torch.no_grad():
         tokens, cond = model.embed(*args, **kw)
         assert torch.equal(model.run_blocks(tokens, cond)[:, : tokens.shape[1]], tokens)
+        if model.noise_refiner is not None:  # Z-Image's image-only blocks start as the identity too
+            image = model.x_embedder(args[0])
+            assert torch.equal(model.noise_refiner[0](image, cond.c, rope=None), image)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

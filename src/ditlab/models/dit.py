@@ -442,7 +442,7 @@ class DiT(nn.Module):
         self.noise_refiner = (
             nn.ModuleList(Block(cfg) for _ in range(cfg.noise_refiner)) if cfg.noise_refiner else None
         )
-        self._pos_cache: dict[tuple, torch.Tensor] = {}
+        self._pos_cache: dict[tuple, torch.Tensor | tuple] = {}  # sin-cos tables and rotary (cos, sin) pairs
         self.initialize_weights()
 
     # ------------------------------------------------------------------ init
@@ -471,7 +471,7 @@ class DiT(nn.Module):
         if self.adaLN_single is not None:  # PixArt-α: shared projection N(0, 0.02)
             nn.init.normal_(self.adaLN_single.t_block[1].weight, std=0.02)
         # adaLN-Zero: every block's modulation outputs zeros, so every gate is 0 and each block is the identity.
-        for block in self.blocks:
+        for block in [*self.blocks, *(self.noise_refiner or ())]:
             for modulation in (
                 block.adaLN_modulation,
                 getattr(block.context_stream, "adaLN_modulation", None),
@@ -686,15 +686,18 @@ class DiT(nn.Module):
         cfg = self.config
         if not cfg.rope:
             return None
-        cos, sin = rope_2d(
-            cfg.hidden_size // cfg.num_heads,
-            *grid,
-            extra=extra,
-            theta=cfg.rope_theta,
-            lead=cfg.rope_lead,
-            sequence_axis=cfg.rope_sequence_axis,
-        )
-        return cos.to(device), sin.to(device)
+        key = ("rope", *grid, extra, device)  # a sampling loop asks for the same tables at every step
+        if key not in self._pos_cache:
+            cos, sin = rope_2d(
+                cfg.hidden_size // cfg.num_heads,
+                *grid,
+                extra=extra,
+                theta=cfg.rope_theta,
+                lead=cfg.rope_lead,
+                sequence_axis=cfg.rope_sequence_axis,
+            )
+            self._pos_cache[key] = (cos.to(device), sin.to(device))
+        return self._pos_cache[key]
 
     def run_blocks(self, x, cond: Condition, routes: list[BlockRoute] | None = None) -> torch.Tensor:
         """The blocks in order, each with its route (None: dense), under the gradient-checkpointing policy."""
