@@ -892,7 +892,7 @@ def text_class_for(cfg: DiTConfig) -> TextClass | None:
 
 # ---------------------------------------------------------------------------------------------- configs
 def text_config(dconf: Mapping, source: str = "diffusers config", **overrides) -> DiTConfig:
-    """The DiTConfig of a diffusers SD3 / PixArt config: its ditlab record's when it has one, else derived."""
+    """The DiTConfig of a diffusers text-to-image config: its ditlab record's when it has one, else derived."""
     tc = _class_of(dconf, source)
     described = DiTConfig().replace(**tc.to_config(dconf))
     recorded = _record(dconf, source)
@@ -922,9 +922,12 @@ def _class_of(dconf: Mapping, source: str) -> TextClass:
 
 
 # ---------------------------------------------------------------------------------------------- weights
-def state_dict_from_text_diffusers(dstate: Mapping, cfg: DiTConfig, model: DiT) -> dict:
-    """A diffusers SD3 / PixArt state dict -> ditlab keys; refuses missing or unknown tensors."""
-    tc = text_class_for(cfg)
+def state_dict_from_text_diffusers(
+    dstate: Mapping, cfg: DiTConfig, model: DiT, name: str | None = None
+) -> dict:
+    """A diffusers state dict of class `name` (default: the class `cfg` is) -> ditlab keys for `model` (built
+    from `cfg`); refuses missing or unknown tensors."""
+    tc = CLASSES[name] if name is not None else _export_class(cfg)
     links = tc.links(cfg)
     wanted = {k for link in links for k in link.theirs}
     missing = sorted(wanted - set(dstate))
@@ -942,7 +945,7 @@ def state_dict_from_text_diffusers(dstate: Mapping, cfg: DiTConfig, model: DiT) 
 
 
 def state_dict_to_text_diffusers(model: DiT) -> dict[str, torch.Tensor]:
-    """ditlab weights -> the diffusers SD3 / PixArt state dict (refuses configs diffusers cannot express)."""
+    """ditlab weights -> the diffusers class's state dict (refuses configs that class cannot express)."""
     cfg = model.config
     tc = _export_class(cfg)
     tc.from_config(cfg)
@@ -960,7 +963,8 @@ def _export_class(cfg: DiTConfig) -> TextClass:
     if tc is None:
         raise ValueError(
             "cannot export to a diffusers text-to-image class: the model is neither an MMDiT (text_mixing="
-            f"'joint' -> {SD3}) nor cross-attention with adaLN-single ({PIXART})"
+            f"'joint' -> {SD3}), cross-attention with adaLN-single ({PIXART}), nor a single stream "
+            f"(text_mixing='concat': parallel blocks -> {FLUX}, sequential -> {ZIMAGE})"
         )
     return tc
 
@@ -989,15 +993,16 @@ def _check_positions(cfg: DiTConfig) -> None:
 def _build(dconf: Mapping, dstate: Mapping, overrides: dict, source: str) -> DiT:
     config = text_config(dconf, source, **overrides)
     model = DiT(config)
-    load_state_dict_checked(model, state_dict_from_text_diffusers(dstate, config, model), source=source)
+    state = state_dict_from_text_diffusers(dstate, config, model, _class_of(dconf, source).name)
+    load_state_dict_checked(model, state, source=source)
     return restore_metadata(model, _record(dconf, source) or {}).eval()
 
 
 def load_text_diffusers(
     path: str | os.PathLike, device="cpu", variant: str | None = None, **overrides
 ) -> DiT:
-    """Load a diffusers SD3Transformer2DModel / PixArtTransformer2DModel folder (or a pipeline root with a
-    transformer/ folder) as a ditlab model in eval mode. Does not need diffusers installed."""
+    """Load a diffusers folder of one of `CLASSES` (or a pipeline root with a transformer/ folder) as a ditlab
+    model in eval mode. Does not need diffusers installed."""
     folder = _resolve_folder(Path(path))
     dconf = json.loads((folder / CONFIG_NAME).read_text())
     text_config(dconf, str(folder), **overrides)  # a bad config fails before the weights are read
@@ -1005,7 +1010,7 @@ def load_text_diffusers(
 
 
 def from_text_diffusers(transformer, **overrides) -> DiT:
-    """A ditlab model with the weights of an in-memory diffusers SD3 / PixArt transformer (its device, dtype)."""
+    """A ditlab model with the weights of an in-memory diffusers transformer of one of `CLASSES`."""
     dconf = dict(transformer.config)
     dconf.setdefault("_class_name", type(transformer).__name__)
     param = next(transformer.parameters())
@@ -1023,7 +1028,7 @@ def text_diffusers_config(model: DiT) -> dict:
 
 
 def to_text_diffusers(model: DiT):
-    """A diffusers SD3Transformer2DModel / PixArtTransformer2DModel with this model's weights (eval mode)."""
+    """The diffusers transformer (of the class the architecture is) with this model's weights, eval mode."""
     config = text_diffusers_config(model)
     try:
         import diffusers
@@ -1042,7 +1047,7 @@ def to_text_diffusers(model: DiT):
 
 def save_text_diffusers(model: DiT, path: str | os.PathLike) -> Path:
     """Write a text model as a diffusers folder (config.json + diffusion_pytorch_model.safetensors) that
-    `SD3Transformer2DModel` / `PixArtTransformer2DModel.from_pretrained(path)` loads; returns the folder."""
+    the diffusers class's `from_pretrained(path)` loads; returns the folder. Does not need diffusers."""
     config = text_diffusers_config(model)
     path = Path(path)
     if path.exists() and not path.is_dir():
