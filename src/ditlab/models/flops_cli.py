@@ -56,7 +56,7 @@ def run(args) -> int:
         for row in rows:
             print(json.dumps(row))
         return 0
-    print(f"{'model':<10} {'variant':<24} {'tokens':>6} {'params':>13} {'Gflops':>9}")
+    print(f"{'model':<12} {'variant':<24} {'tokens':>6} {'params':>13} {'Gflops':>9}")
     for r in rows:
-        print(f"{r['model']:<10} {r['variant']:<24} {r['tokens']:>6} {r['params']:>13,} {r['gflops']:>9.2f}")
+        print(f"{r['model']:<12} {r['variant']:<24} {r['tokens']:>6} {r['params']:>13,} {r['gflops']:>9.2f}")
     return 0
