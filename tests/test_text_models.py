@@ -37,6 +37,17 @@ ARCHS = {
     "zimage": ("ZImage-Nano/2", dict(text_dim=TEXT_DIM, context_refiner=1, noise_refiner=1)),
     # the S3-DiT block alone (GELU MLP, biases, unweighted norms, no noise refiner, no rotary positions)
     "s3dit": ("ZImage-Nano/2", dict(text_dim=TEXT_DIM, context_refiner=1, **S3DIT_ONLY)),
+    # the DiT paper's cross-attention block reading [t, pooled] tokens and the text tokens after them
+    "dit-cross": (
+        "DiT-Nano/2",
+        dict(
+            conditioning="cross-attention",
+            num_classes=0,
+            pooled_dim=POOLED_DIM,
+            text_dim=TEXT_DIM,
+            text_mixing="cross-attention",
+        ),
+    ),
     # a condition narrower than the tokens (Z-Image: 256-d), with a wider timestep MLP
     "zimage-narrow": (
         "ZImage-Nano/2",
