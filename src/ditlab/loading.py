@@ -10,6 +10,7 @@ import ditlab.dydit.checkpoint  # noqa: F401  DyDiT files and DyDiT training che
 import ditlab.finetune.adapter  # noqa: F401  fine-tuning adapters, merged onto their base
 import ditlab.models.checkpoint  # noqa: F401  native safetensors, official .pt, training checkpoints, run folders
 import ditlab.models.interop  # noqa: F401  diffusers folders
+import ditlab.models.interop_text  # noqa: F401  diffusers SD3 / PixArt / Flux / Z-Image folders
 from ditlab.models.formats import load_model, registered_formats
 
 __all__ = ["load_model", "registered_formats"]

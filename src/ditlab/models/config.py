@@ -19,6 +19,16 @@ GATE_FNS = ("identity", "tanh")
 # How a block's two mixers are arranged: one after the other (DiT) or side by side on the same normalised
 # tokens with one modulation and one gated residual (Flux's single-stream blocks).
 ARRANGEMENTS = ("sequential", "parallel")
+# How text tokens (N, L, text_dim) enter the blocks, once embedded to the hidden size:
+#   none             no text tokens (a pooled text vector can still join c through `pooled_dim`, SD3-style)
+#   cross-attention  a cross-attention layer after self-attention reads them (PixArt-α)
+#   joint            a second stream with its own weights, one joint attention over both (SD3's MMDiT)
+#   concat           appended to the image tokens: one sequence, the same weights (Flux single, Z-Image)
+TEXT_MIXINGS = ("none", "cross-attention", "joint", "concat")
+# How text tokens are embedded to the hidden size: one Linear (SD3, Flux, Z-Image's context embedder) or
+# Linear → GELU(tanh) → Linear (PixArt-α's caption projection).
+TEXT_EMBEDDERS = ("linear", "mlp", "rms-linear")  # rms-linear: RMSNorm then Linear (Z-Image's cap_embedder)
+MLPS = ("gelu", "swiglu")
 # Conditionings that produce per-branch modulation, and those whose modulation includes residual gates.
 MODULATED = ("adaln", "adaln-zero", "adaln-single")
 GATED = ("adaln-zero", "adaln-single")
@@ -55,6 +65,39 @@ class DiTConfig(DictConfig):
         0  # 0 = official DiT timestep sinusoid, 1 = diffusers' (downscale_freq_shift=1)
     )
     arrangement: str = "sequential"  # one of ARRANGEMENTS: attention then MLP, or both on the same tokens
+    # --- text conditioning (text-to-image models; all off for the DiT zoo) ---
+    text_dim: int = 0  # > 0: the model takes text tokens (N, L, text_dim) and their mask
+    text_mixing: str = "none"  # one of TEXT_MIXINGS: where the embedded text tokens enter the blocks
+    text_embedder: str = "linear"  # one of TEXT_EMBEDDERS
+    text_len: int = 0  # the text encoder's fixed token count, for Gflops only (the forward takes any L)
+    cross_norm: bool = True  # a norm before the cross-attention layer (DiT paper); PixArt-α has none
+    qk_norm: bool = False  # RMSNorm (learned weight) on each head's queries and keys (SD3.5, Flux, Z-Image)
+    context_refiner: int = 0  # Z-Image: unmodulated blocks run over the text tokens alone before the blocks
+    rope: bool = False  # 2-D rotary positions on queries and keys instead of the additive sin-cos table
+    rope_lead: int = 0  # rotary: head channels left unrotated before the row and column axes (Flux: 16)
+    double_blocks: int = (
+        0  # concat (Flux): the first N blocks are MMDiT double-stream blocks, then one stream
+    )
+    # --- Z-Image's block and condition details (defaults: DiT's) ---
+    mlp: str = "gelu"  # one of MLPS: DiT's GELU MLP or a SwiGLU (w1, w3 -> w2, no biases)
+    attn_bias: bool = True  # biases in the self-attention's qkv and output projections
+    norm_affine: bool = (
+        False  # a learned weight (and bias, LayerNorm) in the block norms (Z-Image's RMSNorms)
+    )
+    qk_norm_eps: float = 1e-6
+    cond_dim: int = 0  # width of the condition c (0 = hidden_size); Z-Image: 256
+    timestep_mid: int = 0  # hidden width of the timestep MLP (0 = cond width); Z-Image: 1024
+    adaln_act: bool = True  # SiLU before each block's adaLN projection (Z-Image's blocks project c as it is)
+    final_norm: str = ""  # the final layer's norm ("" = norm); Z-Image: layernorm after RMSNorm blocks
+    noise_refiner: int = 0  # Z-Image: modulated blocks over the image tokens alone before the text joins
+    rope_theta: float = 10000.0
+    rope_sequence_axis: bool = (
+        False  # Z-Image: the rope_lead channels turn with the token's sequence position
+    )
+    # --- fixed sin-cos positions as diffusers builds them (defaults: the official DiT's token indices) ---
+    pos_embed_max_size: int = 0  # > 0 (SD3): a max×max table, an input's grid cropped from its centre
+    pos_base_size: int = 0  # > 0 (PixArt, SD3): a grid of g tokens spans base positions (index·base/g)
+    pos_interpolation: float = 1.0  # positions divided by this (diffusers' interpolation_scale)
 
     def __post_init__(self):
         if isinstance(self.input_size, list):
@@ -105,6 +148,12 @@ class DiTConfig(DictConfig):
         choose("norm", self.norm, NORMS)
         choose("gate_fn", self.gate_fn, GATE_FNS)
         choose("arrangement", self.arrangement, ARRANGEMENTS)
+        choose("text_mixing", self.text_mixing, TEXT_MIXINGS)
+        choose("text_embedder", self.text_embedder, TEXT_EMBEDDERS)
+        choose("mlp", self.mlp, MLPS)
+        if self.final_norm:
+            choose("final_norm", self.final_norm, NORMS)
+        self.validate_text()
         if self.arrangement == "parallel" and (self.conditioning == "cross-attention" or self.sandwich_norm):
             raise ValueError(
                 "arrangement='parallel' (one branch of attention + MLP) has no place for a cross-attention "
@@ -128,6 +177,86 @@ class DiTConfig(DictConfig):
             )
         if not 0 <= self.class_dropout_prob < 1:
             raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
+
+    def validate_text(self) -> None:
+        if (self.text_dim > 0) != (self.text_mixing != "none"):
+            raise ValueError(
+                f"text_dim={self.text_dim} with text_mixing={self.text_mixing!r}: text tokens need both a size "
+                "(text_dim > 0) and a way into the blocks (text_mixing other than 'none'), or neither"
+            )
+        if min(self.text_len, self.context_refiner, self.pos_embed_max_size, self.pos_base_size) < 0:
+            raise ValueError("text_len, context_refiner, pos_embed_max_size and pos_base_size must be >= 0")
+        if self.pos_interpolation <= 0:
+            raise ValueError(f"pos_interpolation must be > 0, got {self.pos_interpolation}")
+        if self.double_blocks and (self.text_mixing != "concat" or self.double_blocks > self.depth):
+            raise ValueError(
+                f"double_blocks={self.double_blocks}: Flux's double-stream blocks precede the single stream "
+                "(text_mixing='concat') and number at most depth"
+            )
+        if self.double_blocks and self.conditioning not in ("adaln", "adaln-zero"):
+            raise ValueError("double_blocks (MMDiT) need conditioning='adaln' or 'adaln-zero'")
+        if self.rope and ((self.hidden_size // self.num_heads - self.rope_lead) % 4 or self.rope_lead < 0):
+            raise ValueError(
+                f"rotary positions split each head's {self.hidden_size // self.num_heads} channels (less "
+                f"rope_lead={self.rope_lead}) into row and column pairs: that must be a multiple of 4"
+            )
+        if (
+            self.cond_dim
+            and self.cond_dim != self.hidden_size
+            and self.conditioning in ("in-context", "cross-attention")
+        ):
+            raise ValueError(
+                f"cond_dim={self.cond_dim}: in-context and cross-attention conditioning use the condition "
+                "vectors as tokens of the hidden size; leave cond_dim=0"
+            )
+        if self.noise_refiner and self.text_mixing != "concat":
+            raise ValueError(
+                "noise_refiner refines the image tokens before the text joins them: text_mixing='concat'"
+            )
+        if self.context_refiner and self.text_mixing == "none":
+            raise ValueError("context_refiner refines text tokens: set text_dim and text_mixing too")
+        if self.text_mixing == "joint" and (
+            self.conditioning not in ("adaln", "adaln-zero") or self.arrangement != "sequential"
+        ):
+            raise ValueError(
+                "text_mixing='joint' (MMDiT) modulates each stream with its own adaLN projection: use "
+                "conditioning='adaln' or 'adaln-zero' and arrangement='sequential'"
+            )
+        if self.text_mixing == "joint" and self.sandwich_norm:
+            raise ValueError(
+                "text_mixing='joint' has no sandwich norms in its text stream; set sandwich_norm=False"
+            )
+        if self.text_mixing == "cross-attention" and self.arrangement == "parallel":
+            raise ValueError("text_mixing='cross-attention' needs arrangement='sequential'")
+        if self.text_mixing == "concat" and self.conditioning == "in-context":
+            raise ValueError("in-context conditioning with concatenated text: use an adaLN conditioning")
+        gh, gw = self.grid_hw
+        if self.pos_embed_max_size and max(gh, gw) > self.pos_embed_max_size:
+            raise ValueError(
+                f"the {gh}×{gw} token grid does not fit pos_embed_max_size={self.pos_embed_max_size}"
+            )
+
+    def refiner_config(self) -> DiTConfig:
+        """The config of a context-refiner block (Z-Image): this block without modulation or text."""
+        return self.replace(
+            conditioning="in-context",
+            text_dim=0,
+            text_mixing="none",
+            arrangement="sequential",
+            context_refiner=0,
+            noise_refiner=0,
+            double_blocks=0,
+            cond_dim=0,
+        )
+
+    @property
+    def cond_width(self) -> int:
+        """The width of the condition vector c."""
+        return self.cond_dim or self.hidden_size
+
+    @property
+    def has_text(self) -> bool:
+        return self.text_mixing != "none"
 
     # --- (de)serialisation ---
     def to_dict(self) -> dict:

@@ -10,6 +10,7 @@ ditlab convert DiT-XL-2-256x256.pt dit-xl2.safetensors                  # offici
 ditlab convert DiT-XL-2-256x256.pt out/transformer --format diffusers   # official -> diffusers (warns: numerics)
 ditlab convert hub/DiT-XL-2-256 dit-xl2.safetensors --official-numerics # diffusers weights, official function
 ditlab convert runs/digits digits-diffusers/                            # a run folder: its model.safetensors
+ditlab convert sd3-medium/transformer mmdit.safetensors                 # SD3 / PixArt / Flux / Z-Image, both ways
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ditlab.cli_args import non_negative_int
 from ditlab.models.checkpoint import load_model, save_model
 from ditlab.models.formats import find_format, probe
 from ditlab.models.interop import OFFICIAL_NUMERICS, ditlab_record, save_diffusers
+from ditlab.models.interop_text import save_text_diffusers, text_class_for
 from ditlab.models.zoo import MODELS
 
 FORMATS = ("native", "diffusers")
@@ -95,6 +97,8 @@ def convert(src, dst, model=None, fmt=None, embedder_block=None, official_numeri
         if dst.is_dir():
             raise ValueError(f"{dst} is a folder; native output is one .safetensors file")
         save_model(net, dst)
+    elif text_class_for(net.config) is not None:  # SD3 / PixArt / Flux / Z-Image architectures
+        save_text_diffusers(net, dst)
     else:
         save_diffusers(net, dst)
     return fmt

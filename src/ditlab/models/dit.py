@@ -17,20 +17,31 @@ masks, sliced weight views, a token decision the block asks for after its attent
 Block code runs its training, masked and deployed paths; `DiT.forward` = `embed` → `run_blocks` → `unembed`,
 and a subclass changes only what it passes to `run_blocks`.
 
-How the text-to-image blocks plug in, as new parts rather than new bodies:
+How the text-to-image models plug in, as parts rather than new bodies (`DiTConfig.text_mixing`; the models
+take text tokens (N, L, text_dim) with their mask, `forward(x, t, pooled=..., text=..., text_mask=...)`):
+- Pooled (SD3's global path): `pooled_dim` > 0, the pooled text vector's embedding joins c.
+- Cross-attention with adaLN-single (PixArt-α): `text_embedder` (the caption projection) embeds the tokens and
+  the Block's `cross_attn` part reads them after self-attention (`cross_norm=False`: PixArt has no norm there).
 - Joint attention (SD3's MMDiT): a second stream of text tokens with its own weights. The Block gains a
-  `context_stream` part (its own norm1/norm2, adaLN projection and MLP, None for every DiT config), and the
-  token mixer becomes a `JointAttention` that takes the two modulated streams, projects each with its own qkv,
-  concatenates them along the token axis for one scaled-dot-product attention and splits the result back
-  through per-stream output projections. The gated residuals and `mlp_branch` are the same code applied once
-  per stream; the block returns (x, context) and `run_blocks` threads the context stream from block to block
-  (today's `context` argument, the cross-attention variant's condition tokens, is where it enters).
-- Single stream with parallel attention + MLP (Flux single blocks, Z-Image): the arrangement part,
-  `DiTConfig(arrangement="parallel")` (implemented, `Block.parallel_forward`): one norm and one modulation
-  (shift, scale, gate) per block, x + gate·(attn(h) + mlp(h)) with h = modulate(norm1(x)); `norm2` is None and
-  the modulation has one branch.
+  `context_stream` part (`ContextStream`: its own norm1/norm2, adaLN projection and MLP; None for every DiT
+  config), and the token mixer is a `JointAttention` that takes the two modulated streams, projects each with
+  its own qkv, concatenates them along the token axis for one scaled-dot-product attention and splits the
+  result back through per-stream output projections. The gated residuals and the MLP branch are the same code
+  applied once per stream; the block returns (x, context) and `run_blocks` threads the context stream from
+  block to block. The last block is context-pre-only: its context stream only gives keys and values.
+- Single stream (Flux single blocks, Z-Image): `text_mixing="concat"` appends the embedded text tokens to the
+  image tokens (one sequence, one set of weights, a key mask marking padding) and `unembed` drops them again.
+  Flux's block is the arrangement part `DiTConfig(arrangement="parallel")` (`Block.parallel_forward`): one
+  norm and one modulation (shift, scale, gate), x + gate·(attn(h) + mlp(h)) with h = modulate(norm1(x)).
   Flux's fused linear1/linear2 are the same function as separate qkv + fc1 and proj + fc2 (a linear map of a
   concatenation is the sum of the maps), so a checkpoint converter splits them into these official names.
+  Z-Image's S3-DiT block is the sequential Block with RMSNorm, shift-free tanh-gated modulation and sandwich
+  norms; its context refiner (`context_refiner` unmodulated Blocks over the text tokens alone) and noise
+  refiner (`noise_refiner` modulated Blocks over the image tokens alone) run first. Its checkpoints' other
+  details are config fields of the same parts (SwiGLU `mlp`, bias-free attention, weighted norms, a 256-d
+  condition `cond_dim` projected without SiLU, a LayerNorm `final_norm`, rotary ids with a sequence axis).
+- Positions: the additive sin-cos table (cropped from a max-size table for SD3, `pos_embed_max_size`) or 2-D
+  rotary positions on the image tokens' queries and keys (`rope`; text tokens sit at position 0).
 """
 
 from __future__ import annotations
@@ -45,8 +56,16 @@ from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ditlab.models.config import MODULATED, DiTConfig
-from ditlab.nn.attention import Attention, AttentionSlice, CrossAttention, Mlp, MlpSlice
-from ditlab.nn.embed import LabelEmbedder, PatchEmbed, PooledEmbedder, TimestepEmbedder, sincos_2d
+from ditlab.nn.attention import Attention, AttentionSlice, CrossAttention, JointAttention, MlpSlice, make_mlp
+from ditlab.nn.embed import (
+    LabelEmbedder,
+    PatchEmbed,
+    PooledEmbedder,
+    TextEmbedder,
+    TimestepEmbedder,
+    rope_2d,
+    sincos_2d,
+)
 from ditlab.nn.modulation import AdaLNModulation, AdaLNSingle, Modulation, ScaleShiftTable, params_per_branch
 from ditlab.nn.norms import RMSNorm, make_norm
 
@@ -99,14 +118,49 @@ class BlockRoute:
     token_index: Callable[[torch.Tensor], torch.Tensor | None] | None = None
 
 
+def mlp_branch_of(norm, mlp, post_norm, x, m: Modulation, inplace: bool, route=None) -> torch.Tensor:
+    """One stream's MLP branch before its gate: norm → modulate → MLP [→ post-norm], (N, T, D)."""
+    h = m.apply(norm(x), inplace)
+    h = mlp(h) if route is None else mlp(h, route.group_mask, route.mlp_weights)
+    return h if post_norm is None else post_norm(h)
+
+
+class ContextStream(nn.Module):
+    """The text stream's own parts in an MMDiT Block (SD3): norm1, adaLN projection, norm2 and MLP.
+
+    In the context-pre-only last block the stream only feeds keys and values to the joint attention: one
+    (shift, scale) modulation (SD3's AdaLayerNormContinuous) and no norm2/MLP.
+    """
+
+    def __init__(self, cfg: DiTConfig, pre_only: bool = False):
+        super().__init__()
+        D = cfg.hidden_size
+        self.norm1 = make_norm(cfg.norm, D, eps=cfg.norm_eps, affine=cfg.norm_affine)
+        self.norm2 = None if pre_only else make_norm(cfg.norm, D, eps=cfg.norm_eps, affine=cfg.norm_affine)
+        self.mlp = None if pre_only else make_mlp(cfg.mlp, D, cfg.mlp_hidden)
+        self.adaLN_modulation = AdaLNModulation(
+            cfg.cond_width,
+            D,
+            branches=1 if pre_only else cfg.branches,
+            shift=cfg.shift,
+            gate=cfg.gated and not pre_only,
+            zero_init=cfg.zero_init,
+            act=cfg.adaln_act,
+        )
+
+    def mlp_branch(self, x, m: Modulation, inplace: bool) -> torch.Tensor:
+        return mlp_branch_of(self.norm2, self.mlp, None, x, m, inplace)
+
+
 class Block(nn.Module):
     """norm → modulate → attention → [post-norm →] gate → residual, [cross-attention,]
     norm → modulate → MLP → [post-norm →] gate → residual.
 
     Parts (None where the config does not use them): `adaLN_modulation` (per-block adaLN projection) or
     `adaLN_table` (adaLN-single's per-block table), else no modulation (in-context, cross-attention);
-    `norm_cross`, `cross_attn` (the cross-attention variant); `post_norm1`, `post_norm2` (Lumina's sandwich);
-    `norm2` is None in the parallel arrangement, where both mixers read the output of norm1.
+    `norm_cross`, `cross_attn` (the cross-attention variant, PixArt's text cross-attention);
+    `post_norm1`, `post_norm2` (Lumina's sandwich); `context_stream` (MMDiT's text stream, with `attn` a
+    `JointAttention`); `norm2` is None in the parallel arrangement, where both mixers read the output of norm1.
     Module creation order matches the official DiTBlock so seeded inits are identical.
 
     `inplace_ops` (default True) lets modulate and the gated residuals write into the temporaries they are
@@ -115,23 +169,46 @@ class Block(nn.Module):
     `attn` or `mlp` that keep their output see it overwritten; set False for such inspection.
     """
 
-    def __init__(self, cfg: DiTConfig):
+    def __init__(self, cfg: DiTConfig, context_pre_only: bool = False):
         super().__init__()
         D = cfg.hidden_size
         self.gate_fn = cfg.gate_fn
-        self.norm1 = make_norm(cfg.norm, D, eps=cfg.norm_eps)
-        self.attn = Attention(D, cfg.num_heads, qkv_bias=True)
+        self.norm1 = make_norm(cfg.norm, D, eps=cfg.norm_eps, affine=cfg.norm_affine)
+        joint = cfg.text_mixing == "joint"
+        self.attn = (
+            JointAttention(D, cfg.num_heads, qk_norm=cfg.qk_norm, context_pre_only=context_pre_only)
+            if joint
+            else Attention(
+                D,
+                cfg.num_heads,
+                qkv_bias=cfg.attn_bias,
+                qk_norm=cfg.qk_norm,
+                proj_bias=cfg.attn_bias,
+                qk_norm_eps=cfg.qk_norm_eps,
+            )
+        )
         self.parallel = cfg.arrangement == "parallel"  # attention and MLP both read modulate(norm1(x))
         self.norm2 = (
             None
             if self.parallel
-            else make_norm(cfg.norm, D, eps=cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps)
+            else make_norm(
+                cfg.norm,
+                D,
+                eps=cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps,
+                affine=cfg.norm_affine,
+            )
         )
-        self.mlp = Mlp(D, cfg.mlp_hidden)
+        self.mlp = make_mlp(cfg.mlp, D, cfg.mlp_hidden)
         self.branches = cfg.branches
         self.adaLN_modulation = (
             AdaLNModulation(
-                D, D, branches=cfg.branches, shift=cfg.shift, gate=cfg.gated, zero_init=cfg.zero_init
+                cfg.cond_width,
+                D,
+                branches=cfg.branches,
+                shift=cfg.shift,
+                gate=cfg.gated,
+                zero_init=cfg.zero_init,
+                act=cfg.adaln_act,
             )
             if cfg.conditioning in ("adaln", "adaln-zero")
             else None
@@ -141,11 +218,12 @@ class Block(nn.Module):
             if cfg.conditioning == "adaln-single"
             else None
         )
-        cross = cfg.conditioning == "cross-attention"
-        self.norm_cross = make_norm(cfg.norm, D, eps=cfg.norm_eps) if cross else None
+        cross = cfg.conditioning == "cross-attention" or cfg.text_mixing == "cross-attention"
+        self.norm_cross = make_norm(cfg.norm, D, eps=cfg.norm_eps) if cross and cfg.cross_norm else None
         self.cross_attn = CrossAttention(D, cfg.num_heads) if cross else None
         self.post_norm1 = RMSNorm(D, eps=cfg.norm_eps) if cfg.sandwich_norm else None
         self.post_norm2 = RMSNorm(D, eps=cfg.norm_eps) if cfg.sandwich_norm else None
+        self.context_stream = ContextStream(cfg, context_pre_only) if joint else None
         self.inplace_ops = True
 
     def modulations(self, c: torch.Tensor, shared: torch.Tensor | None) -> list[Modulation]:
@@ -155,19 +233,34 @@ class Block(nn.Module):
             return self.adaLN_table(shared)
         return [NO_MODULATION] * self.branches
 
-    def forward(self, x, c, shared=None, context=None, route: BlockRoute | None = None):
+    def forward(
+        self,
+        x,
+        c,
+        shared=None,
+        context=None,
+        route: BlockRoute | None = None,
+        mask=None,
+        context_mask=None,
+        rope=None,
+    ):
         # x: (N, T, D) tokens; c: (N, D) condition; shared: (N, 6D) adaLN-single projection; context: (N, S, D)
+        # condition tokens (cross-attention) or the text stream (joint); mask (N, T) / context_mask (N, S):
+        # the tokens that exist (False = padding); rope: rotary (cos, sin) tables. Joint: returns (x, context).
+        if self.context_stream is not None:
+            return self.joint_forward(x, c, context, context_mask, rope)
         if self.parallel:
-            return self.parallel_forward(x, c, shared, route)
+            return self.parallel_forward(x, c, shared, route, mask, rope)
         m_attn, m_mlp = self.modulations(c, shared)
         inplace = self.inplace_ops  # the norm and branch outputs below are temporaries of this block
         h = m_attn.apply(self.norm1(x), inplace)
-        h = self.attn(h) if route is None else self.attn(h, route.head_mask, route.attn_weights)  # (N, T, D)
+        h = self.self_attention(h, route, mask, rope)  # (N, T, D)
         if self.post_norm1 is not None:
             h = self.post_norm1(h)
         x = m_attn.residual(x, h, self.gate_fn, inplace)
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.norm_cross(x), context)
+            h = x if self.norm_cross is None else self.norm_cross(x)
+            x = x + self.cross_attn(h, context, context_mask)
         if route is not None and route.token_mask is not None:  # each token's update times its {0, 1} mask
             h = m_mlp.gated(self.mlp_branch(x, m_mlp, route), self.gate_fn)
             return x + h * route.token_mask(x).unsqueeze(-1)  # (N, T, D): a skipped token keeps its residual
@@ -177,23 +270,46 @@ class Block(nn.Module):
                 return self.mlp_on_tokens(x, m_mlp, route, index)
         return m_mlp.residual(x, self.mlp_branch(x, m_mlp, route), self.gate_fn, inplace)
 
-    def parallel_forward(self, x, c, shared=None, route: BlockRoute | None = None):
+    def self_attention(self, h, route: BlockRoute | None = None, mask=None, rope=None) -> torch.Tensor:
+        """The token mixer on modulated tokens h (N, T, D): dense, or on the route's heads/masks."""
+        if route is None:
+            return self.attn(h, mask=mask, rope=rope)
+        return self.attn(h, route.head_mask, route.attn_weights, mask=mask, rope=rope)
+
+    def parallel_forward(self, x, c, shared=None, route: BlockRoute | None = None, mask=None, rope=None):
         """x + gate·(attention(h) + MLP(h)), h = modulate(norm1(x)): one branch, both mixers on the same h."""
         (m,) = self.modulations(c, shared)
         h = m.apply(self.norm1(x), self.inplace_ops)  # read by both mixers, written by neither
-        if route is None:
-            out = self.attn(h) + self.mlp(h)
-        else:
-            out = self.attn(h, route.head_mask, route.attn_weights) + self.mlp(
-                h, route.group_mask, route.mlp_weights
-            )
+        mlp = self.mlp(h) if route is None else self.mlp(h, route.group_mask, route.mlp_weights)
+        out = self.self_attention(h, route, mask, rope) + mlp
         return m.residual(x, out, self.gate_fn, self.inplace_ops)
+
+    def joint_forward(self, x, c, context, context_mask=None, rope=None):
+        """MMDiT: both streams modulated by their own adaLN, one joint attention, then each stream's gated
+        residuals and MLP branch -> (x, context); context is None after a context-pre-only block."""
+        if context is None:
+            raise ValueError("an MMDiT block needs the text stream: pass text tokens to the model")
+        inplace, stream = self.inplace_ops, self.context_stream
+        m_attn, m_mlp = self.modulations(c, None)
+        c_mods = stream.adaLN_modulation(c)  # [attention, MLP], or [(shift, scale)] when pre-only
+        h, hc = self.attn(
+            m_attn.apply(self.norm1(x), inplace),
+            c_mods[0].apply(stream.norm1(context), inplace),
+            context_mask,
+            rope,
+        )
+        x = m_attn.residual(x, h, self.gate_fn, inplace)
+        x = m_mlp.residual(x, self.mlp_branch(x, m_mlp), self.gate_fn, inplace)
+        if hc is None:
+            return x, None
+        context = c_mods[0].residual(context, hc, self.gate_fn, inplace)
+        return x, c_mods[1].residual(
+            context, stream.mlp_branch(context, c_mods[1], inplace), self.gate_fn, inplace
+        )
 
     def mlp_branch(self, x, m: Modulation, route: BlockRoute | None = None) -> torch.Tensor:
         """The MLP branch's output before its gate: norm2 → modulate → MLP [→ post-norm], (N, T, D)."""
-        h = m.apply(self.norm2(x), self.inplace_ops)
-        h = self.mlp(h) if route is None else self.mlp(h, route.group_mask, route.mlp_weights)
-        return h if self.post_norm2 is None else self.post_norm2(h)
+        return mlp_branch_of(self.norm2, self.mlp, self.post_norm2, x, m, self.inplace_ops, route)
 
     def mlp_on_tokens(self, x, m: Modulation, route: BlockRoute, index: torch.Tensor) -> torch.Tensor:
         """x + gate·MLP branch for the flat token indices `index` (K,) of x (N, T, D); the others keep x.
@@ -221,10 +337,10 @@ class FinalLayer(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         D, p = cfg.hidden_size, cfg.patch_size
-        self.norm_final = make_norm(cfg.norm, D, eps=1e-6)
+        self.norm_final = make_norm(cfg.final_norm or cfg.norm, D, eps=1e-6)
         self.linear = nn.Linear(D, p * p * cfg.out_channels, bias=True)
         self.adaLN_modulation = (
-            AdaLNModulation(D, D, branches=1, shift=cfg.shift, gate=False, zero_init=True)
+            AdaLNModulation(cfg.cond_width, D, branches=1, shift=cfg.shift, gate=False, zero_init=True)
             if cfg.conditioning in ("adaln", "adaln-zero")
             else None
         )
@@ -250,12 +366,16 @@ class Condition(NamedTuple):
     c: torch.Tensor  # (N, D): the summed condition
     timestep: torch.Tensor  # (N, D): the timestep embedding alone (DyDiT's width routers read only this)
     shared: torch.Tensor | None  # (N, 6D): adaLN-single's shared projection
-    context: torch.Tensor | None  # (N, S, D): the condition tokens cross-attention attends to
+    context: torch.Tensor | None  # (N, S, D): the tokens cross-attention attends to, or MMDiT's text stream
     grid: tuple[int, int]  # (gh, gw) token grid of the input
+    mask: torch.Tensor | None = None  # (N, T'): which of the block tokens exist (concatenated text padding)
+    context_mask: torch.Tensor | None = None  # (N, S): which context tokens exist
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary (cos, sin) tables of the attended tokens
 
 
 class DiT(nn.Module):
-    """Diffusion Transformer. `forward(x, t, y=None, pooled=None)` -> (N, out_channels, H, W)."""
+    """Diffusion Transformer. `forward(x, t, y=None, pooled=None, text=None, text_mask=None)` ->
+    (N, out_channels, H, W); text models take text tokens (N, L, text_dim) and their (N, L) mask."""
 
     def __init__(self, config: DiTConfig | None = None, **overrides):
         super().__init__()
@@ -277,24 +397,52 @@ class DiT(nn.Module):
 
         # Creation order = the official DiT's (x, t, y embedders, blocks, final layer): same seed, same init.
         self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, D)
-        self.t_embedder = TimestepEmbedder(D, freq_shift=cfg.timestep_freq_shift)
+        E = cfg.cond_width  # the condition vector c: the hidden size, or Z-Image's narrower 256
+        self.t_embedder = TimestepEmbedder(
+            E, freq_shift=cfg.timestep_freq_shift, mid_size=cfg.timestep_mid or None
+        )
         self.y_embedder = (
-            LabelEmbedder(cfg.num_classes, D, cfg.class_dropout_prob) if cfg.num_classes else None
+            LabelEmbedder(cfg.num_classes, E, cfg.class_dropout_prob) if cfg.num_classes else None
         )
         # Fixed positions for the configured grid; a checkpoint carries them (key `pos_embed`) but they are
         # never trained. Other grid sizes get a table built on the fly.
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, D), requires_grad=False)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        # SD3 keeps a max-size table and crops each input's grid from its centre; rotary models have none.
+        table = cfg.pos_embed_max_size**2 if cfg.pos_embed_max_size else cfg.num_tokens
+        self.pos_embed = None if cfg.rope else nn.Parameter(torch.zeros(1, table, D), requires_grad=False)
+        joint = cfg.text_mixing == "joint"  # the last MMDiT block is context-pre-only
+        # Flux: MMDiT double-stream blocks (not pre-only: the stream merges into the single stream) come first.
+        double = (
+            cfg.replace(text_mixing="joint", arrangement="sequential", double_blocks=0)
+            if cfg.double_blocks
+            else None
+        )
+        self.blocks = nn.ModuleList(
+            Block(double)
+            if i < cfg.double_blocks
+            else Block(cfg, context_pre_only=joint and i == cfg.depth - 1)
+            for i in range(cfg.depth)
+        )
         self.final_layer = FinalLayer(cfg)
         self.pooled_embedder = (
-            PooledEmbedder(cfg.pooled_dim, D, cfg.class_dropout_prob) if cfg.pooled_dim else None
+            PooledEmbedder(cfg.pooled_dim, E, cfg.class_dropout_prob) if cfg.pooled_dim else None
         )
         self.adaLN_single = (
-            AdaLNSingle(D, D, n=cfg.branches * params_per_branch(cfg.shift, True))
+            AdaLNSingle(E, D, n=cfg.branches * params_per_branch(cfg.shift, True))
             if cfg.conditioning == "adaln-single"
             else None
         )
-        self._pos_cache: dict[tuple, torch.Tensor] = {}
+        self.text_embedder = (
+            TextEmbedder(cfg.text_dim, D, cfg.text_embedder, eps=cfg.norm_eps) if cfg.has_text else None
+        )
+        self.context_refiner = None  # Z-Image: Blocks without modulation over the text tokens alone
+        if cfg.context_refiner:
+            refiner = cfg.refiner_config()
+            self.context_refiner = nn.ModuleList(Block(refiner) for _ in range(cfg.context_refiner))
+        # Z-Image: modulated blocks over the image tokens alone, before the text joins them
+        self.noise_refiner = (
+            nn.ModuleList(Block(cfg) for _ in range(cfg.noise_refiner)) if cfg.noise_refiner else None
+        )
+        self._pos_cache: dict[tuple, torch.Tensor | tuple] = {}  # sin-cos tables and rotary (cos, sin) pairs
         self.initialize_weights()
 
     # ------------------------------------------------------------------ init
@@ -308,8 +456,8 @@ class DiT(nn.Module):
                     nn.init.zeros_(module.bias)
 
         self.apply(_basic_init)
-        gh, gw = self.config.grid_hw
-        self.pos_embed.data.copy_(sincos_2d(self.config.hidden_size, gh, gw).unsqueeze(0))
+        if self.pos_embed is not None:
+            self.pos_embed.data.copy_(self.position_table().unsqueeze(0))
         w = self.x_embedder.proj.weight.data  # patch embed initialised like a Linear on its (D, C·p·p) view
         nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
         nn.init.zeros_(self.x_embedder.proj.bias)
@@ -323,9 +471,13 @@ class DiT(nn.Module):
         if self.adaLN_single is not None:  # PixArt-α: shared projection N(0, 0.02)
             nn.init.normal_(self.adaLN_single.t_block[1].weight, std=0.02)
         # adaLN-Zero: every block's modulation outputs zeros, so every gate is 0 and each block is the identity.
-        for block in self.blocks:
-            if block.adaLN_modulation is not None and block.adaLN_modulation.zero_init:
-                block.adaLN_modulation.reset_to_zero()
+        for block in [*self.blocks, *(self.noise_refiner or ())]:
+            for modulation in (
+                block.adaLN_modulation,
+                getattr(block.context_stream, "adaLN_modulation", None),
+            ):
+                if modulation is not None and modulation.zero_init:
+                    modulation.reset_to_zero()
         # The output layer starts at zero: the model's first prediction is exactly 0.
         if self.final_layer.adaLN_modulation is not None:
             self.final_layer.adaLN_modulation.reset_to_zero()
@@ -363,13 +515,31 @@ class DiT(nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+    def position_table(self, gh: int | None = None, gw: int | None = None) -> torch.Tensor:
+        """The (T, D) sin-cos table for a grid (default: the stored one, max×max with pos_embed_max_size)."""
+        cfg = self.config
+        if gh is None:
+            M = cfg.pos_embed_max_size
+            gh, gw = (M, M) if M else cfg.grid_hw
+        return sincos_2d(cfg.hidden_size, gh, gw, cfg.pos_base_size, cfg.pos_interpolation)
+
     def positions(self, gh: int, gw: int, ref: torch.Tensor) -> torch.Tensor:
-        """(1, gh·gw, D) positions: the stored table for the configured grid, else a cached fresh one."""
+        """(1, gh·gw, D) positions: the stored table for the configured grid (or the centre crop of the max-size
+        table), else a cached fresh one."""
+        M = self.config.pos_embed_max_size
+        if M:
+            if gh > M or gw > M:
+                raise ValueError(
+                    f"a {gh}×{gw} token grid exceeds the position table (pos_embed_max_size={M}); use a smaller input"
+                )
+            top, left = (M - gh) // 2, (M - gw) // 2
+            grid = self.pos_embed.view(1, M, M, -1)[:, top : top + gh, left : left + gw]
+            return grid.reshape(1, gh * gw, -1)
         if (gh, gw) == self.config.grid_hw:
             return self.pos_embed
         key = (gh, gw, ref.device, ref.dtype)
         if key not in self._pos_cache:
-            self._pos_cache[key] = sincos_2d(self.config.hidden_size, gh, gw).to(ref.device, ref.dtype)[None]
+            self._pos_cache[key] = self.position_table(gh, gw).to(ref.device, ref.dtype)[None]
         return self._pos_cache[key]
 
     def unpatchify(self, x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
@@ -396,7 +566,7 @@ class DiT(nn.Module):
     def embed_condition(self, t, y=None, pooled=None, force_drop_ids=None, batch: int = 1):
         """-> (c (N, D), tokens [(N, D), ...]): the summed condition and its parts (for in-context/cross-attn)."""
         if not torch.is_tensor(t):
-            t = torch.tensor(t, device=self.pos_embed.device)
+            t = torch.tensor(t, device=self.x_embedder.proj.weight.device)
         if t.dim() == 0:
             t = t.expand(batch)
         parts = [self.t_embedder(t)]  # (N, D)
@@ -422,17 +592,23 @@ class DiT(nn.Module):
         return c, parts
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, t, y=None, pooled=None, force_drop_ids=None):
-        """x: (N, C, H, W) noisy input, t: (N,) timesteps (original 0…T-1 scale), y: (N,) labels, pooled: (N, P)."""
-        tokens, cond = self.embed(x, t, y, pooled, force_drop_ids)
+    def forward(self, x, t, y=None, pooled=None, force_drop_ids=None, text=None, text_mask=None):
+        """x: (N, C, H, W) noisy input, t: (N,) timesteps (original 0…T-1 scale), y: (N,) labels, pooled: (N, P);
+        text models: text (N, L, text_dim) tokens, text_mask (N, L) True where a token exists (None: all)."""
+        tokens, cond = self.embed(x, t, y, pooled, force_drop_ids, text, text_mask)
         return self.unembed(self.run_blocks(tokens, cond), cond)
 
-    def embed(self, x, t, y=None, pooled=None, force_drop_ids=None) -> tuple[torch.Tensor, Condition]:
-        """-> tokens (N, T, D) (plus the condition tokens for in-context conditioning) and the Condition."""
+    def embed(
+        self, x, t, y=None, pooled=None, force_drop_ids=None, text=None, text_mask=None
+    ) -> tuple[torch.Tensor, Condition]:
+        """-> tokens (N, T, D) (plus the condition tokens for in-context conditioning, or the text tokens of a
+        single-stream model) and the Condition."""
         self._check_input(x)
         N, _, H, W = x.shape
         grid = (H // self.patch_size, W // self.patch_size)
-        tokens = self.x_embedder(x) + self.positions(*grid, x)  # (N, T, D)
+        tokens = self.x_embedder(x)  # (N, T, D)
+        if self.pos_embed is not None:
+            tokens = tokens + self.positions(*grid, x)
         c, parts = self.embed_condition(t, y, pooled, force_drop_ids, batch=N)  # (N, D)
         shared = self.adaLN_single(c) if self.adaLN_single is not None else None  # (N, 6D)
         conditioning = self.config.conditioning
@@ -441,19 +617,105 @@ class DiT(nn.Module):
             context = torch.stack(parts, dim=1)  # (N, S, D): t, y, pooled embeddings as tokens
             if conditioning == "in-context":
                 tokens, context = torch.cat([tokens, context], dim=1), None  # (N, T + S, D)
-        return tokens, Condition(c, parts[0], shared, context, grid)
+        mask = context_mask = None
+        mixing = self.config.text_mixing
+        if mixing != "none":
+            text_mask = self.check_text(text, text_mask, N)
+        elif text is not None or text_mask is not None:
+            raise ValueError("this model takes no text tokens (text_dim=0); call it without text")
+        T = grid[0] * grid[1]
+        L = text.shape[1] if mixing in ("concat", "joint") else 0  # text tokens among the attended ones
+        rope = self.rope_tables(grid, tokens.shape[1] - T + L, x.device)
+        if mixing != "none":
+            text_rope = None if rope is None or not L else tuple(r[T:] for r in rope)
+            words = self.embed_text(text, text_mask, c, text_rope)  # (N, L, D)
+            if self.noise_refiner is not None:  # Z-Image: the image tokens alone first
+                image_rope = None if rope is None else tuple(r[:T] for r in rope)
+                for block in self.noise_refiner:
+                    tokens = block(tokens, c, shared, rope=image_rope)
+            ones = None if text_mask is None else text_mask.new_ones(N, tokens.shape[1])
+            if mixing == "concat":  # one sequence: image tokens, then text tokens
+                mask = None if text_mask is None else torch.cat([ones, text_mask], dim=1)
+                if self.config.double_blocks:  # two streams first; run_blocks merges them (Flux)
+                    context, context_mask = words, text_mask
+                else:
+                    tokens = torch.cat([tokens, words], dim=1)
+            elif mixing == "joint":
+                context, context_mask = words, text_mask
+            elif context is None:  # cross-attention to the text
+                context, context_mask = words, text_mask
+            else:  # the DiT paper's cross-attention variant: condition tokens, then text tokens
+                ones = None if text_mask is None else text_mask.new_ones(N, context.shape[1])
+                context_mask = None if text_mask is None else torch.cat([ones, text_mask], dim=1)
+                context = torch.cat([context, words], dim=1)
+        return tokens, Condition(c, parts[0], shared, context, grid, mask, context_mask, rope)
+
+    def check_text(self, text, text_mask, batch: int):
+        """Refuse text tokens of the wrong shape; -> the mask as bools (or None)."""
+        cfg = self.config
+        if text is None:
+            raise ValueError(
+                "this model is text-conditioned: pass text=(N, L, text_dim) tokens (for guidance, the null "
+                "caption's tokens) and text_mask=(N, L)"
+            )
+        if text.dim() != 3 or text.shape[0] != batch or text.shape[2] != cfg.text_dim:
+            raise ValueError(
+                f"text tokens must have shape (N={batch}, L, text_dim={cfg.text_dim}); got {tuple(text.shape)}"
+            )
+        if text_mask is not None:
+            if tuple(text_mask.shape) != tuple(text.shape[:2]):
+                raise ValueError(
+                    f"text_mask must have shape (N, L) = {tuple(text.shape[:2])}; got {tuple(text_mask.shape)}"
+                )
+            text_mask = text_mask.bool()
+        return text_mask
+
+    def embed_text(self, text, text_mask, c, rope=None):
+        """Text tokens (N, L, text_dim) -> (N, L, D), through the context refiner (Z-Image) if any."""
+        words = self.text_embedder(text.to(self.text_embedder_dtype))
+        for block in self.context_refiner or ():
+            words = block(words, c, mask=text_mask, rope=rope)
+        return words
+
+    @property
+    def text_embedder_dtype(self) -> torch.dtype:
+        return next(self.text_embedder.parameters()).dtype
+
+    def rope_tables(self, grid, extra: int, device):
+        """The rotary (cos, sin) tables of the attended tokens: the image grid, then `extra` others (text)."""
+        cfg = self.config
+        if not cfg.rope:
+            return None
+        key = ("rope", *grid, extra, device)  # a sampling loop asks for the same tables at every step
+        if key not in self._pos_cache:
+            cos, sin = rope_2d(
+                cfg.hidden_size // cfg.num_heads,
+                *grid,
+                extra=extra,
+                theta=cfg.rope_theta,
+                lead=cfg.rope_lead,
+                sequence_axis=cfg.rope_sequence_axis,
+            )
+            self._pos_cache[key] = (cos.to(device), sin.to(device))
+        return self._pos_cache[key]
 
     def run_blocks(self, x, cond: Condition, routes: list[BlockRoute] | None = None) -> torch.Tensor:
         """The blocks in order, each with its route (None: dense), under the gradient-checkpointing policy."""
         checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         options = self._checkpoint_options() if checkpointed else {}
         c, shared, context = cond.c, cond.shared, cond.context
+        merge = self.config.double_blocks  # Flux: after the double-stream blocks the two streams become one
         for i, block in enumerate(self.blocks):
+            if merge and i == merge:
+                x, context = torch.cat([x, context], dim=1), None  # image tokens, then text tokens
             route = None if routes is None else routes[i]
+            args = (x, c, shared, context, route, cond.mask, cond.context_mask, cond.rope)
             if checkpointed:
-                x = checkpoint(block, x, c, shared, context, route, use_reentrant=False, **options)
+                out = checkpoint(block, *args, use_reentrant=False, **options)
             else:
-                x = block(x, c, shared, context, route)  # (N, T, D)
+                out = block(*args)  # (N, T, D)
+            # an MMDiT block returns (x, context): thread the text stream to the next block
+            x, context = out if block.context_stream is not None else (out, context)
         return x
 
     def unembed(self, x, cond: Condition) -> torch.Tensor:
@@ -498,6 +760,7 @@ __all__ = [
     "BlockRoute",
     "CHECKPOINT_POLICIES",
     "Condition",
+    "ContextStream",
     "DiT",
     "DiTBlock",
     "DiTConfig",

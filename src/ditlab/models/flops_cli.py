@@ -5,6 +5,7 @@ ditlab flops DiT-XL/2 --variants          # every conditioning variant (= --vari
 ditlab flops DiT-XL/2 --variants paper    # the DiT paper's four blocks; or name them: --variants adaln adaln-zero
 ditlab flops DiT-S/2 --image-size 512 --json     # 64×64 latents
 ditlab flops DiT-Ti/2 --image-size 8 --pixel-space   # a model on 8×8 pixels, as the digits demo
+ditlab flops MMDiT-S/2 PixArt-S/2 Flux-S/2 ZImage-S/2 Pooled-S/2   # text-to-image (32 text tokens)
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def describe(name: str, input_size: int, variant: str | None = None) -> dict:
         model = DiT(cfg)
     return {
         "model": name,
-        "variant": variant or cfg.conditioning,
+        "variant": variant or (f"text:{cfg.text_mixing}" if cfg.has_text else cfg.conditioning),
         "input_size": input_size,
         "tokens": cfg.num_tokens,
         "params": model.num_parameters(),
@@ -81,7 +82,9 @@ def input_side(image_size: int, pixel_space: bool = False) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = args.models or [n for n in MODELS if n.split("-")[1].split("/")[0] in SIZES]
+    names = args.models or [
+        n for n in MODELS if n.startswith("DiT-") and n.split("-")[1].split("/")[0] in SIZES
+    ]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise UsageError(f"unknown model(s) {unknown}; valid names: {', '.join(MODELS)}")
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row))
         return 0
-    print(f"{'model':<10} {'variant':<24} {'tokens':>6} {'params':>13} {'Gflops':>9}")
+    print(f"{'model':<12} {'variant':<24} {'tokens':>6} {'params':>13} {'Gflops':>9}")
     for r in rows:
-        print(f"{r['model']:<10} {r['variant']:<24} {r['tokens']:>6} {r['params']:>13,} {r['gflops']:>9.2f}")
+        print(f"{r['model']:<12} {r['variant']:<24} {r['tokens']:>6} {r['params']:>13,} {r['gflops']:>9.2f}")
     return 0

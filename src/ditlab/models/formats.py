@@ -7,9 +7,11 @@ safetensors file its header metadata and tensor names, for a torch `.pt` file it
     ditlab.models.checkpoint   native safetensors, official .pt files (state dicts or train.py checkpoints),
                                ditlab training checkpoints, ditlab run folders (their model.safetensors)
     ditlab.models.interop      diffusers folders (DiTTransformer2DModel / DiTPipeline)
+    ditlab.models.interop_text diffusers SD3Transformer2DModel / PixArtTransformer2DModel /
+                               FluxTransformer2DModel / ZImageTransformer2DModel folders (text-to-image)
     ditlab.finetune.adapter    fine-tuning adapter files (loaded onto their base, merged)
     ditlab.dydit.checkpoint    DyDiT files and DyDiT training checkpoints
-    (later: VAEs and text models)
+    (later: VAEs)
 
 This module imports nothing above `ditlab.models`, so any package may register a format without an import
 loop; `ditlab.loading` (imported by `import ditlab`) imports every format package, so all of them are

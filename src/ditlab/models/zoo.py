@@ -4,6 +4,12 @@ and named conditioning variants for the ablation study.
     create_model("DiT-XL/2")                                         # the paper's model, 256 px latents
     create_model("DiT-S/2", depth=2, hidden_size=64, num_heads=4)   # any field can be overridden
     create_model("DiT-S/4", variant="in-context")                   # a conditioning variant of the paper
+    create_model("MMDiT-S/2")                                        # a text-to-image architecture, same sizes
+
+Text-to-image architectures (`TEXT_ARCHITECTURES`, each at every DiT size): Pooled (SD3's pooled text into
+adaLN-Zero), PixArt (cross-attention with adaLN-single), MMDiT (SD3's dual stream), Flux (Flux's single-stream
+parallel block) and ZImage (Z-Image's S3-DiT block with its context refiner). They take the default text
+encoder's tokens and pooled vector (all-MiniLM-L6-v2: 384-d), `text_len` tokens counted in Gflops.
 """
 
 from __future__ import annotations
@@ -31,6 +37,77 @@ MODELS: dict[str, dict] = {}
 for _size, (_depth, _hidden, _heads) in {**SIZES, **SMALL}.items():
     for _p in (1, 2, 4, 8) if _size in SMALL else (2, 4, 8):
         MODELS[f"DiT-{_size}/{_p}"] = dict(depth=_depth, hidden_size=_hidden, num_heads=_heads, patch_size=_p)
+
+# The default text encoder's width (all-MiniLM-L6-v2's token states and pooled vector) and the token count
+# Gflops are quoted at (captions of the shapes / emoji sets fit in 32 tokens); both are config fields.
+TEXT_DIM = 384
+TEXT_LEN = 32
+_TEXT_COMMON = dict(num_classes=0, class_dropout_prob=0.0, text_len=TEXT_LEN)  # captions, not labels
+TEXT_ARCHITECTURES: dict[str, dict] = {
+    "Pooled": dict(pooled_dim=TEXT_DIM, text_len=0),
+    "PixArt": dict(
+        conditioning="adaln-single",
+        text_dim=TEXT_DIM,
+        text_mixing="cross-attention",
+        text_embedder="mlp",
+        cross_norm=False,
+    ),
+    "MMDiT": dict(pooled_dim=TEXT_DIM, text_dim=TEXT_DIM, text_mixing="joint"),
+    "Flux": dict(
+        pooled_dim=TEXT_DIM,
+        text_dim=TEXT_DIM,
+        text_mixing="concat",
+        arrangement="parallel",
+        qk_norm=True,
+        rope=True,
+    ),
+    # Z-Image's own block, as its diffusers checkpoints hold it (export also needs learn_sigma=False)
+    "ZImage": dict(
+        text_dim=TEXT_DIM,
+        text_mixing="concat",
+        text_embedder="rms-linear",
+        norm="rmsnorm",
+        norm_affine=True,
+        norm_eps=1e-5,
+        shift=False,
+        gate_fn="tanh",
+        sandwich_norm=True,
+        mlp="swiglu",
+        mlp_ratio=8 / 3,
+        attn_bias=False,
+        qk_norm=True,
+        qk_norm_eps=1e-5,
+        timestep_mid=1024,
+        adaln_act=False,
+        final_norm="layernorm",
+        rope=True,
+        rope_theta=256.0,
+        rope_sequence_axis=True,
+        context_refiner=2,
+        noise_refiner=2,
+    ),
+}
+
+
+def _sized(arch: str, hidden: int, heads: int) -> dict:
+    """The fields of an architecture that depend on the width (Z-Image's condition and rotary axes)."""
+    if arch != "ZImage":
+        return {}
+    # Z-Image: a min(dim, 256) condition; rotary axes (32, 48, 48) of 128 channels, i.e. a quarter of each
+    # head on the sequence axis (a multiple of 4), the rest split between rows and columns
+    return dict(cond_dim=min(hidden, 256), rope_lead=4 * round(hidden // heads / 16))
+
+
+for _arch, _fields in TEXT_ARCHITECTURES.items():
+    for _size, (_depth, _hidden, _heads) in {**SIZES, **SMALL}.items():
+        for _p in (1, 2, 4, 8) if _size in SMALL else (2, 4, 8):
+            MODELS[f"{_arch}-{_size}/{_p}"] = dict(
+                depth=_depth,
+                hidden_size=_hidden,
+                num_heads=_heads,
+                patch_size=_p,
+                **{**_TEXT_COMMON, **_fields, **_sized(_arch, _hidden, _heads)},
+            )
 
 # Conditioning variants compared by the DiT paper (Fig. 3 / Table 4) and later models, as config overrides.
 VARIANTS: dict[str, dict] = {

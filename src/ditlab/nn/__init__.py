@@ -1,7 +1,7 @@
 """Layers: token norms and the adaLN modulation family, embedders, attention, and the classical
 conditional norms (AdaIN, conditional BatchNorm / FiLM, SPADE, AdaGN)."""
 
-from ditlab.nn.attention import Attention, CrossAttention, Mlp
+from ditlab.nn.attention import Attention, CrossAttention, JointAttention, Mlp
 from ditlab.nn.conditional_norms import (
     SPADE,
     AdaGN,
@@ -16,7 +16,9 @@ from ditlab.nn.embed import (
     LabelEmbedder,
     PatchEmbed,
     PooledEmbedder,
+    TextEmbedder,
     TimestepEmbedder,
+    rope_2d,
     sincos_2d,
     timestep_sinusoid,
 )
@@ -45,6 +47,7 @@ __all__ = [
     "AdaptiveNorm",
     "Attention",
     "CrossAttention",
+    "JointAttention",
     "LabelEmbedder",
     "Mlp",
     "Modulation",
@@ -52,9 +55,11 @@ __all__ = [
     "PooledEmbedder",
     "RMSNorm",
     "ScaleShiftTable",
+    "TextEmbedder",
     "TimestepEmbedder",
     "make_norm",
     "modulate",
+    "rope_2d",
     "sincos_2d",
     "split_modulation",
     "timestep_sinusoid",

@@ -8,6 +8,11 @@ view (`AttentionSlice`, `MlpSlice`: the rows/columns of some heads or groups, fr
 smaller layer. Without them each computes exactly the plain layer. Layout the slicing relies on: qkv rows are
 [q | k | v], each third head-major (head h of q = rows h·hd:(h+1)·hd); the MLP's hidden width is cut into
 equal consecutive groups.
+
+The text-to-image parts: a key mask (N, S) of the tokens that exist (False = padding, which then gets exactly
+zero attention weight), optional per-head RMSNorm of queries and keys (`qk_norm`, SD3.5 / Flux / Z-Image),
+optional rotary positions (`rope`, a (cos, sin) pair of (S, hd) tables from `ditlab.nn.embed.rope_2d`), and
+`JointAttention`, SD3's MMDiT mixer: two token streams with their own projections, one attention over both.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ditlab.nn.norms import RMSNorm
 
 
 class AttentionSlice(NamedTuple):
@@ -42,26 +49,69 @@ def unit_channels(units: torch.Tensor, size: int) -> torch.Tensor:
     return (units[:, None] * size + offsets[None, :]).reshape(-1)  # (K·size,)
 
 
+def key_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(N, S) bool key mask -> (N, 1, 1, S) additive bias: 0 where a key exists, the dtype's lowest value where
+    it is padding. exp(lowest − max) is exactly 0, so padding keys get zero weight (their values cannot leak
+    in); a query whose keys are all padding attends uniformly instead of producing NaN."""
+    if mask is None:
+        return None
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return bias.masked_fill_(~mask.bool(), torch.finfo(dtype).min)[:, None, None, :]
+
+
+def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Rotary positions on x (N, h, S, hd): channel pairs (2i, 2i+1) rotated by the angles in (cos, sin) (S, hd),
+    whose entries repeat per pair (Flux's convention)."""
+    if rope is None:
+        return x
+    cos, sin = rope
+    pairs = x.unflatten(-1, (-1, 2))  # (N, h, S, hd/2, 2)
+    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # (-x₂, x₁) per pair
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def _head_norms(head_dim: int, enabled: bool, eps: float = 1e-6) -> tuple[nn.Module | None, nn.Module | None]:
+    """The optional per-head RMSNorms of queries and keys (learned weight)."""
+    return (RMSNorm(head_dim, eps=eps), RMSNorm(head_dim, eps=eps)) if enabled else (None, None)
+
+
+def _normed(x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
+    return x if norm is None else norm(x)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection (rows ordered [q | k | v], head-major)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        proj_bias: bool = True,
+        qk_norm_eps: float = 1e-6,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.q_norm, self.k_norm = _head_norms(self.head_dim, qk_norm, qk_norm_eps)
 
-    def forward(self, x: torch.Tensor, head_mask=None, weights: AttentionSlice | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, head_mask=None, weights: AttentionSlice | None = None, mask=None, rope=None
+    ) -> torch.Tensor:
         """x (N, T, D) -> (N, T, D) on all heads, on the heads of `weights`, or with each head's output
-        multiplied by `head_mask` (N, H) before the output projection."""
+        multiplied by `head_mask` (N, H) before the output projection; `mask` (N, T) marks the tokens that
+        exist (keys), `rope` rotates queries and keys (see the module docstring)."""
         N, T, _ = x.shape
         heads = self.num_heads if weights is None else weights.heads
         qkv = self.qkv(x) if weights is None else F.linear(x, weights.qkv_weight, weights.qkv_bias)
         qkv = qkv.view(N, T, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, N, h, T, hd)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, h, T, hd)
+        q, k = rotate(_normed(qkv[0], self.q_norm), rope), rotate(_normed(qkv[1], self.k_norm), rope)
+        out = F.scaled_dot_product_attention(q, k, qkv[2], attn_mask=key_bias(mask, q.dtype))  # (N, h, T, hd)
         if head_mask is not None:
             out = out * head_mask[:, :, None, None].to(out.dtype)
         out = out.transpose(1, 2).reshape(N, T, heads * self.head_dim)
@@ -98,15 +148,98 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(context_dim or dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask=None) -> torch.Tensor:
+        """x (N, T, D) queries, context (N, S, context_dim), mask (N, S): the context tokens that exist."""
         N, T, D = x.shape
         S = context.shape[1]
         q = self.q(x).view(N, T, self.num_heads, self.head_dim).transpose(1, 2)  # (N, H, T, hd)
         kv = (
             self.kv(context).view(N, S, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )  # (2, N, H, S, hd)
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1])  # (N, H, T, hd)
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=key_bias(mask, q.dtype))
         return self.proj(out.transpose(1, 2).reshape(N, T, D))
+
+
+class JointAttention(nn.Module):
+    """SD3's MMDiT token mixer: image tokens x and context tokens c, each projected by its own weights, attend
+    jointly (queries, keys and values concatenated along the token axis, image first) and are split back
+    through their own output projections.
+
+    Image-stream names are `Attention`'s (`qkv`, `proj`, `q_norm`, `k_norm`); the context stream's carry a
+    `context_` prefix. `context_pre_only` (SD3's last block, whose context output nobody reads) gives the
+    context only keys and values (`context_kv`) and no output projection: the parts that would compute the
+    unread context output are not built, so every parameter reaches the output.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, context_pre_only: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.context_pre_only = context_pre_only
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.q_norm, self.k_norm = _head_norms(self.head_dim, qk_norm)
+        if context_pre_only:
+            self.context_kv = nn.Linear(dim, 2 * dim)
+            self.context_proj = None
+        else:
+            self.context_qkv = nn.Linear(dim, 3 * dim)
+            self.context_proj = nn.Linear(dim, dim)
+        self.context_q_norm, self.context_k_norm = _head_norms(self.head_dim, qk_norm)
+        if context_pre_only:
+            self.context_q_norm = None  # no context queries
+
+    def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:  # (N, S, n·D) -> (n, N, h, S, hd)
+        N, S, _ = t.shape
+        return t.view(N, S, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask=None, rope=None):
+        """x (N, T, D), context (N, S, D), mask (N, S) of the context tokens that exist; rope: (cos, sin) of
+        the T + S joint tokens -> (x update (N, T, D), context update (N, S, D) or None when pre-only)."""
+        N, T, D = x.shape
+        q, k, v = self._heads(self.qkv(x), 3)
+        q, k = _normed(q, self.q_norm), _normed(k, self.k_norm)
+        if self.context_pre_only:
+            ck, cv = self._heads(self.context_kv(context), 2)
+            k, v = torch.cat([k, _normed(ck, self.context_k_norm)], 2), torch.cat([v, cv], 2)
+        else:
+            cq, ck, cv = self._heads(self.context_qkv(context), 3)
+            q = torch.cat([q, _normed(cq, self.context_q_norm)], 2)
+            k, v = torch.cat([k, _normed(ck, self.context_k_norm)], 2), torch.cat([v, cv], 2)
+        if rope is not None:  # the image tokens' rows of the tables are the first T
+            q = rotate(q, tuple(r[: q.shape[2]] for r in rope))
+            k = rotate(k, rope)
+        if mask is not None:
+            mask = torch.cat([mask.new_ones(N, T), mask.bool()], dim=1)  # image tokens always exist
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias(mask, q.dtype))  # (N, h, T[+S], hd)
+        out = out.transpose(1, 2).flatten(2)  # (N, T[+S], D)
+        x_out = self.proj(out[:, :T])
+        return x_out, (None if self.context_proj is None else self.context_proj(out[:, T:]))
+
+
+class SwiGLU(nn.Module):
+    """w2(SiLU(w1·x) ⊙ w3·x), without biases: the gated MLP of LLaMA-style blocks (Z-Image's feed-forward)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor, group_mask=None, weights=None) -> torch.Tensor:
+        if group_mask is not None or weights is not None:
+            raise ValueError("the SwiGLU MLP has no dynamic-width (DyDiT) path; use mlp='gelu'")
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def make_mlp(kind: str, dim: int, hidden_dim: int) -> nn.Module:
+    """The MLP named `kind`: "gelu" (DiT's fc1 → GELU(tanh) → fc2) or "swiglu" (Z-Image's w1, w3 → w2)."""
+    if kind == "gelu":
+        return Mlp(dim, hidden_dim)
+    if kind == "swiglu":
+        return SwiGLU(dim, hidden_dim)
+    raise ValueError(f"unknown mlp {kind!r}; choose one of: gelu, swiglu")
 
 
 class Mlp(nn.Module):

@@ -138,9 +138,11 @@ class AdaLNModulation(nn.Sequential):
         shift: bool = True,
         gate: bool = True,
         zero_init: bool = True,
+        act: bool = True,
     ):
         k = params_per_branch(shift, gate)
-        super().__init__(nn.SiLU(), nn.Linear(cond_dim, branches * k * dim))
+        # act=False: the condition projected as it is (Z-Image's blocks); the Linear keeps its name `.1`
+        super().__init__(nn.SiLU() if act else nn.Identity(), nn.Linear(cond_dim, branches * k * dim))
         self.branches, self.shift, self.gate = branches, shift, gate
         self.zero_init = zero_init
         if zero_init:
