@@ -7,7 +7,9 @@ The objective (DDPM schedule or flow matching) comes from the model's `objective
 checkpoints carry; official DiT checkpoints default to their linear 1000-step DDPM. Latent models decode
 through an autoencoder (`vae=ditlab.autoencoders.load_vae(folder)`). The same seed and arguments give the
 same images: all initial noise is drawn up front from one seeded generator on the CPU, and each batch's
-stochastic sampler noise from a generator seeded by (seed, batch index). Guidance wraps the model once per
+stochastic sampler noise from a generator seeded by (seed, batch index). `part=(rank, world)` samples only
+the batches b with b % world == rank, exactly as the whole call would (the same noise, batch and generator),
+so torchrun processes split one call's images without changing any of them (ditlab.sample_shards). Guidance wraps the model once per
 batch (`GuidedModel`), then `run_sampler` dispatches to the sampler (default: the objective's).
 `ditlab.sample` is the deprecated name of `generate`, kept for one release.
 """
@@ -92,8 +94,10 @@ def generate(
     progress: bool = False,
     sampler_options: dict | None = None,
     return_tensors: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> Samples:
-    """Sample images; see the module docstring. `steps` may be an int or a DDPM respacing string ("250")."""
+    """Sample images; see the module docstring. `steps` may be an int or a DDPM respacing string ("250").
+    `part` = (rank, world): only this rank's batches (`batch_indices` gives their sample indices)."""
     check_decodable(model, vae, return_tensors)
     objective = objective_of(model).build()
     sampler = sampler or objective.default_sampler
@@ -110,8 +114,10 @@ def generate(
         raise ValueError(
             "guidance_scale != 1 needs a model trained with label dropout (class_dropout_prob > 0)"
         )
-    outputs = []
+    outputs, mine = [], batch_indices(len(labels), batch_size, *(part or (0, 1)))
     for b, start in enumerate(range(0, len(labels), batch_size)):
+        if part is not None and b % part[1] != part[0]:
+            continue  # another rank's batch
         x = noise[start : start + batch_size].to(device)
         y = labels[start : start + batch_size].to(device)
         cond = {"y": y} if model.num_classes else {}
@@ -134,10 +140,19 @@ def generate(
             out = vae.decode(out)
         outputs.append(out.float().cpu())
     model.train(was_training)
-    images = torch.cat(outputs)
+    labels = labels[mine]
+    images = torch.cat(outputs) if outputs else torch.empty(0, C, H, W)
     if return_tensors:
         return images, labels
     return Samples(to_uint8(images).numpy(), labels.numpy())
+
+
+def batch_indices(n: int, batch_size: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Indices of the samples that `generate(..., part=(rank, world))` returns, in its order."""
+    starts = range(rank * batch_size, n, world * batch_size)
+    return torch.cat(
+        [torch.arange(s, min(s + batch_size, n)) for s in starts] or [torch.zeros(0, dtype=torch.long)]
+    )
 
 
 sample = deprecated_alias(generate, "ditlab.sample", "ditlab.generate (same arguments)")

@@ -118,18 +118,24 @@ def _run(args) -> int:
     import ditlab
     from ditlab.data import save_grid, save_npz
     from ditlab.runtime import resolve_device
-    from ditlab.sampling import generate
+    from ditlab.sample_shards import generate_across_ranks
+    from ditlab.train import distributed as D
 
     checkpoint = checkpoint_of(args)
     device = resolve_device(args.device)
+    info = D.init_distributed(device)  # under torchrun: each process samples its share of the batches
+    device = D.local_device(device, info)
     model = ditlab.load_model(checkpoint, model=args.model, device=device)
     vae = None
     if args.vae:
         from ditlab.autoencoders import load_vae
 
         vae = load_vae(args.vae, device=device)
-    images, labels = generate(
+    out = Path(args.out)
+    samples = generate_across_ranks(
         model,
+        info,
+        out,
         classes=args.classes,
         per_class=args.per_class,
         num_samples=args.num_samples,
@@ -141,10 +147,12 @@ def _run(args) -> int:
         batch_size=args.batch_size,
         vae=vae,
         device=device,
-        progress=not args.no_progress,
+        progress=not args.no_progress and info.is_main,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    D.shutdown(info)
+    if samples is None:  # not rank 0: its shard is written and merged there
+        return 0
+    images, labels = samples
     grid = save_grid(images, f"{out}.png", nrow=args.nrow or (args.per_class if model.num_classes else 8))
     npz = save_npz(f"{out}.npz", images, labels)
     print(json.dumps({"samples": len(images), "grid": str(grid), "npz": str(npz), "checkpoint": checkpoint}))
