@@ -123,7 +123,8 @@ def load_states(state: dict, model: nn.Module, ema: nn.Module, opt: torch.optim.
     `read_meta`'s (a DCP set, resharded on load) or a whole `.pt` checkpoint (full tensors)."""
     if "dcp" in state:
         target = _sharded_states(model, ema, opt)
-        dcp.load(target, checkpoint_id=state["dcp"])
+        one_process = not torch.distributed.is_initialized()  # a set from N ranks read by a lone process
+        dcp.load(target, checkpoint_id=state["dcp"], no_dist=one_process)
         model_sd, ema_sd, opt_sd, options = target["model"], target["ema"], target["opt"], None
     else:  # every rank read the whole file: each keeps its shards
         model_sd, ema_sd = state["model"], state["ema"]
