@@ -19,6 +19,7 @@ from ditlab.cli import main as cli
 from ditlab.train import TrainConfig, Trainer, list_checkpoints
 from ditlab.train.dcp import IncompleteCheckpointError
 from ditlab.train.metrics import read_metrics
+from ditlab.train.parallel import hsdp_shape, resolve_parallel
 from ditlab.train.preempt import EXIT_PREEMPTED, parse_duration
 
 TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
@@ -182,3 +183,15 @@ def test_durations_and_bad_parallel_options():
         TrainConfig(steps=1, max_time="soon")
     with pytest.raises(ValueError, match="unknown parallel 'zero3'"):
         TrainConfig(steps=1, parallel="zero3")
+
+
+def test_layouts_and_unfinished_sets(tmp_path):
+    assert resolve_parallel("auto", 1) == "none" and resolve_parallel("fsdp", 1) == "none"
+    assert resolve_parallel("auto", 4) == "ddp" and resolve_parallel("hsdp", 4) == "hsdp"
+    assert hsdp_shape(16, 8) == (2, 8) and hsdp_shape(4, 1) == (4, 1)
+    with pytest.raises(ValueError, match="hsdp-shard-size"):
+        hsdp_shape(6, 4)
+    # a save still in progress (or killed) is a hidden .tmp folder; a set without its marker is not listed
+    (tmp_path / "checkpoints" / ".0000002.dcp.tmp").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "0000004.dcp").mkdir()
+    assert list_checkpoints(tmp_path) == []
