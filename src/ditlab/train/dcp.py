@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -124,7 +125,9 @@ def load_states(state: dict, model: nn.Module, ema: nn.Module, opt: torch.optim.
     if "dcp" in state:
         target = _sharded_states(model, ema, opt)
         one_process = not torch.distributed.is_initialized()  # a set from N ranks read by a lone process
-        dcp.load(target, checkpoint_id=state["dcp"], no_dist=one_process)
+        with warnings.catch_warnings():  # DCP warns that it "assumes" one process: here that is the intent
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            dcp.load(target, checkpoint_id=state["dcp"], no_dist=one_process)
         model_sd, ema_sd, opt_sd, options = target["model"], target["ema"], target["opt"], None
     else:  # every rank read the whole file: each keeps its shards
         model_sd, ema_sd = state["model"], state["ema"]
