@@ -11,7 +11,9 @@ stochastic sampler noise from a generator seeded by (seed, batch index). Guidanc
 batch (`GuidedModel`: classifier-free, or autoguidance with `guide_model`, a weaker model of the same data;
 `guidance_interval`, `guidance_rescale` and the 3-channel quirk `guidance_channels` are its options), then
 `run_sampler` dispatches to the sampler (default: the objective's). A run's model records the sampler, steps
-and guidance its training used (`preferred_sampling`), which `ditlab sample` takes for the flags not given.
+and guidance its training used (`preferred_sampling`), which `ditlab sample` takes for the flags not given. `part=(rank, world)` samples
+only the batches b with b % world == rank, exactly as the whole call would (the same noise, batch and
+generator), so torchrun processes split one call's images without changing any of them (ditlab.sample_shards).
 `ditlab.sample` is the deprecated name of `generate`, kept for one release.
 """
 
@@ -126,11 +128,13 @@ def generate(
     sampler_options: dict | None = None,
     return_tensors: bool = False,
     callback=None,
+    part: tuple[int, int] | None = None,
 ) -> Samples:
     """Sample images; see the module docstring. `steps` may be an int or a DDPM respacing string ("250").
 
     `callback(info)` runs once per sampler step of every batch: the sampler's dict(i, t, x, denoised) plus
     `batch` and `batches` (this batch's index and the batch count), enough for one progress bar over the call.
+    `part` = (rank, world): only this rank's batches (`batch_indices` gives their sample indices).
     """
     check_decodable(model, vae, return_tensors)
     objective = objective_of(model).build()
@@ -152,9 +156,11 @@ def generate(
         raise ValueError(
             "guidance_scale != 1 needs a model trained with label dropout (class_dropout_prob > 0)"
         )
-    outputs = []
+    outputs, mine = [], batch_indices(len(labels), batch_size, *(part or (0, 1)))
     batches = -(-len(labels) // batch_size)
     for b, start in enumerate(range(0, len(labels), batch_size)):
+        if part is not None and b % part[1] != part[0]:
+            continue  # another rank's batch
         x = noise[start : start + batch_size].to(device)
         y = labels[start : start + batch_size].to(device)
         cond = {"y": y} if model.num_classes else {}
@@ -187,10 +193,19 @@ def generate(
     model.train(was_training)
     if guide_model is not None:
         guide_model.train(guide_was_training)
-    images = torch.cat(outputs)
+    labels = labels[mine]
+    images = torch.cat(outputs) if outputs else torch.empty(0, C, H, W)
     if return_tensors:
         return images, labels
     return Samples(to_uint8(images).numpy(), labels.numpy())
+
+
+def batch_indices(n: int, batch_size: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Indices of the samples that `generate(..., part=(rank, world))` returns, in its order."""
+    starts = range(rank * batch_size, n, world * batch_size)
+    return torch.cat(
+        [torch.arange(s, min(s + batch_size, n)) for s in starts] or [torch.zeros(0, dtype=torch.long)]
+    )
 
 
 sample = deprecated_alias(generate, "ditlab.sample", "ditlab.generate (same arguments)")

@@ -165,10 +165,13 @@ def _run(args) -> int:
     import ditlab
     from ditlab.data import save_grid, save_npz
     from ditlab.runtime import resolve_device
-    from ditlab.sampling import generate
+    from ditlab.sample_shards import generate_across_ranks
+    from ditlab.train import distributed as D
 
     checkpoint = checkpoint_of(args)
     device = resolve_device(args.device)
+    info = D.init_distributed(device)  # under torchrun: each process samples its share of the batches
+    device = D.local_device(device, info)
     model = ditlab.load_model(checkpoint, model=args.model, device=device)
     vae = None
     if args.vae:
@@ -177,8 +180,12 @@ def _run(args) -> int:
         vae = load_vae(args.vae, device=device)
     guide = ditlab.load_model(args.guide, device=device) if args.guide else None
     settings = sampling_settings(args, model)
-    images, labels = generate(
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    samples = generate_across_ranks(
         model,
+        info,
+        out,
         classes=args.classes,
         per_class=args.per_class,
         num_samples=args.num_samples,
@@ -191,10 +198,12 @@ def _run(args) -> int:
         batch_size=args.batch_size,
         vae=vae,
         device=device,
-        progress=not args.no_progress,
+        progress=not args.no_progress and info.is_main,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    D.shutdown(info)
+    if samples is None:  # not rank 0: its shard is written and merged there
+        return 0
+    images, labels = samples
     grid = save_grid(images, f"{out}.png", nrow=args.nrow or (args.per_class if model.num_classes else 8))
     npz = save_npz(f"{out}.npz", images, labels)
     record = {

@@ -19,6 +19,7 @@ from ditlab.finetune.adapter import save_adapter
 from ditlab.finetune.config import FinetuneConfig
 from ditlab.finetune.methods import get_method, merge, prepare_model, trainable_summary
 from ditlab.models.checkpoint import load_model, save_model
+from ditlab.train.parallel import SHARDED
 from ditlab.train.trainer import Trainer
 
 
@@ -28,6 +29,8 @@ class FinetuneTrainer(Trainer):
     def __init__(self, cfg: FinetuneConfig, resume=None, overwrite: bool = False):
         if not isinstance(cfg, FinetuneConfig):
             raise TypeError(f"FinetuneTrainer needs a FinetuneConfig, got {type(cfg).__name__}")
+        if cfg.parallel in SHARDED:  # the adapter export below reads the whole EMA model on rank 0
+            raise ValueError(f"ditlab finetune runs with --parallel ddp (or auto), not {cfg.parallel}")
         super().__init__(cfg, resume=resume, overwrite=overwrite)
 
     def build_model(self):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
 
@@ -39,6 +40,8 @@ from ditlab.models.dit import CHECKPOINT_POLICIES
 from ditlab.models.zoo import VARIANTS
 from ditlab.runtime import PRECISIONS
 from ditlab.train.config import OBJECTIVES, REPA_ENCODERS, TrainConfig
+from ditlab.train.parallel import PARALLELS
+from ditlab.train.preempt import EXIT_PREEMPTED, Preempted
 from ditlab.train.schedule import LR_SCHEDULES
 from ditlab.train.state import resume_checkpoint
 
@@ -110,6 +113,13 @@ HELP = {
     "(less memory, more time)",
     "checkpoint_policy": "with --gradient-checkpointing: full (least memory) or selective (keeps attention and "
     "fc2 outputs: less recompute time)",
+    "parallel": "under torchrun: ddp (whole model per process), fsdp (FSDP2: parameters, gradients, optimizer "
+    "and EMA sharded across processes) or hsdp (sharded within a node, replicated across nodes); auto = ddp",
+    "fsdp_cpu_offload": "fsdp/hsdp on CUDA: keep the sharded parameters, gradients and optimizer states in host "
+    "memory (less GPU memory, slower)",
+    "hsdp_shard_size": "hsdp: processes per shard group (0 = the processes of one node, LOCAL_WORLD_SIZE)",
+    "max_time": "stop after this wall time (e.g. 3h50m, 90m, 45s, or seconds): checkpoint, exit with code 75, "
+    "continue with --resume auto (default: no limit)",
     # outputs
     "out": "run folder: config.json, checkpoints/, metrics.jsonl, loss.png, samples.png, model.safetensors",
     "ckpt_every": "write a training checkpoint every N optimizer steps",
@@ -150,6 +160,7 @@ TYPES = {
     "steps": non_negative_int,
     "epochs": non_negative_int,
     "threads": non_negative_int,
+    "hsdp_shard_size": non_negative_int,
     "ckpt_every": positive_int,
     "keep_last": non_negative_int,
     "log_every": positive_int,
@@ -173,6 +184,7 @@ CHOICES = {
     "lr_schedule": LR_SCHEDULES,
     "loss_weighting": FLOW_LOSS_WEIGHTINGS,
     "repa_encoder": REPA_ENCODERS,
+    "parallel": PARALLELS,
 }
 
 METAVARS = {"image_size": "PX", "lr": "LR", "data": "DATA", "out": "DIR", "eval_ref": "REF"}
@@ -320,7 +332,11 @@ def run(args: argparse.Namespace) -> int:
     from ditlab.train.trainer import train
 
     cfg, resume = usage_checked(lambda: config_from_args(args))
-    summary = train(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))
+    try:
+        summary = train(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))
+    except Preempted as stop:  # a checkpoint was written: the job scheduler may requeue with --resume auto
+        print(f"ditlab train: {stop}", file=sys.stderr)
+        return EXIT_PREEMPTED
     if summary.get("model"):
         print(json.dumps(summary))
     return 0

@@ -13,6 +13,8 @@ from ditlab.configs import DictConfig
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
 from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS
 from ditlab.models.dit import CHECKPOINT_POLICIES
+from ditlab.train.parallel import PARALLELS
+from ditlab.train.preempt import parse_duration
 from ditlab.train.schedule import LR_SCHEDULES
 
 OBJECTIVES = ("ddpm", "flow")
@@ -74,6 +76,12 @@ class TrainConfig(DictConfig):
     fused_optimizer: bool = True  # one-kernel AdamW where the device has it (False: the per-tensor loop)
     gradient_checkpointing: bool = False
     checkpoint_policy: str = "full"  # with gradient_checkpointing: full | selective (see ditlab.models.dit)
+    parallel: str = "auto"  # under torchrun: auto (= ddp) | ddp | fsdp | hsdp (ditlab.train.parallel)
+    fsdp_cpu_offload: bool = False  # fsdp/hsdp on CUDA: sharded states in host memory
+    hsdp_shard_size: int = 0  # hsdp: processes per shard group; 0 = one node's (LOCAL_WORLD_SIZE)
+    max_time: str | None = (
+        None  # stop, checkpoint and exit 75 after this long, e.g. "3h50m" (ditlab.train.preempt)
+    )
     # --- outputs ---
     out: str = "runs/dit"
     ckpt_every: int = 1000
@@ -111,6 +119,9 @@ class TrainConfig(DictConfig):
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         self._check_quality_options()
+        if self.parallel not in PARALLELS:
+            raise ValueError(f"unknown parallel {self.parallel!r}; choose one of: {', '.join(PARALLELS)}")
+        parse_duration(self.max_time)  # a bad duration fails here, not hours into the run
         if self.checkpoint_policy not in CHECKPOINT_POLICIES:
             raise ValueError(
                 f"unknown checkpoint_policy {self.checkpoint_policy!r}; choose one of: {', '.join(CHECKPOINT_POLICIES)}"

@@ -1,9 +1,10 @@
-"""torchrun support: one process per device, PyTorch DDP over gloo (CPU) or NCCL (CUDA).
+"""torchrun support: one process per device, a process group over gloo (CPU) or NCCL (CUDA).
 
     torchrun --standalone --nproc_per_node 2 -m ditlab train --data digits --train-steps 100
 
-A single process (no torchrun environment) runs without any process group. Only rank 0 writes
-checkpoints, logs and progress.
+A single process (no torchrun environment) runs without any process group. Only rank 0 writes logs,
+progress and `.pt` checkpoints; how the model is spread (DDP, FSDP2, HSDP) is ditlab.train.parallel, and the
+distributed checkpoints every rank writes are ditlab.train.dcp.
 """
 
 from __future__ import annotations

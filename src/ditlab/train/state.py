@@ -9,6 +9,10 @@ A run folder belongs to one run. A new run refuses a folder that holds another o
 (`--resume auto`) or was told to move it aside (`--overwrite`: its files go to `previous-runs/<UTC time>/`,
 nothing is deleted). Retention (`keep_last`) prunes only checkpoints of the run being written, and
 `--resume auto` takes the newest checkpoint that loads, renaming unreadable ones `*.pt.corrupt`.
+
+Sharded runs (--parallel fsdp|hsdp) write distributed checkpoint sets `checkpoints/{step:07d}.dcp/` instead
+(ditlab.train.dcp): listed only once complete, refused with a clear error when a file of the set is missing,
+and resumable on any number of processes, like a `.pt` file.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ import torch
 
 from ditlab.atomic import atomic_write
 from ditlab.models.checkpoint import read_torch_file
+from ditlab.train import dcp
 
 CKPT_NAME = re.compile(r"^(\d{7,})\.pt$")
+DCP_NAME = re.compile(r"^(\d{7,})\.dcp$")  # a folder: one distributed checkpoint set
 # What a run writes into its folder (trainer, fine-tuning, demo, ablation): what `--overwrite` moves aside.
 RUN_OUTPUTS = (
     "config.json",
@@ -67,6 +73,9 @@ def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_NAME.match(p.name))]
+    found += [
+        (int(m.group(1)), p) for p in folder.iterdir() if (m := DCP_NAME.match(p.name)) and dcp.is_complete(p)
+    ]
     return sorted(found)
 
 
@@ -95,11 +104,27 @@ def prune_checkpoints(out: str | Path, keep_last: int, saved_step: int) -> None:
         return
     mine = [path for step, path in list_checkpoints(out) if step <= saved_step]
     for old in mine[:-keep_last]:
-        old.unlink(missing_ok=True)
+        if old.is_dir():  # a distributed set
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def save_distributed_state(out: str | Path, meta: dict, model, ema, opt, info, keep_last: int = 0) -> Path:
+    """Every rank: write the distributed checkpoint set of `meta["step"]` (see ditlab.train.dcp), then rank 0
+    prunes to the newest `keep_last`, as `save_training_state`."""
+    path = dcp.save(checkpoint_dir(out), int(meta["step"]), meta, model, ema, opt, info)
+    if info.is_main:
+        prune_checkpoints(out, keep_last, int(meta["step"]))
+    return path
 
 
 def load_training_state(path: str | Path) -> dict:
+    """A checkpoint's state; for a distributed set (a `.dcp` folder) only its small part and "dcp" (its
+    path): the tensors load into a built model (ditlab.train.dcp.load_states)."""
     path = Path(path)
+    if path.is_dir() and path.suffix == ".dcp":
+        return dcp.read_meta(path)  # an incomplete set raises IncompleteCheckpointError, naming the gap
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ditlab.atomic import atomic_write_text
@@ -41,9 +40,12 @@ from ditlab.runtime import (
 from ditlab.sampling import generate
 from ditlab.train import distributed as D
 from ditlab.train.config import TrainConfig, posthoc_sigmas
+from ditlab.train.dcp import load_states
 from ditlab.train.ema import EMA
 from ditlab.train.metrics import MetricsLog, plot_curves
+from ditlab.train.parallel import Parallel, full_value
 from ditlab.train.posthoc_ema import PostHocEMA, list_snapshots, snapshot_dir
+from ditlab.train.preempt import Preempted, StopFlag
 from ditlab.train.repa import build_repa
 from ditlab.train.schedule import lr_at
 from ditlab.train.state import (
@@ -53,6 +55,7 @@ from ditlab.train.state import (
     move_aside,
     move_previous_run_aside,
     resume_checkpoint,
+    save_distributed_state,
     save_training_state,
 )
 
@@ -140,20 +143,27 @@ class Trainer:
             )
         # after the EMA copies: its hook and projector belong to the trained model only, never the EMA's
         self.repa = build_repa(cfg, self.model, self.device, cache=isinstance(self.data, ImageDataset))
-        self.opt = self.build_optimizer()
         self.step = 0
+        # DDP / FSDP2 / HSDP (ditlab.train.parallel); sharded modes shard model and EMA in place, so the
+        # optimizer is built after, on the sharded parameters, and checkpoints load after that
+        self.parallel = Parallel.create(
+            cfg.parallel, self.dist, self.device, self.precision, cfg.fsdp_cpu_offload, cfg.hsdp_shard_size
+        )
+        if self.parallel.sharded and (self.repa is not None or self.posthoc is not None):
+            raise ValueError(
+                f"--parallel {cfg.parallel} shards the model, but REPA's projector and the post-hoc EMA "
+                "snapshots are not sharded yet: run them with --parallel ddp, or drop --repa-weight / "
+                "--posthoc-ema"
+            )
+        compile_model = (
+            (lambda m: compile_or_eager(m, self._example_inputs(), train=True)) if cfg.compile else None
+        )
+        self.net = self.parallel.wrap(self.model, ema=self.ema.model, compile_model=compile_model)
+        self.opt = self.build_optimizer()
         self.resumed_from: Path | None = None
         found = resume_checkpoint(self.out, resume)
         if found is not None:
             self._load(*found)
-
-        self.net = self.model
-        if cfg.compile:
-            self.net = compile_or_eager(self.model, self._example_inputs(), train=True)
-        if self.dist.enabled:
-            self.net = DistributedDataParallel(
-                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
         self.gflops_per_image = flops(self.model)
         self.peak = matmul_peak_gflops(self.device.type) if self.dist.is_main else float("nan")
 
@@ -199,8 +209,13 @@ class Trainer:
             raise ValueError(
                 f"{path} holds a different model than this run's config: {diff} (checkpoint, run)"
             )
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+        fused = [group.get("fused") for group in self.opt.param_groups]
+        if "dcp" in state or self.parallel.sharded:  # a distributed set, or any checkpoint into shards
+            load_states(state, self.model, self.ema.model, self.opt)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
         for name, part in (("repa", self.repa), ("posthoc_ema", self.posthoc)):
             if part is not None:
                 if name not in state:
@@ -208,8 +223,6 @@ class Trainer:
                         f"{path} was written without {name}; resume it with the options it ran with"
                     )
                 part.load_trainable_state(state[name])
-        fused = [group.get("fused") for group in self.opt.param_groups]
-        self.opt.load_state_dict(state["opt"])
         for group, flag in zip(self.opt.param_groups, fused):  # this run's kernel choice, not the saved one
             group["fused"] = flag
         self.step = int(state["step"])
@@ -275,6 +288,11 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path | None:
+        if self.parallel.sharded:  # every rank writes its shards (ditlab.train.dcp)
+            meta = {k: v for k, v in self.state().items() if k not in ("model", "ema", "opt")}
+            return save_distributed_state(
+                self.out, meta, self.model, self.ema.model, self.opt, self.dist, self.cfg.keep_last
+            )
         path = None
         if self.dist.is_main:
             path = save_training_state(self.out, self.state(), keep_last=self.cfg.keep_last)
@@ -343,6 +361,7 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         else:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))  # norm only
+        grad_norm = full_value(grad_norm)  # sharded gradients give a DTensor norm
         self.opt.step()
         self.ema.update(self.model, self.step)
         self.update_posthoc_ema()
@@ -354,11 +373,12 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ outputs
-    def write_samples(self, name: str | None = None) -> Path | None:
-        """A grid from the EMA model: one row per class (up to 10), 8 samples each."""
+    def write_samples(self, name: str | None = None, model=None) -> Path | None:
+        """A grid from the EMA model (or `model`): one row per class (up to 10), 8 samples each. Every rank
+        calls it (a sharded EMA is gathered first); rank 0 writes."""
+        model = model if model is not None else self.parallel.gather(self.ema.model)
         if not self.dist.is_main:
             return None
-        model = self.ema.model
         classes = list(range(min(model.num_classes, 10))) or None
         per_class = 8 if classes else 32
         images, _ = generate(
@@ -397,6 +417,7 @@ class Trainer:
         )
         start_step, t_start = self.step, time.perf_counter()
         t_log, window, last = time.perf_counter(), [], {}
+        self.stop = StopFlag(self.dist, cfg.max_time, self.device).install()  # SIGTERM, SIGUSR1, --max-time
         try:
             while self.step < self.total_steps:
                 window.append(self.train_step())
@@ -413,6 +434,8 @@ class Trainer:
                 if done % cfg.ckpt_every == 0 and done != self.total_steps:
                     self.save_checkpoint()
                 t_log += time.perf_counter() - t_aside  # step rates count training steps only
+                if (reason := self.stop.should_stop()) and self.step < self.total_steps:  # all ranks agree
+                    raise Preempted(self.step, reason, self.save_checkpoint())
         except KeyboardInterrupt:  # keep the work done so far: `--resume auto` continues from here
             if main:
                 bar.write(f"interrupted at step {self.step}; writing a checkpoint to resume from")
@@ -420,6 +443,7 @@ class Trainer:
             raise
         finally:
             bar.close()
+            self.stop.uninstall()
         ckpt = self.save_checkpoint()
         summary = {
             "step": self.step,
@@ -427,10 +451,11 @@ class Trainer:
             "steps_run": self.step - start_step,
         }
         summary.update({k: v for k, v in last.items() if k in ("loss", "mse", "vb")})
+        final = self.parallel.gather(self.ema.model)  # one whole model on rank 0, whatever the sharding
         if main:
-            save_model(self.ema.model, self.out / "model.safetensors", objective=self.spec.to_dict())
+            save_model(final, self.out / "model.safetensors", objective=self.spec.to_dict())
             plot_curves(self.out / "metrics.jsonl", self.out / "loss.png", title=f"{cfg.model} on {cfg.data}")
-            grid = self.write_samples("samples.png")
+            grid = self.write_samples("samples.png", model=final)
             summary.update(checkpoint=str(ckpt), model=str(self.out / "model.safetensors"), samples=str(grid))
             log.close()
         D.shutdown(self.dist)
@@ -463,10 +488,11 @@ class Trainer:
 
     def _evaluate(self, log: MetricsLog | None) -> None:
         """`--eval-every`: FD of EMA samples against `eval_ref` (default: the data's test split)."""
+        model = self.parallel.gather(self.ema.model)
         if self.dist.is_main:
             cfg, start = self.cfg, time.perf_counter()
             result = evaluate_model(
-                self.ema.model,
+                model,
                 cfg.eval_samples,
                 ref=cfg.eval_ref or f"{cfg.data}:test",
                 features=parse_features(cfg.eval_features),
