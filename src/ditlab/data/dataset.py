@@ -18,6 +18,19 @@ def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32) / 127.5 - 1.0
 
 
+def flip_draws(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Which of n images a random horizontal flip mirrors: bool (n,), each with probability 1/2."""
+    return torch.rand(n, generator=generator) < 0.5
+
+
+def to_model_batch(images: torch.Tensor, flips: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 in [-1, 1], mirrored where `flips` (bool (B,)) is True."""
+    x = uint8_to_unit(images)
+    if flips is None:
+        return x
+    return torch.where(flips[:, None, None, None], x.flip(-1), x)
+
+
 class ImageDataset(Dataset):
     """Images (N, C, H, W) uint8 and integer labels (N,) in memory.
 
@@ -29,6 +42,7 @@ class ImageDataset(Dataset):
         channels, image_size: C and (H, W).
         flip: random horizontal flips with probability 1/2 in `__getitem__` and `batch`.
         name: the spec it was loaded from, for messages and logs.
+        captions: one text per image (the emoji set's Unicode names); empty when the set has none.
     """
 
     def __init__(
@@ -39,6 +53,7 @@ class ImageDataset(Dataset):
         *,
         flip: bool = False,
         name: str = "",
+        captions: Sequence[str] = (),
     ) -> None:
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
             raise TypeError("images must be a uint8 tensor (N, C, H, W)")
@@ -52,6 +67,9 @@ class ImageDataset(Dataset):
             raise ValueError(f"label {int(labels.max())} out of range for {len(self.class_names)} classes")
         self.flip = bool(flip)
         self.name = name
+        self.captions = list(captions)
+        if self.captions and len(self.captions) != len(labels):
+            raise ValueError(f"{len(self.captions)} captions for {len(labels)} images; give one per image")
 
     @property
     def num_classes(self) -> int:
@@ -83,11 +101,13 @@ class ImageDataset(Dataset):
         Flips (when `flip` is on) draw from `generator`: a seeded generator gives the same batches every run.
         """
         idx = torch.as_tensor(indices, dtype=torch.int64).cpu()  # the set lives in CPU memory
-        x = uint8_to_unit(self.images[idx])  # (B, C, H, W)
-        if self.flip:
-            flip = torch.rand(idx.shape[0], generator=generator) < 0.5  # (B,)
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x, self.labels[idx]
+        flips = flip_draws(idx.shape[0], generator) if self.flip else None
+        return to_model_batch(self.images[idx], flips), self.labels[idx]  # (B, C, H, W), (B,)
+
+    def images_at(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored images and labels at `indices`: (uint8 (B, C, H, W), int64 (B,)); no flips."""
+        idx = torch.as_tensor(indices, dtype=torch.int64).cpu()
+        return self.images[idx], self.labels[idx]
 
     def numpy_images(self) -> np.ndarray:
         """The stored images as uint8 numpy (N, H, W, C), the layout of samples and evaluators (no flips)."""

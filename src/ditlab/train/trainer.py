@@ -23,7 +23,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ditlab.atomic import atomic_write_text
-from ditlab.data import load_dataset, save_grid
+from ditlab.data import save_grid
+from ditlab.data.dataset import flip_draws, to_model_batch
+from ditlab.data.loader import batch_source, rank_part
+from ditlab.data.streaming import open_dataset
 from ditlab.diffusion.objective import ObjectiveSpec
 from ditlab.models.checkpoint import save_model
 from ditlab.models.flops import flops
@@ -80,10 +83,12 @@ class Trainer:
         torch.manual_seed(cfg.seed * self.dist.world_size + self.dist.rank)  # per-rank seed, as the official
         self.out = Path(cfg.out)
 
-        # data: the whole set in memory; batches are index lookups, so loading never stalls a step
-        self.data = load_dataset(
+        # data: the named sets in memory (a batch is an index lookup); image folders stream through
+        # DataLoader workers (ditlab.data.loader), so a folder of any size trains in bounded memory
+        self.data = open_dataset(
             cfg.data,
             split="train",
+            loader=cfg.data_loader,
             image_size=cfg.image_size,
             channels=cfg.channels,
             flip=cfg.flip,
@@ -96,6 +101,10 @@ class Trainer:
             )
         self.batches_per_epoch = len(self.data) // cfg.batch_size  # drop_last, as the official loader
         self.total_steps = cfg.steps or cfg.epochs * self.batches_per_epoch
+        self.part = rank_part(cfg.batch_size, self.dist.rank, self.dist.world_size)  # this rank's slice
+        self.batches = batch_source(
+            self.data, cfg.batch_size, cfg.seed, self.total_steps, self.part, num_workers=cfg.num_workers
+        )
 
         # model, objective, optimizer, EMA
         self.spec = ObjectiveSpec(
@@ -230,21 +239,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def batch_for_step(self, step: int):
-        """(x0, y, t, noise, drop) of this rank for `step`, all derived from (seed, step)."""
+        """(x0, y, t, noise, drop) of this rank for `step`, all derived from (seed, step): the images from the
+        step's slice of the epoch's permutation (`ditlab.data.loader`), the rest from `step_generator`,
+        drawn for the whole global batch so that every rank keeps its own slice of one draw."""
         cfg, B = self.cfg, self.cfg.batch_size
-        epoch, i = divmod(step, self.batches_per_epoch)
-        order = torch.randperm(
-            len(self.data), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-        )
-        index = order[i * B : (i + 1) * B]
+        images, y = self.batches.get(step)  # uint8 (B / world, C, H, W), (B / world,)
         g = step_generator(cfg.seed, step)
-        x0, y = self.data.batch(index, generator=g)  # (B, C, H, W) in [-1, 1], (B,)
+        flips = flip_draws(B, g)[self.part] if cfg.flip else None
+        x0 = to_model_batch(images, flips)  # in [-1, 1]
         t = self.objective.sample_timesteps(B, "cpu", g)
-        noise = torch.randn(x0.shape, generator=g)
+        noise = torch.randn((B, *images.shape[1:]), generator=g)
         drop = (torch.rand(B, generator=g) < self.model.config.class_dropout_prob).long()
-        r, W = self.dist.rank, self.dist.world_size
-        part = slice(r * B // W, (r + 1) * B // W)
-        return [v[part].to(self.device) for v in (x0, y, t, noise, drop)]
+        return [v.to(self.device) for v in (x0, y, t[self.part], noise[self.part], drop[self.part])]
 
     def compute_loss(self, x0, model_kwargs, t, noise) -> dict:
         """Per-sample loss terms ("loss" (N,), plus e.g. "mse", "vb") of one batch; subclasses may add terms
