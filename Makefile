@@ -5,6 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 
 .PHONY: env demo test lint data clean
 
@@ -17,10 +18,10 @@ $(VENV)/.ready: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-# Fashion-MNIST from Debian (used by the recipes and some tests; tests skip without it).
+# Fashion-MNIST and the Noto Color Emoji font (the `emoji` set) from Debian, as root; tests skip without them.
 data:
-	@if [ ! -f $(FMNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; fi
+	@if { [ ! -f $(FMNIST) ] || [ ! -f $(EMOJI_FONT) ]; } && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist fonts-noto-color-emoji >/dev/null; fi
 
 demo: env
 	$(BIN)/ditlab demo --out ditlab-demo

@@ -19,8 +19,13 @@ from ditlab.train.config import TrainConfig
 from ditlab.train.state import resume_checkpoint
 
 HELP = {
-    "data": 'dataset: "digits", "fashion-mnist[:DIR]" or an ImageFolder path',
-    "bad_images": "unreadable files in an image folder: raise (stop, naming the file) or skip (leave out, warn)",
+    "data": 'dataset: "digits", "fashion-mnist[:DIR]", "emoji[SIZE]" (colour, captioned; SIZE in px, 32 '
+    "or 64) or an ImageFolder path (streamed: any size)",
+    "bad_images": "unreadable files in an image folder: skip (replace by the next readable file, warn once per "
+    "file) or raise (stop, naming the file)",
+    "data_loader": "auto (image folders stream, digits/fashion-mnist/emoji stay in memory), memory (load a folder "
+    "whole: fastest for small ones) or stream",
+    "num_workers": "DataLoader worker processes decoding a streamed folder (0 = in the training process)",
     "image_size": "resize images to this side (default: the data's own size)",
     "model": "zoo name, e.g. DiT-S/2, DiT-Ti/2, DiT-XL/2",
     "variant": "conditioning variant (in-context, cross-attention, adaln, adaln-zero, adaln-single, ...)",
