@@ -104,11 +104,6 @@ class ImageDataset(Dataset):
         flips = flip_draws(idx.shape[0], generator) if self.flip else None
         return to_model_batch(self.images[idx], flips), self.labels[idx]  # (B, C, H, W), (B,)
 
-    def images_at(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stored images and labels at `indices`: (uint8 (B, C, H, W), int64 (B,)); no flips."""
-        idx = torch.as_tensor(indices, dtype=torch.int64).cpu()
-        return self.images[idx], self.labels[idx]
-
     def numpy_images(self) -> np.ndarray:
         """The stored images as uint8 numpy (N, H, W, C), the layout of samples and evaluators (no flips)."""
         return self.images.permute(0, 2, 3, 1).numpy()

@@ -7,8 +7,11 @@ of a DistributedSampler: N processes see the images one process with the same gl
 resumed at any step, mid-epoch included, starts the sampler at that step and reads the same next batches as a
 run never stopped.
 
-Two sources serve the batches as uint8 (b, C, H, W) and labels (b,); the trainer adds flips and noise:
-- `MemoryBatches`: a set held in memory (digits, Fashion-MNIST, emoji): a batch is an index lookup.
+Two sources serve `get(step, generator) -> (x float (b, C, H, W) in [-1, 1], labels (b,))`, this rank's part,
+with the flips drawn from the step's generator for the whole global batch (B draws, first), so both consume
+the generator alike and the trainer draws timesteps and noise after them:
+- `MemoryBatches`: any set with `batch(indices, generator)` (an in-memory `ImageDataset`: digits,
+  Fashion-MNIST, emoji; or a wrapper of one that returns latents): a batch is an index lookup.
 - `StreamBatches`: an `ImageFolderStream`, decoded in `torch.utils.data.DataLoader` workers a few steps
   ahead of the trainer (`StepBatchSampler` hands each worker the indices of one step).
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ditlab.data.dataset import ImageDataset
+from ditlab.data.dataset import ImageDataset, flip_draws, to_model_batch
 from ditlab.data.streaming import ImageFolderStream
 
 
@@ -71,15 +74,17 @@ class StepBatchSampler(Sampler):
 
 
 class MemoryBatches:
-    """Batches of an in-memory `ImageDataset`: index lookups, nothing runs ahead."""
+    """Batches of an in-memory set (anything with `batch(indices, generator)`): index lookups, nothing runs
+    ahead. Every rank builds the global batch and keeps its part (the draws stay those of one process)."""
 
     def __init__(self, data: ImageDataset, batch_size: int, seed: int, part: slice = slice(None)):
         self.data, self.batch_size, self.seed, self.part = data, batch_size, seed, part
 
-    def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uint8 (b, C, H, W), labels (b,)) of this rank's part of step `step`'s global batch."""
-        index = step_indices(len(self.data), self.batch_size, self.seed, step)[self.part]
-        return self.data.images_at(index)
+    def get(self, step: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x (b, C, H, W), labels (b,)) of this rank's part of step `step`'s global batch."""
+        index = step_indices(len(self.data), self.batch_size, self.seed, step)
+        x, y = self.data.batch(index, generator=generator)  # flips (if on) drawn from the generator
+        return x[self.part], y[self.part]
 
     def close(self) -> None:
         pass
@@ -136,8 +141,15 @@ class StreamBatches:
         )
         self._it, self._next = iter(loader), step
 
-    def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uint8 (b, C, H, W), labels (b,)) of this rank's part of step `step`'s global batch."""
+    def get(self, step: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x float (b, C, H, W) in [-1, 1], labels (b,)) of this rank's part of step `step`'s global batch;
+        flips (when the stream's `flip` is on) drawn from `generator` for the global batch, as `MemoryBatches`."""
+        images, labels = self.images(step)
+        flips = flip_draws(self.batch_size, generator)[self.part] if self.stream.flip else None
+        return to_model_batch(images, flips), labels
+
+    def images(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 (b, C, H, W), labels (b,)) of this rank's part of step `step`'s global batch, as decoded."""
         if self._last[0] == step:
             return self._last[1]
         if step >= self.stop:

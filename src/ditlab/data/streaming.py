@@ -44,7 +44,8 @@ class ImageFolderStream:
     """An image folder read on demand: paths and labels in memory, pixels decoded per batch.
 
     Attributes (those of `ImageDataset` a trainer needs): labels int64 (N,), class_names, num_classes,
-    channels, image_size (H, W), name, captions (always empty), bad_images ("skip" | "raise"), root, and
+    channels, image_size (H, W), name, captions (always empty), flip (random horizontal flips, applied by the
+    loader with the step's generator), bad_images ("skip" | "raise"), root, and
     skipped (a `BadImageLog`: `skipped.seen` maps each unreadable file found so far to the reason).
     """
 
@@ -57,6 +58,7 @@ class ImageFolderStream:
         channels: int,
         image_size: int | tuple[int, int],
         center_crop: bool = True,
+        flip: bool = False,
         bad_images: str = "skip",
         name: str = "",
         root: str | os.PathLike = "",
@@ -77,6 +79,7 @@ class ImageFolderStream:
         self._channels = channels
         self._size = size_pair(image_size)
         self.center_crop = bool(center_crop)
+        self.flip = bool(flip)
         self.bad_images = bad_images
         self.name = name
         self.root = str(root)
@@ -182,6 +185,7 @@ def open_image_folder(
     image_size: int | tuple[int, int] | None = None,
     channels: int | None = None,
     center_crop: bool = True,
+    flip: bool = False,
     unconditional: bool | None = None,
     bad_images: str = "skip",
     classes: tuple[int, ...] | None = None,
@@ -218,6 +222,7 @@ def open_image_folder(
         channels=channels or (1 if grey else 3),
         image_size=image_size,
         center_crop=center_crop,
+        flip=flip,
         bad_images=bad_images,
         name=name or str(root),
         root=root,
@@ -266,6 +271,7 @@ def open_dataset(
         image_size=image_size,
         channels=channels,
         center_crop=center_crop,
+        flip=flip,
         unconditional=unconditional,
         bad_images=bad_images,
         classes=parsed.classes,

@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from ditlab.atomic import atomic_write_text
 from ditlab.data import save_grid
-from ditlab.data.dataset import flip_draws, to_model_batch
 from ditlab.data.loader import batch_source, rank_part
 from ditlab.data.streaming import open_dataset
 from ditlab.diffusion.objective import ObjectiveSpec
@@ -240,15 +239,14 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def batch_for_step(self, step: int):
         """(x0, y, t, noise, drop) of this rank for `step`, all derived from (seed, step): the images from the
-        step's slice of the epoch's permutation (`ditlab.data.loader`), the rest from `step_generator`,
-        drawn for the whole global batch so that every rank keeps its own slice of one draw."""
+        step's slice of the epoch's permutation (`ditlab.data.loader`), flips, timesteps, noise and label
+        drops from `step_generator`, drawn for the whole global batch so every rank keeps its part of one
+        draw."""
         cfg, B = self.cfg, self.cfg.batch_size
-        images, y = self.batches.get(step)  # uint8 (B / world, C, H, W), (B / world,)
         g = step_generator(cfg.seed, step)
-        flips = flip_draws(B, g)[self.part] if cfg.flip else None
-        x0 = to_model_batch(images, flips)  # in [-1, 1]
+        x0, y = self.batches.get(step, g)  # this rank's part (B / world, C, H, W) in [-1, 1]; flips from g
         t = self.objective.sample_timesteps(B, "cpu", g)
-        noise = torch.randn((B, *images.shape[1:]), generator=g)
+        noise = torch.randn((B, *x0.shape[1:]), generator=g)
         drop = (torch.rand(B, generator=g) < self.model.config.class_dropout_prob).long()
         return [v.to(self.device) for v in (x0, y, t[self.part], noise[self.part], drop[self.part])]
 
