@@ -1,11 +1,13 @@
-"""Streamed image folders: the same batches as the in-memory loader, exact mid-epoch resume, ranks that split
-one global batch, unreadable files skipped with one warning line, and memory that does not grow with the
-folder (slow)."""
+"""Streamed image folders: the same batches as the in-memory loader, exact mid-epoch resume (in process, and
+after SIGKILL: slow), ranks that split one global batch (the sampler, and torchrun: slow), unreadable files
+skipped with one warning line, and memory that does not grow with the folder (slow)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from ditlab.data import (
     open_dataset,
     step_indices,
 )
-from ditlab.train import TrainConfig, Trainer
+from ditlab.train import TrainConfig, Trainer, list_checkpoints
 from ditlab.train.metrics import read_metrics
 
 TINY = dict(
@@ -205,3 +207,54 @@ def test_streaming_memory_does_not_grow_with_the_folder(tmp_path):
     growth_mb = _peak_rss_mb(large) - _peak_rss_mb(small)
     # 3000 images at 3x128x128 are 147 MB as uint8: a loader that kept what it decoded would show it here
     assert growth_mb < 15, growth_mb
+
+
+def _train_cmd(data, out, steps, extra=()):
+    return [
+        sys.executable, "-m", "ditlab", "train", "--data", str(data), "--image-size", "8", "--flip",
+        "--model", "DiT-Nano/2", "--batch-size", "8", "--lr", "1e-3", "--steps", str(steps),
+        "--log-every", "1", "--ckpt-every", "3", "--keep-last", "2", "--sample-steps", "2", "--threads", "1",
+        "--num-workers", "2", "--no-progress", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_streams_the_same_next_batches(tmp_path, folder):
+    steps = 200  # 5 steps per epoch: checkpoints every 3 steps land mid-epoch
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_train_cmd(folder, tmp_path / "ref", steps), check=True, capture_output=True, env=env)
+    victim = subprocess.Popen(
+        _train_cmd(folder, tmp_path / "killed", steps),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpts.is_dir() and any(p.suffix == ".pt" for p in ckpts.iterdir())):
+        time.sleep(0.01)
+    os.kill(victim.pid, signal.SIGKILL)  # the trainer dies; its orphaned workers find no parent and exit
+    victim.wait()
+    killed_at = [s for s, _ in list_checkpoints(tmp_path / "killed")]
+    assert killed_at and killed_at[-1] < steps, "the run finished before it could be killed"
+    cmd = _train_cmd(folder, tmp_path / "killed", steps, ["--resume", "auto"])
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    assert losses(tmp_path / "killed") == losses(tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_stream_their_halves_of_one_process_batches(tmp_path, folder):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(_train_cmd(folder, tmp_path / "one", 4), capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *_train_cmd(folder, tmp_path / "two", 4)[1:],
+    ]
+    result = subprocess.run(two, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), rel=1e-5)

@@ -80,9 +80,8 @@ def format_classes(classes: Iterable[int]) -> str:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A parsed dataset spec: kind ("digits", "fashion-mnist", "emoji", "folder"), path, split (None =
-    unset), classes (a sorted tuple of the class ids kept; None = all) and resolution (emoji's render size in
-    px; None = its default)."""
+    """A parsed dataset spec: kind ("digits", "fashion-mnist", "folder"), path, split (None = unset) and
+    classes (a sorted tuple of the class ids kept; None = all)."""
 
     kind: str
     path: str | None = None

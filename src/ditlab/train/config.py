@@ -27,13 +27,9 @@ class TrainConfig(DictConfig):
     channels: int | None = None  # 1 or 3; None keeps the data's
     flip: bool = False  # random horizontal flips (the official recipe flips ImageNet; digits must not)
     unconditional: bool = False  # ignore labels
-    bad_images: str = (
-        "skip"  # unreadable files in an image folder: skip (warn once, leave out) | raise (stop)
-    )
+    bad_images: str = "skip"  # unreadable files in a folder: skip (warn once per file) | raise (stop)
     data_loader: str = "auto"  # auto: image folders stream, the named sets stay in memory | memory | stream
-    num_workers: int = (
-        2  # DataLoader worker processes decoding a streamed folder (0 = in the training process)
-    )
+    num_workers: int = 2  # DataLoader processes decoding a streamed folder (0 = in the trainer's)
     # --- model ---
     model: str = "DiT-S/2"
     variant: str | None = None  # a conditioning variant of ditlab.models.VARIANTS
