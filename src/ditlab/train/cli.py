@@ -19,8 +19,8 @@ from ditlab.train.config import TrainConfig
 from ditlab.train.state import resume_checkpoint
 
 HELP = {
-    "data": 'dataset: "digits", "fashion-mnist[:DIR]", "emoji[SIZE]" (colour, captioned; SIZE in px, 32 '
-    "or 64) or an ImageFolder path (streamed: any size)",
+    "data": 'dataset: "digits", "fashion-mnist[:DIR]", "emoji[SIZE]" (colour, captioned; SIZE in px up to '
+    "128, default 32) or an ImageFolder path (streamed: any size)",
     "bad_images": "unreadable files in an image folder: skip (replace by the next readable file, warn once per "
     "file) or raise (stop, naming the file)",
     "data_loader": "auto (image folders stream, digits/fashion-mnist/emoji stay in memory), memory (load a folder "
