@@ -5,6 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 
 .PHONY: env demo test lint data clean
 
@@ -17,12 +18,12 @@ $(VENV)/.ready: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-# Fashion-MNIST from Debian (used by the recipes and some tests; tests skip without it), and Debian's
-# chromium + chromium-driver for the browser test of `ditlab serve` (tests/test_serve.py).
+# Fashion-MNIST and the Noto Color Emoji font (the `emoji` set) from Debian, and Debian's chromium +
+# chromium-driver for the browser test of `ditlab serve` (tests/test_serve.py), as root; tests skip without them.
 data:
-	@if { [ ! -f $(FMNIST) ] || ! command -v chromedriver >/dev/null; } && [ "$$(id -u)" = 0 ] \
-		&& command -v apt-get >/dev/null; then apt-get update -q >/dev/null \
-		&& apt-get install -y -q dataset-fashion-mnist chromium chromium-driver >/dev/null; fi
+	@if { [ ! -f $(FMNIST) ] || [ ! -f $(EMOJI_FONT) ] || ! command -v chromedriver >/dev/null; } \
+		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -q >/dev/null \
+		&& apt-get install -y -q dataset-fashion-mnist fonts-noto-color-emoji chromium chromium-driver >/dev/null; fi
 
 demo: env
 	$(BIN)/ditlab demo --out ditlab-demo

@@ -100,7 +100,7 @@ def folder_with_a_corrupt_image(tmp_path):
 def test_corrupt_image_message_names_the_flag_and_the_flag_skips_it(folder_with_a_corrupt_image, tmp_path):
     data = str(folder_with_a_corrupt_image)
     with pytest.raises(ValueError, match=r"broken\.png.*--bad-images skip"):
-        cli(["train", "--data", data, *TINY_RUN, "--out", str(tmp_path / "refused")])
+        cli(["train", "--data", data, *TINY_RUN, "--bad-images", "raise", "--out", str(tmp_path / "refused")])
     with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
         assert (
             cli(["train", "--data", data, *TINY_RUN, "--bad-images", "skip", "--out", str(tmp_path / "r")])

@@ -18,6 +18,19 @@ def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32) / 127.5 - 1.0
 
 
+def flip_draws(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Which of n images a random horizontal flip mirrors: bool (n,), each with probability 1/2."""
+    return torch.rand(n, generator=generator) < 0.5
+
+
+def to_model_batch(images: torch.Tensor, flips: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 in [-1, 1], mirrored where `flips` (bool (B,)) is True."""
+    x = uint8_to_unit(images)
+    if flips is None:
+        return x
+    return torch.where(flips[:, None, None, None], x.flip(-1), x)
+
+
 class ImageDataset(Dataset):
     """Images (N, C, H, W) uint8 and integer labels (N,) in memory.
 
@@ -88,11 +101,8 @@ class ImageDataset(Dataset):
         Flips (when `flip` is on) draw from `generator`: a seeded generator gives the same batches every run.
         """
         idx = torch.as_tensor(indices, dtype=torch.int64).cpu()  # the set lives in CPU memory
-        x = uint8_to_unit(self.images[idx])  # (B, C, H, W)
-        if self.flip:
-            flip = torch.rand(idx.shape[0], generator=generator) < 0.5  # (B,)
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x, self.labels[idx]
+        flips = flip_draws(idx.shape[0], generator) if self.flip else None
+        return to_model_batch(self.images[idx], flips), self.labels[idx]  # (B, C, H, W), (B,)
 
     def numpy_images(self) -> np.ndarray:
         """The stored images as uint8 numpy (N, H, W, C), the layout of samples and evaluators (no flips)."""

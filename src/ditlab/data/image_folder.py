@@ -25,6 +25,8 @@ from ditlab.data.transforms import resize_images, size_pair
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 BAD_IMAGE_POLICIES = ("raise", "skip")
+# what Pillow raises for a file that is not an image, is truncated or is too large to decode safely
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def _is_image(path: Path) -> bool:
@@ -82,6 +84,13 @@ def scan_image_folder(
     return paths, labels, list(per_class)
 
 
+def read_header(path: Path) -> tuple[tuple[int, int], bool]:
+    """((width, height), grey) of one image from its header, without decoding pixels; OSError family if the
+    file is no image Pillow can open."""
+    with Image.open(path) as im:  # lazy: the header gives size and mode without decoding pixels
+        return im.size, im.mode in _GREY_MODES
+
+
 def folder_image_shape(root: str | os.PathLike) -> tuple[int, int, int] | None:
     """(H, W, C) of every image below `root`, read from file headers only; None when the sizes differ.
 
@@ -91,15 +100,33 @@ def folder_image_shape(root: str | os.PathLike) -> tuple[int, int, int] | None:
     sizes, grey = set(), True
     for path in _images_below(Path(root)):
         try:
-            with Image.open(path) as im:  # lazy: the header gives size and mode without decoding pixels
-                sizes.add(im.size)
-                grey = grey and im.mode in _GREY_MODES
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            size, is_grey = read_header(path)
+        except UNREADABLE:
             continue
+        sizes.add(size)
+        grey = grey and is_grey
     if len(sizes) != 1:
         return None
     (width, height) = sizes.pop()
     return height, width, 1 if grey else 3
+
+
+def unreadable_error(path, err: Exception) -> ValueError:
+    """The error for an unreadable image under bad_images="raise": the file, the cause and the way out."""
+    return ValueError(
+        f"cannot read image {path}: {err}; remove or replace the file, or leave unreadable files out "
+        "with --bad-images skip (ditlab train / finetune; in Python bad_images='skip')"
+    )
+
+
+def warn_skipped(root, bad: list[str]) -> None:
+    """One warning line for the unreadable images left out of a set: their count and the first few."""
+    warnings.warn(
+        f"skipped {len(bad)} unreadable image(s) in {root}: "
+        + "; ".join(bad[:3])
+        + (" ..." if len(bad) > 3 else ""),
+        stacklevel=3,
+    )
 
 
 def _decode(path: Path) -> Image.Image:
@@ -118,6 +145,23 @@ def _to_mode(im: Image.Image, channels: int) -> Image.Image:
         top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
         im = Image.fromarray(np.rint(arr * (255.0 / top)).astype(np.uint8))
     return im.convert("L" if channels == 1 else "RGB")
+
+
+def image_array(
+    im: Image.Image, channels: int, target: tuple[int, int] | None, center_crop: bool = True
+) -> np.ndarray:
+    """A decoded image -> uint8 (H, W, C) with `channels`, resized to `target` (None: native size) by the one
+    filter. The in-memory loader and the streaming loader both go through here, so their pixels agree."""
+    arr = np.asarray(_to_mode(im, channels), dtype=np.uint8)
+    arr = arr[None, ..., None] if arr.ndim == 2 else arr[None]  # (1, H, W, C)
+    return (arr if target is None else resize_images(arr, target, center_crop=center_crop))[0]
+
+
+def load_image(
+    path: str | os.PathLike, channels: int, target: tuple[int, int] | None, center_crop: bool = True
+) -> np.ndarray:
+    """Decode one image file -> uint8 (H, W, C) (see `image_array`); raises the UNREADABLE family."""
+    return image_array(_decode(Path(path)), channels, target, center_crop)
 
 
 def load_image_folder_arrays(
@@ -150,22 +194,14 @@ def load_image_folder_arrays(
     for path, label in zip(paths, labels):
         try:
             decoded.append(_decode(path))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        except UNREADABLE as e:
             if bad_images == "raise":
-                raise ValueError(
-                    f"cannot read image {path}: {e}; remove or replace the file, or leave unreadable files out "
-                    "with --bad-images skip (ditlab train / finetune; in Python bad_images='skip')"
-                ) from e
+                raise unreadable_error(path, e) from e
             bad.append(f"{path} ({e})")
             continue
         kept.append(label)
     if bad:
-        warnings.warn(
-            f"skipped {len(bad)} unreadable image(s) in {root}: "
-            + "; ".join(bad[:3])
-            + (" ..." if len(bad) > 3 else ""),
-            stacklevel=2,
-        )
+        warn_skipped(root, bad)
     if not decoded:
         raise ValueError(f"no readable images in {root} ({len(bad)} unreadable); replace the broken files")
     if channels is None:
@@ -178,9 +214,5 @@ def load_image_folder_arrays(
                 f"images in {root} have {len(sizes)} different sizes (e.g. {h1}x{w1} and {h2}x{w2}); "
                 "pass image_size (CLI: --image-size) to resize them to one size"
             )
-    arrays = []
-    for im in decoded:
-        arr = np.asarray(_to_mode(im, channels), dtype=np.uint8)
-        arr = arr[None, ..., None] if arr.ndim == 2 else arr[None]  # (1, H, W, C)
-        arrays.append(arr if target is None else resize_images(arr, target, center_crop=center_crop))
-    return np.concatenate(arrays), np.asarray(kept, dtype=np.int64), class_names
+    arrays = [image_array(im, channels, target, center_crop) for im in decoded]
+    return np.stack(arrays), np.asarray(kept, dtype=np.int64), class_names

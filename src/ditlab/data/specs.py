@@ -11,6 +11,8 @@
                                 after the name (or path), before any split
     shapes                      procedural coloured shapes with captions, 32x32 RGB (ditlab.data.shapes)
     shapes[64]:test             ... rendered at 64x64 (the bracket is the size in px), held-out split
+    emoji                       Noto Color Emoji rendered at 32x32 RGB, unconditional, with captions
+    emoji[64]:test              ... at 64x64 (for emoji the bracket is the size in px), held-out split
 
 Splits are "train" (the default), "test" and "all". A class subset keeps the original label ids and class names
 (num_classes stays the full count), so models, references and classifiers of the subsets of one dataset share
@@ -41,12 +43,14 @@ from ditlab.data.builtin import (
 )
 from ditlab.data.captions import FASHION_MNIST_CAPTIONS, class_captions
 from ditlab.data.dataset import ImageDataset
+from ditlab.data.emoji import EMOJI_DEFAULT_SIZE, check_emoji_size, load_emoji_arrays
 from ditlab.data.image_folder import folder_image_shape, load_image_folder_arrays
 from ditlab.data.shapes import is_shapes_spec, make_shapes, parse_shapes_spec, shapes_render_size
-from ditlab.data.transforms import convert_channels, resize_images
+from ditlab.data.transforms import convert_channels, resize_images, size_pair
 
-NAMED_DATASETS = ("digits", "fashion-mnist", "shapes")
+NAMED_DATASETS = ("digits", "fashion-mnist", "shapes", "emoji")
 _FOLDER_PREFIXES = ("folder", "imagefolder")
+_EMOJI = re.compile(r"^emoji(?:\[(?P<size>[^\]]*)\])?(?::(?P<split>[^:]*))?$")
 
 
 # "[0-4]" or "[0,2,7-9]" right after the name/path, optionally followed by ":SPLIT".
@@ -146,6 +150,8 @@ def parse_spec(spec: str | os.PathLike | DatasetSpec) -> DatasetSpec:
     if is_shapes_spec(spec) and not Path(spec).is_dir():
         resolution, split = parse_shapes_spec(spec, SPLITS)
         return DatasetSpec("shapes", None, split, resolution=resolution)
+    if (spec == "emoji" or spec.startswith(("emoji[", "emoji:"))) and not Path(spec).is_dir():
+        return _parse_emoji(spec)
     m = _CLASSES_SUFFIX.match(spec)
     # A class list in brackets, unless the whole string is an existing folder whose name ends in brackets.
     if m and not Path(spec).is_dir() and (m["split"] is None or m["split"][1:] in SPLITS):
@@ -173,11 +179,27 @@ def parse_spec(spec: str | os.PathLike | DatasetSpec) -> DatasetSpec:
         return DatasetSpec("folder", path, split)
     raise ValueError(
         f"unknown dataset {spec!r}: not one of {', '.join(NAMED_DATASETS)} and not an existing folder; "
-        "pass digits, fashion-mnist[:DIR][:SPLIT] or the path of an image folder"
+        "pass digits, fashion-mnist[:DIR][:SPLIT], emoji[SIZE][:SPLIT] or the path of an image folder"
     )
 
 
-def _folder_for_split(root: Path, split: str) -> Path:
+def _parse_emoji(spec: str) -> DatasetSpec:
+    """ "emoji", "emoji[64]", "emoji:test", "emoji[64]:test" (the bracket is the size in px, not classes)."""
+    m = _EMOJI.match(spec)
+    if m is None or (m["split"] is not None and m["split"] not in SPLITS):
+        raise ValueError(
+            f"bad emoji spec {spec!r}: use emoji, emoji[SIZE] (e.g. emoji[64]) and optionally :SPLIT "
+            f"({', '.join(SPLITS)})"
+        )
+    size = m["size"]
+    if size is not None and not size.isdigit():
+        raise ValueError(f"bad emoji spec {spec!r}: the bracket holds the image size in px, e.g. emoji[64]")
+    return DatasetSpec(
+        "emoji", None, m["split"], resolution=None if size is None else check_emoji_size(int(size))
+    )
+
+
+def folder_for_split(root: Path, split: str) -> Path:
     """An ImageFolder's split is a sub-folder named after it; without such sub-folders the root is 'train'."""
     if not root.is_dir():
         raise FileNotFoundError(
@@ -206,9 +228,12 @@ def dataset_shape(
     """
     parsed = parse_spec(spec).with_split(split)
     if parsed.kind == "folder":
-        return folder_image_shape(_folder_for_split(Path(parsed.path), parsed.split))
+        return folder_image_shape(folder_for_split(Path(parsed.path), parsed.split))
     if parsed.kind == "shapes":
         side = shapes_render_size(parsed.resolution, None)
+        return side, side, 3
+    if parsed.kind == "emoji":
+        side = parsed.resolution or EMOJI_DEFAULT_SIZE
         return side, side, 3
     return NATIVE_SHAPES[parsed.kind]
 
@@ -223,17 +248,29 @@ def describe_shape(shape: tuple[int, int, int] | None) -> str:
     )
 
 
-def _keep_classes(images: np.ndarray, labels: np.ndarray, class_names: list, spec: DatasetSpec):
-    """The images and labels of `spec.classes` only (original ids kept)."""
+def keep_classes(items: np.ndarray, labels: np.ndarray, class_names: list, classes: tuple[int, ...], what):
+    """The items (images, or file paths) and labels of `classes` only (original ids kept); `what` names the
+    dataset in errors."""
     if not class_names:
-        raise ValueError(f"{spec}: a class subset needs a labelled dataset, but this one is unconditional")
-    bad = [c for c in spec.classes if c >= len(class_names)]
+        raise ValueError(f"{what}: a class subset needs a labelled dataset, but this one is unconditional")
+    bad = [c for c in classes if c >= len(class_names)]
     if bad:
         raise ValueError(
-            f"{spec}: class id(s) {bad} out of range; this dataset has classes 0-{len(class_names) - 1}"
+            f"{what}: class id(s) {bad} out of range; this dataset has classes 0-{len(class_names) - 1}"
         )
-    keep = np.isin(labels, np.asarray(spec.classes))
-    return images[keep], labels[keep]
+    keep = np.isin(labels, np.asarray(classes))
+    return items[keep], labels[keep]
+
+
+def _emoji_render_size(spec: DatasetSpec, image_size) -> int:
+    """The size to render emoji at: the spec's, else a square image_size up to the maximum, else 32."""
+    if spec.resolution is not None:
+        return spec.resolution
+    if image_size is not None:
+        height, width = size_pair(image_size)
+        if height == width and height <= 128:
+            return height
+    return EMOJI_DEFAULT_SIZE
 
 
 def load_dataset(
@@ -250,7 +287,8 @@ def load_dataset(
     """Load an image set into memory as an `ImageDataset` (uint8 (N, C, H, W); items as floats in [-1, 1]).
 
     Args:
-        spec: "digits", "fashion-mnist", "fashion-mnist:/dir", a folder path, optionally ending in ":SPLIT".
+        spec: "digits", "fashion-mnist", "fashion-mnist:/dir", "emoji", "emoji[64]", a folder path, optionally
+            ending in ":SPLIT".
         split: "train" (default), "test" or "all"; may instead be part of the spec.
         image_size: `n` or `(height, width)`; None keeps the native size. Resizing uses the one filter of
             `ditlab.data.transforms.resize_images` (PIL bicubic, antialiased).
@@ -259,8 +297,8 @@ def load_dataset(
             stretching.
         flip: random horizontal flips (p = 1/2) when items or batches are read.
         unconditional: drop the labels (num_classes = 0); None = auto for folders (no class sub-folders),
-            False for the named sets (shapes has no labels: its texts are `captions`; Fashion-MNIST's labels
-            also give it templated `captions`, dropped with the labels).
+            False for the named sets (shapes and emoji have no labels: their texts are `captions`;
+            Fashion-MNIST's labels also give it templated `captions`, dropped with the labels).
         bad_images: for folders, "raise" (stop at an unreadable file, naming it) or "skip" (count and warn).
         classes: keep only these class ids ("0-4", [5, 6]); may instead be part of the spec
             (`fashion-mnist[0-4]`). Labels keep their original ids and `class_names` stays the full list.
@@ -273,7 +311,7 @@ def load_dataset(
     captions: list[str] = []
     if parsed.kind == "folder":
         images, labels, class_names = load_image_folder_arrays(
-            _folder_for_split(Path(parsed.path), parsed.split),
+            folder_for_split(Path(parsed.path), parsed.split),
             image_size=image_size,
             channels=channels,
             center_crop=center_crop,
@@ -288,6 +326,9 @@ def load_dataset(
             rendered = make_shapes(parsed.split, image_size=shapes_render_size(parsed.resolution, image_size))
             images, captions = rendered.images, rendered.captions
             labels, class_names = np.zeros(len(images), np.int64), []
+        elif parsed.kind == "emoji":
+            images, captions = load_emoji_arrays(_emoji_render_size(parsed, image_size), parsed.split)
+            labels, class_names = np.zeros(len(images), np.int64), []
         else:
             images, labels = load_fashion_mnist_arrays(parsed.path or FASHION_MNIST_DIR, parsed.split)
             class_names = list(FASHION_MNIST_CLASSES)
@@ -298,7 +339,7 @@ def load_dataset(
         if unconditional:
             labels, class_names = np.zeros_like(labels), []
     if parsed.classes is not None:
-        images, labels = _keep_classes(images, labels, class_names, parsed)
+        images, labels = keep_classes(images, labels, class_names, parsed.classes, parsed)
     if parsed.kind == "fashion-mnist" and class_names:
         captions = class_captions(labels, FASHION_MNIST_CAPTIONS)
     tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)

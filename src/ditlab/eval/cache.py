@@ -52,9 +52,11 @@ def file_fingerprint(path: str | os.PathLike) -> list:
 
 def dataset_fingerprint(spec) -> list:
     """What identifies a dataset's content for cache keys (ignoring its split): name plus version or path."""
-    from ditlab.data import FASHION_MNIST_DIR, parse_spec
+    from ditlab.data import FASHION_MNIST_DIR, emoji_fingerprint, parse_spec
 
     spec = parse_spec(spec)
+    if spec.kind == "emoji":  # the font file, the render size and the recipe
+        return emoji_fingerprint(spec.resolution or 32)
     if spec.kind == "digits":
         import sklearn
 

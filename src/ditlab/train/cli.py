@@ -33,6 +33,7 @@ from ditlab.cli_args import (
     positive_int,
 )
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
+from ditlab.data.streaming import DATA_LOADERS
 from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS, FLOW_TIMESTEP_SAMPLERS
 from ditlab.diffusion.samplers import SAMPLERS
 from ditlab.diffusion.schedules import SCHEDULES
@@ -49,9 +50,14 @@ _parse_kv = parse_kv  # the name ditlab.ablate imports (it may import ditlab.cli
 
 HELP = {
     # data
-    "data": 'dataset: "digits", "fashion-mnist[:DIR]" (class subsets like fashion-mnist[0-4]) or an image '
-    "folder (one sub-folder per class)",
-    "bad_images": "unreadable files in an image folder: raise (stop, naming the file) or skip (leave out, warn once)",
+    "data": 'dataset: "digits", "fashion-mnist[:DIR]" (class subsets like fashion-mnist[0-4]), "emoji[SIZE]" '
+    '(colour, captioned; SIZE in px up to 128, default 32), "shapes[SIZE]" (captioned) or an image folder (one '
+    "sub-folder per class; streamed: any size)",
+    "bad_images": "unreadable files in an image folder: skip (replace by the next readable file, warn once per "
+    "file) or raise (stop, naming the file)",
+    "data_loader": "auto (image folders stream, the bundled sets stay in memory), memory (load a folder whole: "
+    "fastest for small ones) or stream",
+    "num_workers": "DataLoader worker processes decoding a streamed folder (0 = in the training process)",
     "image_size": "resize images to this side, in pixels (default: the data's own size)",
     "channels": "image channels, 1 (grey) or 3 (RGB) (default: the data's own)",
     "flip": "random horizontal flips of training images (the official ImageNet recipe; wrong for digits)",
@@ -161,6 +167,7 @@ TYPES = {
     "epochs": non_negative_int,
     "threads": non_negative_int,
     "hsdp_shard_size": non_negative_int,
+    "num_workers": non_negative_int,
     "ckpt_every": positive_int,
     "keep_last": non_negative_int,
     "log_every": positive_int,
@@ -185,6 +192,7 @@ CHOICES = {
     "loss_weighting": FLOW_LOSS_WEIGHTINGS,
     "repa_encoder": REPA_ENCODERS,
     "parallel": PARALLELS,
+    "data_loader": DATA_LOADERS,
 }
 
 METAVARS = {"image_size": "PX", "lr": "LR", "data": "DATA", "out": "DIR", "eval_ref": "REF"}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ditlab.configs import DictConfig
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
+from ditlab.data.streaming import DATA_LOADERS
 from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS
 from ditlab.models.dit import CHECKPOINT_POLICIES
 from ditlab.train.parallel import PARALLELS
@@ -27,12 +28,14 @@ class TrainConfig(DictConfig):
     _what = "training option"
 
     # --- data ---
-    data: str = "digits"  # "digits", "fashion-mnist[:DIR]", or an ImageFolder path
+    data: str = "digits"  # "digits", "fashion-mnist[:DIR]", "emoji[SIZE]", or an ImageFolder path
     image_size: int | None = None  # resize to this side; None keeps the data's size
     channels: int | None = None  # 1 or 3; None keeps the data's
     flip: bool = False  # random horizontal flips (the official recipe flips ImageNet; digits must not)
     unconditional: bool = False  # ignore labels
-    bad_images: str = "raise"  # unreadable files in an image folder: raise (stop, naming it) | skip (warn)
+    bad_images: str = "skip"  # unreadable files in a folder: skip (warn once per file) | raise (stop)
+    data_loader: str = "auto"  # auto: image folders stream, the named sets stay in memory | memory | stream
+    num_workers: int = 2  # DataLoader processes decoding a streamed folder (0 = in the trainer's)
     # --- model ---
     model: str = "DiT-S/2"
     variant: str | None = None  # a conditioning variant of ditlab.models.VARIANTS
@@ -109,6 +112,14 @@ class TrainConfig(DictConfig):
         if self.bad_images not in BAD_IMAGE_POLICIES:
             raise ValueError(
                 f"unknown bad_images {self.bad_images!r}; choose one of: {', '.join(BAD_IMAGE_POLICIES)}"
+            )
+        if self.data_loader not in DATA_LOADERS:
+            raise ValueError(
+                f"unknown data_loader {self.data_loader!r}; choose one of: {', '.join(DATA_LOADERS)}"
+            )
+        if self.num_workers < 0:
+            raise ValueError(
+                f"num_workers must be >= 0 (0 decodes in the training process), got {self.num_workers}"
             )
         if self.steps <= 0 and self.epochs <= 0:
             raise ValueError(

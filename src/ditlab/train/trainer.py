@@ -22,7 +22,9 @@ import torch
 from tqdm import tqdm
 
 from ditlab.atomic import atomic_write_text
-from ditlab.data import ImageDataset, load_dataset, save_grid
+from ditlab.data import ImageDataset, save_grid
+from ditlab.data.loader import batch_source, rank_part
+from ditlab.data.streaming import open_dataset
 from ditlab.diffusion.objective import ObjectiveSpec
 from ditlab.eval.evaluate import evaluate_model, fd_record, parse_features
 from ditlab.models.checkpoint import save_model
@@ -88,10 +90,12 @@ class Trainer:
         torch.manual_seed(cfg.seed * self.dist.world_size + self.dist.rank)  # per-rank seed, as the official
         self.out = Path(cfg.out)
 
-        # data: the whole set in memory; batches are index lookups, so loading never stalls a step
-        self.data = load_dataset(
+        # data: the named sets in memory (a batch is an index lookup); image folders stream through
+        # DataLoader workers (ditlab.data.loader), so a folder of any size trains in bounded memory
+        self.data = open_dataset(
             cfg.data,
             split="train",
+            loader=cfg.data_loader,
             image_size=cfg.image_size,
             channels=cfg.channels,
             flip=cfg.flip,
@@ -104,6 +108,10 @@ class Trainer:
             )
         self.batches_per_epoch = len(self.data) // cfg.batch_size  # drop_last, as the official loader
         self.total_steps = cfg.steps or cfg.epochs * self.batches_per_epoch
+        self.part = rank_part(cfg.batch_size, self.dist.rank, self.dist.world_size)  # this rank's slice
+        self.batches = batch_source(
+            self.data, cfg.batch_size, cfg.seed, self.total_steps, self.part, num_workers=cfg.num_workers
+        )
 
         # model, objective, optimizer, EMA
         self.spec = ObjectiveSpec(
@@ -306,21 +314,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def batch_for_step(self, step: int):
-        """(x0, y, t, noise, drop) of this rank for `step`, all derived from (seed, step)."""
+        """(x0, y, t, noise, drop) of this rank for `step`, all derived from (seed, step): the images from the
+        step's slice of the epoch's permutation (`ditlab.data.loader`), flips, timesteps, noise and label
+        drops from `step_generator`, drawn for the whole global batch so every rank keeps its part of one
+        draw."""
         cfg, B = self.cfg, self.cfg.batch_size
-        epoch, i = divmod(step, self.batches_per_epoch)
-        order = torch.randperm(
-            len(self.data), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-        )
-        index = order[i * B : (i + 1) * B]
         g = step_generator(cfg.seed, step)
-        x0, y = self.data.batch(index, generator=g)  # (B, C, H, W) in [-1, 1], (B,)
+        x0, y = self.batches.get(step, g)  # this rank's part (B / world, C, H, W) in [-1, 1]; flips from g
         t = self.objective.sample_timesteps(B, "cpu", g)
-        noise = torch.randn(x0.shape, generator=g)
+        noise = torch.randn((B, *x0.shape[1:]), generator=g)
         drop = (torch.rand(B, generator=g) < self.model.config.class_dropout_prob).long()
-        r, W = self.dist.rank, self.dist.world_size
-        part = slice(r * B // W, (r + 1) * B // W)
-        return [v[part].to(self.device) for v in (x0, y, t, noise, drop)]
+        return [v.to(self.device) for v in (x0, y, t[self.part], noise[self.part], drop[self.part])]
 
     def compute_loss(self, x0, model_kwargs, t, noise) -> dict:
         """Per-sample loss terms ("loss" (N,), plus e.g. "mse", "vb") of one batch; subclasses may add terms
