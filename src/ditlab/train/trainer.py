@@ -349,13 +349,18 @@ class Trainer:
         }
         summary.update({k: v for k, v in last.items() if k in ("loss", "mse", "vb")})
         if main:
-            save_model(self.ema.model, self.out / "model.safetensors", objective=self.spec.to_dict())
-            plot_curves(self.out / "metrics.jsonl", self.out / "loss.png", title=f"{cfg.model} on {cfg.data}")
-            grid = self.write_samples("samples.png")
-            summary.update(checkpoint=str(ckpt), model=str(self.out / "model.safetensors"), samples=str(grid))
+            summary.update(checkpoint=str(ckpt), **self.write_outputs())
             log.close()
         D.shutdown(self.dist)
         return summary
+
+    def write_outputs(self) -> dict:
+        """The end of a run (main process): the final model, loss curves and samples; their paths."""
+        cfg = self.cfg
+        save_model(self.ema.model, self.out / "model.safetensors", objective=self.spec.to_dict())
+        plot_curves(self.out / "metrics.jsonl", self.out / "loss.png", title=f"{cfg.model} on {cfg.data}")
+        grid = self.write_samples("samples.png")
+        return {"model": str(self.out / "model.safetensors"), "samples": str(grid)}
 
     def _log(self, window: list[dict], seconds: float, log: MetricsLog | None, bar) -> dict:
         record = {"step": self.step}
