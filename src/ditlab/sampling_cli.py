@@ -63,7 +63,11 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--vae", help="local diffusers AutoencoderKL folder, for latent models")
+    parser.add_argument(
+        "--vae",
+        help="autoencoder for latent models: a local diffusers AutoencoderKL / VQModel folder or a ditlab "
+        "autoencoder (default: the one a ditlab-trained model records)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--out", default="samples", help="output prefix: writes OUT.png and OUT.npz")
     parser.add_argument("--nrow", type=int, help="images per grid row (default: per-class)")
@@ -87,10 +91,10 @@ def _run(args) -> int:
     device = resolve_device(args.device)
     model = ditlab.load_model(args.checkpoint, model=args.model, device=device)
     vae = None
-    if args.vae:
-        from ditlab.autoencoders import load_vae
+    if args.vae:  # else a latent model trained by ditlab decodes through the autoencoder it records
+        from ditlab.autoencoders import load_autoencoder
 
-        vae = load_vae(args.vae, device=device)
+        vae = load_autoencoder(args.vae, device=device)
     images, labels = sample(
         model,
         classes=args.classes,

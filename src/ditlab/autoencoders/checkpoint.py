@@ -102,11 +102,19 @@ def load_autoencoder(
     ``sample`` overrides whether ``encode`` draws from the posterior (KL) or returns its mean.
     Raises ValueError when ``path`` holds something else (a DiT checkpoint, say).
     """
-    p = probe(Path(path).expanduser())
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"autoencoder {path} does not exist; pass a ditlab autoencoder (`ditlab vae train`) or a local "
+            "diffusers AutoencoderKL / VQModel folder (save_pretrained layout). Nothing is downloaded."
+        )
+    p = probe(path)
     try:
         fmt = find_format(p)
     except ValueError as err:
         raise ValueError(f"{path} is not an autoencoder ditlab reads ({', '.join(FORMAT_NAMES)})") from err
+    if fmt.name == "diffusers":  # a folder that is no autoencoder: load_vae says what it is and what to pass
+        load_vae(path)
     if fmt.name not in FORMAT_NAMES:
         raise ValueError(
             f"{path} is a {fmt.name} checkpoint, not an autoencoder: pass a ditlab autoencoder file or run "

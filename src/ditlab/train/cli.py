@@ -20,6 +20,9 @@ from ditlab.train.state import resume_checkpoint
 
 HELP = {
     "data": 'dataset: "digits", "fashion-mnist[:DIR]" or an ImageFolder path',
+    "vae": "train on latents of this autoencoder: a `ditlab vae train` run or file, or a diffusers "
+    "AutoencoderKL / VQModel folder",
+    "latents": "with --vae: a `ditlab latents` cache folder, read instead of encoding when it matches",
     "bad_images": "unreadable files in an image folder: raise (stop, naming the file) or skip (leave out, warn)",
     "image_size": "resize images to this side (default: the data's own size)",
     "model": "zoo name, e.g. DiT-S/2, DiT-Ti/2, DiT-XL/2",

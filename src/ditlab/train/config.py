@@ -27,6 +27,8 @@ class TrainConfig(DictConfig):
     flip: bool = False  # random horizontal flips (the official recipe flips ImageNet; digits must not)
     unconditional: bool = False  # ignore labels
     bad_images: str = "raise"  # unreadable files in an image folder: raise (stop, naming it) | skip (warn)
+    vae: str | None = None  # train on this autoencoder's latents (ditlab autoencoder, or diffusers folder)
+    latents: str | None = None  # with vae: a `ditlab latents` cache folder, used when it matches
     # --- model ---
     model: str = "DiT-S/2"
     variant: str | None = None  # a conditioning variant of ditlab.models.VARIANTS

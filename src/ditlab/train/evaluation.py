@@ -31,6 +31,7 @@ def evaluate_during_training(trainer) -> dict:
         guidance_scale=cfg.guidance_scale,
         seed=cfg.seed + 12345,  # fixed noise across evaluations: the curve shows the model, not the draw
         batch_size=250,
+        vae=getattr(trainer, "autoencoder", None),  # latent models: FD on decoded images
         device=trainer.device,
     )
     labels = labels if model.num_classes else None

@@ -23,6 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ditlab.atomic import atomic_write_text
+from ditlab.autoencoders.checkpoint import autoencoder_spec
+from ditlab.autoencoders.inputs import latent_inputs
 from ditlab.data import load_dataset, save_grid
 from ditlab.diffusion.objective import ObjectiveSpec
 from ditlab.models.checkpoint import save_model
@@ -90,6 +92,10 @@ class Trainer:
             unconditional=cfg.unconditional or None,
             bad_images=cfg.bad_images,
         )
+        # --vae: the model learns on latents; the data set then yields (latents, labels) batches
+        self.autoencoder = None
+        if cfg.vae:
+            self.data, self.autoencoder = latent_inputs(self.data, cfg.vae, self.device, cfg.latents)
         if len(self.data) < cfg.batch_size:
             raise ValueError(
                 f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.data)} images)"
@@ -114,6 +120,8 @@ class Trainer:
             image_size=list(self.data.image_size),
             channels=self.data.channels,
         )
+        if self.autoencoder is not None:  # `ditlab sample RUN` decodes through it with no --vae
+            self.model.data_spec["autoencoder"] = autoencoder_spec(self.autoencoder)
         if self.data.num_classes and self.model.num_classes != self.data.num_classes:
             raise ValueError(
                 f"the data has {self.data.num_classes} classes but the model was given num_classes="
@@ -292,6 +300,7 @@ class Trainer:
             steps=self.cfg.sample_steps,
             guidance_scale=self.cfg.guidance_scale,
             seed=self.cfg.seed,
+            vae=self.autoencoder,
             device=self.device,
         )
         return save_grid(images, self.out / (name or f"samples_{self.step:07d}.png"), nrow=per_class)
