@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert checkpoints: official .pt, native .safetensors, diffusers",
     ),
     "finetune": ("ditlab.finetune.cli", "fine-tune a trained DiT: DiffFit, adaLN-only, LoRA or full"),
+    "vae": ("ditlab.autoencoders.cli", "train a KL-VAE or VQ-VAE; export to or import from diffusers"),
+    "latents": ("ditlab.autoencoders.latents_cli", "encode a data set once into a sharded latent cache"),
     "ablate": ("ditlab.ablate", "the DiT paper's conditioning study: FD table and plot of variants"),
 }
 
