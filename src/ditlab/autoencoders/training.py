@@ -233,8 +233,10 @@ class VAETrainer(Trainer):
         """Multiply-adds of one encode + decode (what the trainer's 6 x Gflops x img/s MFU estimate wants)."""
         x = torch.zeros(1, self.data.channels, *self.data.image_size, device=self.device)
         counter = FlopCounterMode(display=False)
+        self.model.eval()  # a training-mode pass would update the codebook statistics
         with torch.no_grad(), counter:
             self.model.decode_raw(self.model.raw_latents(x))
+        self.model.train()
         return counter.get_total_flops() / 2 / 1e9
 
     # ------------------------------------------------------------------ checkpoints
@@ -242,6 +244,7 @@ class VAETrainer(Trainer):
         state = {
             "model": self.model.state_dict(),
             "opt": self.opt.state_dict(),
+            "ema": {},  # no weight average (LDM's default for its autoencoders); the checkpoint layout has one
             "args": self.cfg.to_dict(),
             "config": self._arch(),
             "step": self.step,
