@@ -36,6 +36,7 @@ def losses(run):
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind,extra", [("kl", dict(disc_weight=0.5, disc_start=1)), ("vq", dict(codebook_ema=True))]
 )
