@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_autoencoders_ldm import tiny
 
 import ditlab
 from ditlab import cli
@@ -16,7 +17,6 @@ from ditlab.autoencoders.inputs import CachedLatents, EncodedImages
 from ditlab.autoencoders.latent_cache import build_latent_shards, load_latent_shards, read_manifest
 from ditlab.data import load_dataset, load_npz
 from ditlab.train import TrainConfig, train
-from test_autoencoders_ldm import tiny
 
 
 @pytest.fixture(scope="module")
