@@ -2,6 +2,10 @@
 interrupted), the trainer's outputs, the losses (perceptual, discriminator), and export to diffusers."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +130,26 @@ def test_psnr_and_ssim_of_a_perfect_and_a_noisy_reconstruction():
 
     q = reconstruction_quality(Identity(), x * 2 - 1)
     assert q["psnr"] >= 90 and q["ssim"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process(tmp_path):
+    """The global batch's images and posterior noise are drawn on every rank and sliced: DDP == one process."""
+    args = ["-m", "ditlab", "vae", "train", "--data", "digits", "--image-size", "8", "--kind", "kl"]
+    args += ["--downsample", "2", "--latent-channels", "4", "--width", "8", "--norm-groups", "4"]
+    args += ["--layers-per-block", "1", "--batch-size", "8", "--perceptual-weight", "0", "--train-steps", "3"]
+    args += ["--log-every", "1", "--no-progress", "--threads", "1", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(
+        [sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, env=env
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = [str(torchrun), "--standalone", "--nproc_per_node", "2", *args, "--out", str(tmp_path / "two")]
+    result = subprocess.run(two, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), rel=1e-5)
+    a = load_file(str(tmp_path / "one" / "autoencoder.safetensors"))
+    b = load_file(str(tmp_path / "two" / "autoencoder.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)  # gradient all-reduce rounding

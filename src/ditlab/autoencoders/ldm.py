@@ -170,11 +170,17 @@ class KLAutoencoder(_LDMAutoencoder):
     def decode_raw(self, raw: Tensor) -> Tensor:
         return self.decoder(self.post_quant_conv(raw))
 
-    def reconstruct(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-        """Training pass: (reconstruction from a posterior draw, {"kl": per-sample KL to N(0, I) (N,)})."""
+    def reconstruct(
+        self, images: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, dict]:
+        """Training pass: (reconstruction from a posterior draw, {"kl": per-sample KL to N(0, I) (N,)}).
+
+        The draw uses ``noise`` (N, c, h, w) when given, else fresh normals from ``generator``."""
         mean, logvar = self.posterior(images)
         std = torch.exp(0.5 * logvar)
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        noise = noise.to(mean.device, mean.dtype)
         recon = self.decode_raw(mean + std * noise)
         kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)  # (N,)
         return recon, {"kl": kl}
@@ -302,8 +308,11 @@ class VQAutoencoder(_LDMAutoencoder):
         quant, _ = self.quantize(raw)
         return self.decoder(self.post_quant_conv(quant))
 
-    def reconstruct(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-        """Training pass: (reconstruction, {"vq_loss", "perplexity", "codebook_usage", "restarts"})."""
+    def reconstruct(
+        self, images: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, dict]:
+        """Training pass: (reconstruction, {"vq_loss", "perplexity", "codebook_usage", "restarts"});
+        ``noise`` is unused (the encoder is deterministic)."""
         quant, stats = self.quantize(self.raw_latents(images), generator)
         return self.decoder(self.post_quant_conv(quant)), stats
 

@@ -8,7 +8,9 @@ metrics.jsonl, checkpoint cadence and retention, atomic checkpoints, interrupt h
 `--resume auto`), replacing only what is specific to an autoencoder: the model and optimizers, one step, the
 state in a checkpoint, the grids (originals above reconstructions) and the final outputs. Exact resume holds
 for the same reason as in the DiT trainer: every draw of step s (images, flips, posterior noise, codebook
-restarts) comes from a generator seeded by (seed, s).
+restarts) comes from a generator seeded by (seed, s). Under torchrun every rank draws the global batch's
+randomness and keeps its slice, so without a discriminator a multi-process run follows the single-process
+one (the discriminator's BatchNorm and LDM's adaptive weight are per process, as in LDM).
 
 Loss per step: L1 or L2 reconstruction + ``perceptual_weight`` x the EfficientNet-Lite0 perceptual distance
 + ``kl_weight`` x KL (per image element, LDM's 1e-6 convention) or the VQ commitment/codebook loss, and from
@@ -150,8 +152,8 @@ class _Reconstruct(nn.Module):
         super().__init__()
         self.autoencoder = autoencoder
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None):
-        return self.autoencoder.reconstruct(images, generator)
+    def forward(self, images: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None):
+        return self.autoencoder.reconstruct(images, generator, noise)
 
 
 def _adam(params, lr: float) -> torch.optim.Adam:
@@ -278,8 +280,10 @@ class VAETrainer(Trainer):
         self.resumed_from = Path(path)
 
     # ------------------------------------------------------------------ one step
-    def images_for_step(self, step: int) -> tuple[Tensor, torch.Generator]:
-        """This rank's images (B / world, C, H, W) of ``step`` and the step's generator (for later draws)."""
+    def images_for_step(self, step: int) -> tuple[Tensor, Tensor, torch.Generator]:
+        """This rank's images (B / world, C, H, W) of ``step``, its slice of the global batch's posterior
+        noise (B / world, c, h, w), and the step's generator (for later draws such as codebook restarts).
+        Every rank draws the global batch's randomness and keeps its slice, as the DiT trainer does."""
         cfg, B = self.cfg, self.cfg.batch_size
         epoch, i = divmod(step, self.batches_per_epoch)
         order = torch.randperm(
@@ -287,8 +291,10 @@ class VAETrainer(Trainer):
         )
         g = step_generator(cfg.seed, step)
         x, _ = self.data.batch(order[i * B : (i + 1) * B], generator=g)  # (B, C, H, W) in [-1, 1]
+        noise = torch.randn((B, *self.model.latent_shape(x.shape)), generator=g)  # (B, c, h, w)
         r, W = self.dist.rank, self.dist.world_size
-        return x[r * B // W : (r + 1) * B // W].to(self.device), g
+        part = slice(r * B // W, (r + 1) * B // W)
+        return x[part].to(self.device), noise[part].to(self.device), g
 
     def _generator_loss(
         self, x: Tensor, recon: Tensor, terms: dict, adversarial: bool
@@ -324,11 +330,11 @@ class VAETrainer(Trainer):
         for opt in (self.opt, self.disc_opt):
             for group in opt.param_groups if opt is not None else ():
                 group["lr"] = lr
-        x, g = self.images_for_step(self.step)
+        x, noise, g = self.images_for_step(self.step)
         adversarial = self.disc is not None and self.step >= cfg.disc_start
         self.model.train()
         with autocast(self.device, self.precision):
-            recon, terms = self.net(x, g)
+            recon, terms = self.net(x, g, noise)
             loss, out = self._generator_loss(x, recon.float(), terms, adversarial)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
