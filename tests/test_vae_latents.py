@@ -54,6 +54,8 @@ def test_flipped_copies_pair_with_their_images(tmp_path):
     x = data.batch(torch.arange(len(data)))[0]
     assert torch.equal(cache.mean, x) and torch.equal(cache.flip_mean, x.flip(-1))
     assert torch.equal(cache.labels, data.labels)
+    build_latent_shards(IdentityAutoencoder(1), data, tmp_path / "W", flip=True, shard_size=500, workers=2)
+    assert torch.equal(load_latent_shards(tmp_path / "W").flip_mean, cache.flip_mean)  # DataLoader workers
     manifest = read_manifest(tmp_path / "L")
     assert manifest["flip"] and manifest["count"] == len(data) and len(manifest["shards"]) == 3
     assert np.allclose(manifest["channel_mean"], [x.mean().item()], atol=1e-6)
