@@ -9,7 +9,9 @@ safetensors file its header metadata and tensor names, for a torch `.pt` file it
     ditlab.models.interop      diffusers folders (DiTTransformer2DModel / DiTPipeline)
     ditlab.finetune.adapter    fine-tuning adapter files (loaded onto their base, merged)
     ditlab.dydit.checkpoint    DyDiT files and DyDiT training checkpoints
-    (later: VAEs and text models)
+    ditlab.autoencoders.checkpoint  ditlab autoencoder files and `ditlab vae train` run folders, diffusers
+                               AutoencoderKL / VQModel folders (read by `load_autoencoder`)
+    (later: text models)
 
 This module imports nothing above `ditlab.models`, so any package may register a format without an import
 loop; `ditlab.loading` (imported by `import ditlab`) imports every format package, so all of them are
