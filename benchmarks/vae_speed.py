@@ -7,7 +7,7 @@
 Our autoencoder is exported to a diffusers folder and loaded back with `AutoencoderKL.from_pretrained`, so both
 hold the same weights; the outputs are checked equal (max |diff| printed) before anything is timed. Encode =
 image -> posterior mean, decode = latents -> image, both under no_grad in fp32. The two are timed round-robin
-in one process (min over --repeats, see _timing.py); the ratio diffusers / ditlab (> 1: ditlab is faster) is
+in one process, in both orders (min over 2 x --repeats, see _timing.py); the ratio diffusers / ditlab (> 1: ditlab is faster) is
 the number to read. Prints one JSON line per phase, then a Markdown table.
 """
 
@@ -81,7 +81,10 @@ def main(argv=None) -> int:
     rows = []
     with torch.no_grad():
         for phase, fns in phases.items():
-            best = _timing.interleaved(fns, repeats=args.repeats, warmup=1)
+            # both orders (A B ... then B A ...): on a busy machine the first of a pair was seen to be slower
+            forward = _timing.interleaved(fns, repeats=args.repeats, warmup=1)
+            backward = _timing.interleaved(dict(reversed(fns.items())), repeats=args.repeats, warmup=0)
+            best = {name: min(forward[name], backward[name]) for name in fns}
             ratio = best["diffusers"] / best["ditlab"]
             rows.append(
                 _timing.emit(
