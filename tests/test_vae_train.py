@@ -153,3 +153,13 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     b = load_file(str(tmp_path / "two" / "autoencoder.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)  # gradient all-reduce rounding
+
+
+def test_overwrite_moves_the_previous_autoencoder_aside(tmp_path):
+    cfg = VAETrainConfig(kind="kl", steps=1, out=str(tmp_path / "r"), **TINY)
+    train_autoencoder(cfg)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train_autoencoder(cfg)
+    train_autoencoder(cfg, overwrite=True)
+    moved = list((tmp_path / "r" / "previous-runs").glob("*/autoencoder.safetensors"))
+    assert len(moved) == 1 and (tmp_path / "r" / "autoencoder.safetensors").is_file()
