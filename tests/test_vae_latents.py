@@ -144,6 +144,7 @@ def test_a_latent_run_samples_decoded_images_with_no_vae(tmp_path, vae_file, cap
     assert json.loads((run / "config.json").read_text())["vae"] == str(vae_file)
     model = ditlab.load_model(run)
     assert model.in_channels == 4 and model.data_spec["autoencoder"]["scale"] == 0.7
+    assert model.data_spec["autoencoder"]["image_size"] == [8, 8] and model.data_spec["image_size"] == [4, 4]
     out = tmp_path / "s"
     args = ["sample", str(run), "--classes", "3", "--per-class", "2", "--steps", "2", "--no-progress"]
     assert cli.main([*args, "--out", str(out)]) == 0

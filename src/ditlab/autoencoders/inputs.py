@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .base import Autoencoder, sample_from_moments
-from .checkpoint import load_autoencoder
+from .checkpoint import autoencoder_spec, load_autoencoder
 from .latent_cache import LatentCache, load_latent_shards, read_manifest
 
 __all__ = ["CachedLatents", "EncodedImages", "latent_inputs"]
@@ -44,6 +44,11 @@ class _LatentSet:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def autoencoder_record(self) -> dict:
+        """What the model records to decode later (see ``autoencoder_spec``), with the images' own size:
+        the data record's ``image_size`` / ``channels`` are the latents' (what the model sees)."""
+        return {**autoencoder_spec(self.autoencoder), "image_size": list(self.pixel_size)}
 
     def __len__(self) -> int:
         return len(self.images_set)

@@ -23,7 +23,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ditlab.atomic import atomic_write_text
-from ditlab.autoencoders.checkpoint import autoencoder_spec
 from ditlab.autoencoders.inputs import latent_inputs
 from ditlab.data import load_dataset, save_grid
 from ditlab.diffusion.objective import ObjectiveSpec
@@ -121,7 +120,7 @@ class Trainer:
             channels=self.data.channels,
         )
         if self.autoencoder is not None:  # `ditlab sample RUN` decodes through it with no --vae
-            self.model.data_spec["autoencoder"] = autoencoder_spec(self.autoencoder)
+            self.model.data_spec["autoencoder"] = self.data.autoencoder_record()
         if self.data.num_classes and self.model.num_classes != self.data.num_classes:
             raise ValueError(
                 f"the data has {self.data.num_classes} classes but the model was given num_classes="
