@@ -20,6 +20,7 @@ with the hinge loss. At the end the latent scale is estimated from the training 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ditlab.configs import DictConfig
 from ditlab.data import load_dataset, save_grid
+from ditlab.data.dataset import uint8_to_unit
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
 from ditlab.data.images import to_uint8
 from ditlab.runtime import (
@@ -361,7 +363,7 @@ class VAETrainer(Trainer):
         """The first ``n`` images of a split, unflipped: grids and estimates that compare across steps."""
         data = self.data if split == "train" else self._test_data()
         idx = torch.arange(min(n, len(data)))
-        return data.images[idx].float().div(127.5).sub(1.0)  # (n, C, H, W) in [-1, 1]
+        return uint8_to_unit(data.images[idx])  # (n, C, H, W) in [-1, 1]
 
     def _test_data(self):
         if not hasattr(self, "_test"):
@@ -374,7 +376,11 @@ class VAETrainer(Trainer):
                     channels=cfg.channels,
                     unconditional=True,
                 )
-            except (ValueError, FileNotFoundError):  # an image folder has no test split: the last images
+            except (ValueError, FileNotFoundError) as err:  # e.g. an image folder with no test split
+                warnings.warn(
+                    f"no test split of {cfg.data} ({err}): PSNR / SSIM are measured on training images",
+                    stacklevel=2,
+                )
                 self._test = self.data
         return self._test
 
