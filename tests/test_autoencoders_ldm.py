@@ -1,6 +1,8 @@
 """ditlab's KL-VAE and VQ-VAE: shapes, the latent scale applied once, the VQ straight-through gradient, codebook
 EMA and dead-code restarts, saving/loading, and parity with diffusers' AutoencoderKL / VQModel both ways."""
 
+import json
+
 import pytest
 import torch
 
@@ -226,8 +228,6 @@ def test_diffusers_folders_load_through_load_autoencoder(tmp_path):
 
 
 def test_import_estimates_the_scale_when_the_folder_states_none(tmp_path):
-    import json
-
     _diffusers_model("vq").save_pretrained(tmp_path / "vq")
     config = json.loads((tmp_path / "vq" / "config.json").read_text())
     del config["scaling_factor"]
@@ -236,3 +236,20 @@ def test_import_estimates_the_scale_when_the_folder_states_none(tmp_path):
     ae = import_diffusers(tmp_path / "vq", images=x)
     with torch.no_grad():
         assert ae.scale == pytest.approx(1.0 / ae.raw_latents(x).std().item(), rel=1e-6)
+
+
+def test_cli_imports_a_diffusers_folder_into_a_ditlab_file(tmp_path, capsys):
+    from ditlab import cli
+
+    _diffusers_model("vq").save_pretrained(tmp_path / "vq")
+    assert cli.main(["vae", "import", str(tmp_path / "vq"), "--out", str(tmp_path / "vq.safetensors")]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ours, direct = load_autoencoder(tmp_path / "vq.safetensors"), import_diffusers(tmp_path / "vq")
+    assert printed["scale"] == ours.scale == direct.scale
+    x = images(size=16)
+    with torch.no_grad():
+        assert torch.equal(ours.decode(ours.encode(x)), direct.decode(direct.encode(x)))
+    assert (
+        cli.main(["vae", "import", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    )
+    assert "no config.json" in capsys.readouterr().err
