@@ -146,6 +146,10 @@ def test_every_format_registers_from_the_package_that_owns_it():
         "adapter": "ditlab.finetune.adapter",
         "dydit-safetensors": "ditlab.dydit.checkpoint",
         "dydit-torch": "ditlab.dydit.checkpoint",
+        "autoencoder": "ditlab.autoencoders.checkpoint",
+        "autoencoder-run": "ditlab.autoencoders.checkpoint",
+        "diffusers-autoencoder-kl": "ditlab.autoencoders.checkpoint",
+        "diffusers-vq-model": "ditlab.autoencoders.checkpoint",
     }
     found = {f.name: f.load.__module__ for f in registered_formats()}
     assert found == owners

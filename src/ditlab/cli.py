@@ -80,6 +80,17 @@ COMMANDS: dict[str, Command] = {
         "the DiT paper's conditioning study: FD table and plot of variants",
         "ditlab ablate --quick",
     ),
+    "vae": Command(
+        "ditlab.autoencoders.cli",
+        "train a KL-VAE or VQ-VAE; export to or import from diffusers",
+        "ditlab vae train --data fashion-mnist --image-size 32 --kind kl --downsample 4 --latent-channels 4 "
+        "--train-steps 2000 --out runs/vae",
+    ),
+    "latents": Command(
+        "ditlab.autoencoders.latents_cli",
+        "encode a data set once into a sharded latent cache",
+        "ditlab latents --vae runs/vae --data fashion-mnist --image-size 32 --flip --out latents/fm",
+    ),
 }
 
 

@@ -162,8 +162,9 @@ def vae_folder(value: str) -> Path:
 
 
 VAE_HELP = (
-    "VAE decoding the latents of latent models: a local diffusers AutoencoderKL folder, or ema / mse = "
-    f"${VAE_DIR_ENV}/sd-vae-ft-ema or -mse (default ${VAE_DIR_ENV}: ~/.cache/ditlab/vae)"
+    "autoencoder decoding the latents of latent models: a local diffusers AutoencoderKL / VQModel folder, a "
+    f"ditlab autoencoder, or ema / mse = ${VAE_DIR_ENV}/sd-vae-ft-ema or -mse (default ${VAE_DIR_ENV}: "
+    "~/.cache/ditlab/vae); a latent model ditlab trained decodes through the one it records without it"
 )
 
 

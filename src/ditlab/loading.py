@@ -6,6 +6,7 @@ this top-level module imports each format package so that its formats are regist
 import line here.
 """
 
+import ditlab.autoencoders.checkpoint  # noqa: F401  ditlab autoencoders, diffusers AutoencoderKL / VQModel
 import ditlab.dydit.checkpoint  # noqa: F401  DyDiT files and DyDiT training checkpoints
 import ditlab.finetune.adapter  # noqa: F401  fine-tuning adapters, merged onto their base
 import ditlab.models.checkpoint  # noqa: F401  native safetensors, official .pt, training checkpoints, run folders

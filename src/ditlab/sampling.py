@@ -5,7 +5,8 @@
 
 The objective (DDPM schedule or flow matching) comes from the model's `objective_spec`, which ditlab's
 checkpoints carry; official DiT checkpoints default to their linear 1000-step DDPM. Latent models decode
-through an autoencoder (`vae=ditlab.autoencoders.load_vae(folder)`). The same seed and arguments give the
+through an autoencoder (`vae=ditlab.autoencoders.load_autoencoder(path)`); a latent model trained by
+ditlab records its autoencoder and decodes through it with no `vae`. The same seed and arguments give the
 same images: all initial noise is drawn up front from one seeded generator on the CPU, and each batch's
 stochastic sampler noise from a generator seeded by (seed, batch index). Guidance wraps the model once per
 batch (`GuidedModel`: classifier-free, or autoguidance with `guide_model`, a weaker model of the same data;
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ditlab.autoencoders.checkpoint import load_autoencoder
 from ditlab.data.images import to_uint8
 from ditlab.diffusion.guidance import GuidedModel
 from ditlab.diffusion.objective import ObjectiveSpec
@@ -84,6 +86,30 @@ def sample_labels(model, classes=None, per_class: int = 1, num_samples: int | No
     return labels
 
 
+def recorded_autoencoder(model, device=None):
+    """The autoencoder a ditlab latent model was trained with (its `data_spec` records it), loaded on
+    `device`, or None for a model that records none (pixel models, official checkpoints).
+
+    Refuses an autoencoder whose latent scale or shift changed since training: decoding with another
+    normalisation would give wrong images silently."""
+    spec = (getattr(model, "data_spec", None) or {}).get("autoencoder")
+    if not spec:
+        return None
+    try:
+        vae = load_autoencoder(spec["source"], device=device or "cpu")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"this model was trained on the latents of {spec['source']}, which no longer exists: pass "
+            "--vae <autoencoder> (vae= in Python) to decode"
+        ) from err
+    if (float(vae.scale), float(vae.shift)) != (spec["scale"], spec["shift"]):
+        raise ValueError(
+            f"the autoencoder {spec['source']} now has scale/shift {vae.scale}/{vae.shift}, but the model was "
+            f"trained with {spec['scale']}/{spec['shift']}: pass the autoencoder it was trained with (--vae)"
+        )
+    return vae
+
+
 def check_decodable(model, vae=None, return_tensors: bool = False) -> None:
     """Refuse, before any sampler step, to sample a latent model into images without an autoencoder.
 
@@ -135,12 +161,15 @@ def generate(
     `callback(info)` runs once per sampler step of every batch: the sampler's dict(i, t, x, denoised) plus
     `batch` and `batches` (this batch's index and the batch count), enough for one progress bar over the call.
     `part` = (rank, world): only this rank's batches (`batch_indices` gives their sample indices).
+    A ditlab latent model decodes through the autoencoder it records unless `vae` or `return_tensors`.
     """
-    check_decodable(model, vae, return_tensors)
     objective = objective_of(model).build()
     sampler = sampler or objective.default_sampler
     sampler_timesteps(sampler, objective, steps)  # a bad sampler or step count fails before any work
     device = resolve_device(device) if device is not None else next(model.parameters()).device
+    if vae is None and not return_tensors:
+        vae = recorded_autoencoder(model, device)
+    check_decodable(model, vae, return_tensors)
     was_training = model.training
     model.eval()
     labels = sample_labels(model, classes, per_class, num_samples)

@@ -174,10 +174,10 @@ def _run(args) -> int:
     device = D.local_device(device, info)
     model = ditlab.load_model(checkpoint, model=args.model, device=device)
     vae = None
-    if args.vae:
-        from ditlab.autoencoders import load_vae
+    if args.vae:  # else a latent model trained by ditlab decodes through the autoencoder it records
+        from ditlab.autoencoders import load_autoencoder
 
-        vae = load_vae(args.vae, device=device)
+        vae = load_autoencoder(args.vae, device=device)
     guide = ditlab.load_model(args.guide, device=device) if args.guide else None
     settings = sampling_settings(args, model)
     out = Path(args.out)

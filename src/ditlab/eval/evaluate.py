@@ -91,6 +91,7 @@ def evaluate(
     device=None,
     cache_dir: str | os.PathLike | None = None,
     resize_ref: bool | None = None,
+    vae=None,
 ) -> dict:
     """Score uint8 samples (N, H, W, C) against `ref` with each feature extractor.
 
@@ -181,6 +182,7 @@ def evaluate_model(
     floor: bool = True,
     cache_dir: str | os.PathLike | None = None,
     resize_ref: bool | None = None,
+    vae=None,
 ) -> dict:
     """Sample `num_samples` images of `model` (classes cycled; the noise fixed by `seed`) and `evaluate`
     them against `ref` with `features`. The sampler settings are `ditlab.generate`'s; `device` is where the
@@ -194,6 +196,7 @@ def evaluate_model(
         seed=seed,
         batch_size=batch_size,
         device=device,
+        vae=vae,  # latent models: scored on decoded images
     )
     labels = labels if model.num_classes else None
     return evaluate(

@@ -11,7 +11,8 @@ safetensors file its header metadata and tensor names, for a torch `.pt` file it
                                FluxTransformer2DModel / ZImageTransformer2DModel folders (text-to-image)
     ditlab.finetune.adapter    fine-tuning adapter files (loaded onto their base, merged)
     ditlab.dydit.checkpoint    DyDiT files and DyDiT training checkpoints
-    (later: VAEs)
+    ditlab.autoencoders.checkpoint  ditlab autoencoder files and `ditlab vae train` run folders, diffusers
+                               AutoencoderKL / VQModel folders (read by `load_autoencoder`)
 
 This module imports nothing above `ditlab.models`, so any package may register a format without an import
 loop; `ditlab.loading` (imported by `import ditlab`) imports every format package, so all of them are

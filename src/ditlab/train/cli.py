@@ -58,6 +58,10 @@ HELP = {
     "data_loader": "auto (image folders stream, the bundled sets stay in memory), memory (load a folder whole: "
     "fastest for small ones) or stream",
     "num_workers": "DataLoader worker processes decoding a streamed folder (0 = in the training process)",
+    "vae": "train on latents of this autoencoder: a `ditlab vae train` run or file, or a diffusers "
+    "AutoencoderKL / VQModel folder (default: none, the model sees pixels)",
+    "latents": "with --vae: a `ditlab latents` cache folder, read instead of encoding when it matches "
+    "(default: encode each batch)",
     "image_size": "resize images to this side, in pixels (default: the data's own size)",
     "channels": "image channels, 1 (grey) or 3 (RGB) (default: the data's own)",
     "flip": "random horizontal flips of training images (the official ImageNet recipe; wrong for digits)",

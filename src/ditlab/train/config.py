@@ -36,6 +36,8 @@ class TrainConfig(DictConfig):
     bad_images: str = "skip"  # unreadable files in a folder: skip (warn once per file) | raise (stop)
     data_loader: str = "auto"  # auto: image folders stream, the named sets stay in memory | memory | stream
     num_workers: int = 2  # DataLoader processes decoding a streamed folder (0 = in the trainer's)
+    vae: str | None = None  # train on this autoencoder's latents (ditlab autoencoder, or diffusers folder)
+    latents: str | None = None  # with vae: a `ditlab latents` cache folder, used when it matches
     # --- model ---
     model: str = "DiT-S/2"
     variant: str | None = None  # a conditioning variant of ditlab.models.VARIANTS

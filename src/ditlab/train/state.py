@@ -41,6 +41,7 @@ RUN_OUTPUTS = (
     "metrics.jsonl",
     "model.safetensors",
     "adapter.safetensors",
+    "autoencoder.safetensors",  # `ditlab vae train`
     "loss.png",
     "samples.png",
     "samples_*.png",

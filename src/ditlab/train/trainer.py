@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ditlab.atomic import atomic_write_text
+from ditlab.autoencoders.inputs import latent_inputs
 from ditlab.data import ImageDataset, save_grid
 from ditlab.data.loader import batch_source, rank_part
 from ditlab.data.streaming import open_dataset
@@ -77,18 +78,7 @@ class Trainer:
             raise ValueError("--overwrite starts a new run and --resume continues one: pass only one of them")
         self.cfg = cfg
         self.resume, self.overwrite = resume, overwrite
-        device = resolve_device(cfg.device)
-        self.dist = D.init_distributed(device)
-        self.device = D.local_device(device, self.dist)
-        self.precision, self.precision_reason = precision_decision(cfg.precision, self.device)
-        configure_backends(self.device)
-        self.threads = configure_threads(cfg.threads, self.dist.world_size)
-        if cfg.batch_size % self.dist.world_size:
-            raise ValueError(
-                f"batch_size {cfg.batch_size} (global) must be divisible by the {self.dist.world_size} processes"
-            )
-        torch.manual_seed(cfg.seed * self.dist.world_size + self.dist.rank)  # per-rank seed, as the official
-        self.out = Path(cfg.out)
+        self._setup_runtime()
 
         # data: the named sets in memory (a batch is an index lookup); image folders stream through
         # DataLoader workers (ditlab.data.loader), so a folder of any size trains in bounded memory
@@ -102,6 +92,10 @@ class Trainer:
             unconditional=cfg.unconditional or None,
             bad_images=cfg.bad_images,
         )
+        # --vae: the model learns on latents; the data set then yields (latents, labels) batches
+        self.autoencoder = None
+        if cfg.vae:
+            self.data, self.autoencoder = latent_inputs(self.data, cfg.vae, self.device, cfg.latents)
         if len(self.data) < cfg.batch_size:
             raise ValueError(
                 f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.data)} images)"
@@ -135,6 +129,8 @@ class Trainer:
         self.model.sampling_spec = dict(  # the sampling this run's grids use: `ditlab sample RUN`'s defaults
             sampler=cfg.sampler, sample_steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale
         )
+        if self.autoencoder is not None:  # `ditlab sample RUN` decodes through it with no --vae
+            self.model.data_spec["autoencoder"] = self.data.autoencoder_record()
         if self.data.num_classes and self.model.num_classes != self.data.num_classes:
             raise ValueError(
                 f"the data has {self.data.num_classes} classes but the model was given num_classes="
@@ -174,6 +170,26 @@ class Trainer:
             self._load(*found)
         self.gflops_per_image = flops(self.model)
         self.peak = matmul_peak_gflops(self.device.type) if self.dist.is_main else float("nan")
+
+    def _setup_runtime(self) -> None:
+        """Processes, device, precision, threads and the per-rank seed (shared by every trainer)."""
+        cfg = self.cfg
+        device = resolve_device(cfg.device)
+        self.dist = D.init_distributed(device)
+        self.device = D.local_device(device, self.dist)
+        self.precision, self.precision_reason = precision_decision(cfg.precision, self.device)
+        configure_backends(self.device)
+        self.threads = configure_threads(cfg.threads, self.dist.world_size)
+        if cfg.batch_size % self.dist.world_size:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} (global) must be divisible by the {self.dist.world_size} processes"
+            )
+        torch.manual_seed(cfg.seed * self.dist.world_size + self.dist.rank)  # per-rank seed, as the official
+        self.out = Path(cfg.out)
+
+    def final_model(self):
+        """The model a run exports: the EMA, gathered whole on rank 0 whatever the sharding."""
+        return self.parallel.gather(self.ema.model)
 
     def build_model(self):
         """The model to train, sized for the data. Fine-tuning subclasses override this (start from a
@@ -393,6 +409,7 @@ class Trainer:
             steps=self.cfg.sample_steps,
             guidance_scale=self.cfg.guidance_scale,
             seed=self.cfg.seed,
+            vae=self.autoencoder,
             device=self.device,
         )
         return save_grid(images, self.out / (name or f"samples_{self.step:07d}.png"), nrow=per_class)
@@ -455,15 +472,21 @@ class Trainer:
             "steps_run": self.step - start_step,
         }
         summary.update({k: v for k, v in last.items() if k in ("loss", "mse", "vb")})
-        final = self.parallel.gather(self.ema.model)  # one whole model on rank 0, whatever the sharding
+        final = self.final_model()
         if main:
-            save_model(final, self.out / "model.safetensors", objective=self.spec.to_dict())
-            plot_curves(self.out / "metrics.jsonl", self.out / "loss.png", title=f"{cfg.model} on {cfg.data}")
-            grid = self.write_samples("samples.png", model=final)
-            summary.update(checkpoint=str(ckpt), model=str(self.out / "model.safetensors"), samples=str(grid))
+            summary.update(checkpoint=str(ckpt), **self.write_outputs(final))
             log.close()
         D.shutdown(self.dist)
         return summary
+
+    def write_outputs(self, final) -> dict:
+        """The end of a run (main process): the final EMA model `final` (gathered whole), loss curves and
+        samples; their paths."""
+        cfg = self.cfg
+        save_model(final, self.out / "model.safetensors", objective=self.spec.to_dict())
+        plot_curves(self.out / "metrics.jsonl", self.out / "loss.png", title=f"{cfg.model} on {cfg.data}")
+        grid = self.write_samples("samples.png", model=final)
+        return {"model": str(self.out / "model.safetensors"), "samples": str(grid)}
 
     def _log(self, window: list[dict], seconds: float, log: MetricsLog | None, bar) -> dict:
         record = {"step": self.step}
@@ -507,6 +530,7 @@ class Trainer:
                 device=self.device,
                 floor=False,
                 resize_ref=True,  # a run at --image-size is compared with its test split resized alike
+                vae=self.autoencoder,  # latent runs: FD on decoded images
             )
             if log is not None:
                 log.log({"step": self.step, **fd_record(result), "eval_seconds": time.perf_counter() - start})

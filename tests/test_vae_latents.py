@@ -1,0 +1,157 @@
+"""Cached latents (`ditlab latents`) and training on latents (`ditlab train --vae`): the cache equals on-the-fly
+encoding, flipped copies pair with their images, building resumes and splits across ranks, a mismatched cache
+is not used, and a latent run samples decoded images with no --vae."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from test_autoencoders_ldm import tiny
+
+import ditlab
+from ditlab import cli
+from ditlab.autoencoders import IdentityAutoencoder, load_autoencoder, save_autoencoder
+from ditlab.autoencoders.inputs import CachedLatents, EncodedImages
+from ditlab.autoencoders.latent_cache import build_latent_shards, load_latent_shards, read_manifest
+from ditlab.data import load_dataset, load_npz
+from ditlab.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def vae_file(tmp_path_factory):
+    """A tiny random KL-VAE (f2, 4 latent channels) for grey 8x8 digits, saved as a ditlab autoencoder."""
+    ae = tiny("kl", downsample=2, latent_channels=4, image_channels=1, scale=0.7)
+    path = tmp_path_factory.mktemp("vae") / "vae.safetensors"
+    save_autoencoder(ae, path)
+    return path
+
+
+def digits(flip=False):
+    return load_dataset("digits", split="train", image_size=8, flip=flip)
+
+
+def test_cache_equals_on_the_fly_encoding(tmp_path, vae_file):
+    ae = load_autoencoder(vae_file)
+    build_latent_shards(ae, digits(), tmp_path / "L", flip=True, shard_size=300, batch_size=50)
+    cached = CachedLatents(digits(flip=True), ae, load_latent_shards(tmp_path / "L", ae))
+    encoded = EncodedImages(digits(flip=True), ae)
+    assert (cached.channels, cached.image_size) == (encoded.channels, encoded.image_size) == (4, (4, 4))
+    idx = torch.tensor([0, 5, 299, 300, 1000, 7])
+    z1, y1 = cached.batch(idx, torch.Generator().manual_seed(3))
+    z2, y2 = encoded.batch(idx, torch.Generator().manual_seed(3))
+    assert torch.equal(y1, y2)
+    assert (z1 - z2).abs().max() <= 1e-5  # same flips, same posterior draws, same latents
+    z3, _ = cached.batch(idx, torch.Generator().manual_seed(4))
+    assert not torch.allclose(z1, z3)  # a fresh posterior draw per step, not one frozen sample
+
+
+def test_flipped_copies_pair_with_their_images(tmp_path):
+    data = digits()
+    build_latent_shards(IdentityAutoencoder(1), data, tmp_path / "L", flip=True, shard_size=500)
+    cache = load_latent_shards(tmp_path / "L")
+    x = data.batch(torch.arange(len(data)))[0]
+    assert torch.equal(cache.mean, x) and torch.equal(cache.flip_mean, x.flip(-1))
+    assert torch.equal(cache.labels, data.labels)
+    build_latent_shards(IdentityAutoencoder(1), data, tmp_path / "W", flip=True, shard_size=500, workers=2)
+    assert torch.equal(load_latent_shards(tmp_path / "W").flip_mean, cache.flip_mean)  # DataLoader workers
+    manifest = read_manifest(tmp_path / "L")
+    assert manifest["flip"] and manifest["count"] == len(data) and len(manifest["shards"]) == 3
+    assert np.allclose(manifest["channel_mean"], [x.mean().item()], atol=1e-6)
+    assert np.allclose(manifest["channel_std"], [x.std(unbiased=False).item()], atol=1e-5)
+
+
+def test_building_resumes_and_splits_across_ranks(tmp_path, vae_file):
+    ae = load_autoencoder(vae_file)
+    data = digits()
+    # two "ranks" one after the other: rank 1 builds shards 1, 3; rank 0 builds 0, 2 and the manifest
+    assert build_latent_shards(ae, data, tmp_path / "L", shard_size=400, rank=1, world_size=2) is None
+    assert not (tmp_path / "L" / "latents.json").exists()
+    assert sorted(p.name for p in (tmp_path / "L").iterdir()) == [
+        "shard-00001.safetensors",
+        "shard-00003.safetensors",
+    ]
+    build_latent_shards(ae, data, tmp_path / "L", shard_size=400, rank=0, world_size=2)
+    build_latent_shards(ae, data, tmp_path / "one", shard_size=400)
+    split, single = load_latent_shards(tmp_path / "L"), load_latent_shards(tmp_path / "one")
+    assert torch.allclose(split.mean, single.mean, atol=1e-6) and torch.allclose(
+        split.std, single.std, atol=1e-6
+    )
+    # resume: finished shards are kept as they are, a missing one is rebuilt
+    kept = tmp_path / "L" / "shard-00000.safetensors"
+    os.utime(kept, (1, 1))
+    (tmp_path / "L" / "shard-00002.safetensors").unlink()
+    build_latent_shards(ae, data, tmp_path / "L", shard_size=400)
+    assert kept.stat().st_mtime == 1
+    assert torch.equal(load_latent_shards(tmp_path / "L").mean, split.mean)
+
+
+def test_a_cache_of_another_autoencoder_is_not_used(tmp_path, vae_file):
+    other = tiny("kl", downsample=2, latent_channels=4, image_channels=1, seed=5, scale=0.7)
+    save_autoencoder(other, tmp_path / "other.safetensors")
+    build_latent_shards(load_autoencoder(tmp_path / "other.safetensors"), digits(), tmp_path / "L")
+    from ditlab.autoencoders.inputs import latent_inputs
+
+    with pytest.warns(UserWarning, match="does not match: autoencoder"):
+        data, _ = latent_inputs(digits(), str(vae_file), "cpu", str(tmp_path / "L"))
+    assert isinstance(data, EncodedImages)
+    with pytest.raises(ValueError, match="was built with"):
+        load_latent_shards(tmp_path / "L", load_autoencoder(vae_file))
+
+
+def _train_cfg(tmp_path, name, vae, **kw):
+    return TrainConfig(
+        data="digits",
+        image_size=8,
+        model="DiT-Nano/2",
+        vae=str(vae),
+        steps=2,
+        batch_size=16,
+        log_every=1,
+        progress=False,
+        threads=1,
+        device="cpu",
+        sample_steps=2,
+        out=str(tmp_path / name),
+        **kw,
+    )
+
+
+@pytest.mark.slow
+def test_training_from_the_cache_equals_encoding_on_the_fly(tmp_path, vae_file):
+    assert (
+        cli.main(
+            ["latents", "--vae", str(vae_file), "--data", "digits", "--image-size", "8", "--flip"]
+            + ["--out", str(tmp_path / "L"), "--device", "cpu", "--no-progress"]
+        )
+        == 0
+    )
+    a = train(_train_cfg(tmp_path, "cached", vae_file, latents=str(tmp_path / "L"), flip=True))
+    b = train(_train_cfg(tmp_path, "encoded", vae_file, flip=True))
+    la = [
+        json.loads(line)["loss"] for line in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()
+    ]
+    lb = [
+        json.loads(line)["loss"] for line in (tmp_path / "encoded" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert np.allclose(la, lb, rtol=1e-4) and a["step"] == b["step"] == 2
+
+
+def test_a_latent_run_samples_decoded_images_with_no_vae(tmp_path, vae_file, capsys):
+    train(_train_cfg(tmp_path, "run", vae_file))
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["vae"] == str(vae_file)
+    model = ditlab.load_model(run)
+    assert model.in_channels == 4 and model.data_spec["autoencoder"]["scale"] == 0.7
+    assert model.data_spec["autoencoder"]["image_size"] == [8, 8] and model.data_spec["image_size"] == [4, 4]
+    out = tmp_path / "s"
+    args = ["sample", str(run), "--classes", "3", "--per-class", "2", "--steps", "2", "--no-progress"]
+    assert cli.main([*args, "--out", str(out)]) == 0
+    images, labels = load_npz(f"{out}.npz")
+    assert images.shape == (2, 8, 8, 1) and labels.tolist() == [3, 3]  # decoded pixels, not 4-channel latents
+    latents, _ = ditlab.generate(model, classes=[3], per_class=2, steps=2, return_tensors=True)
+    with torch.no_grad():
+        expected = ditlab.data.to_uint8(load_autoencoder(vae_file).decode(latents)).numpy()
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+    assert (run / "samples.png").is_file()
