@@ -96,7 +96,10 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
                 f"{path} has no 'arr_0' array (it has: {', '.join(data.files) or 'nothing'}); samples must "
                 "be stored as arr_0 uint8 (N, H, W, C) (ADM's evaluator and ditlab.data.save_npz write that)"
             )
-        images = check_images(data["arr_0"], what=f"arr_0 of {path}")
+        try:
+            images = check_images(data["arr_0"], what=f"arr_0 of {path}")
+        except TypeError as e:  # a wrong dtype in a file is bad input (ValueError), as any other flaw in it
+            raise ValueError(str(e)) from e
         labels = None
         if "labels" in data.files:
             labels = np.asarray(data["labels"])

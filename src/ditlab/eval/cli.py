@@ -97,33 +97,30 @@ def run(args: argparse.Namespace) -> int:
     from ditlab.eval.evaluate import default_features, evaluate
     from ditlab.runtime import resolve_device
 
-    try:
-        names = args.features or default_features(args.ref)
-        args.device = resolve_device(args.device)  # the same check as train/sample: cuda without a GPU
-        if args.samples is None:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                result = _reference_only(args, names)
-            result["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
-        else:
-            images, labels = load_npz(args.samples)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # evaluate() returns its warnings in the result
-                result = evaluate(
-                    images,
-                    labels,
-                    ref=args.ref,
-                    features=names,
-                    k=args.k,
-                    floor=not args.no_floor,
-                    device=args.device,
-                    cache_dir=args.cache_dir,
-                    resize_ref=args.resize_ref,
-                )
-            result = {"samples": str(args.samples), **result}
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
-        print(f"ditlab eval: error: {e}", file=sys.stderr)
-        return 2
+    # bad input raises (ValueError family): `ditlab.cli` prints it as one error line, exit code 2
+    names = args.features or default_features(args.ref)
+    args.device = resolve_device(args.device)  # the same check as train/sample: cuda without a GPU
+    if args.samples is None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = _reference_only(args, names)
+        result["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
+    else:
+        images, labels = load_npz(args.samples)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # evaluate() returns its warnings in the result
+            result = evaluate(
+                images,
+                labels,
+                ref=args.ref,
+                features=names,
+                k=args.k,
+                floor=not args.no_floor,
+                device=args.device,
+                cache_dir=args.cache_dir,
+                resize_ref=args.resize_ref,
+            )
+        result = {"samples": str(args.samples), **result}
     for message in result["warnings"]:
         print(f"ditlab eval: warning: {message}", file=sys.stderr)
     line = json.dumps(result)
