@@ -39,6 +39,8 @@ from ditlab.models.dit import CHECKPOINT_POLICIES
 from ditlab.models.zoo import VARIANTS
 from ditlab.runtime import PRECISIONS
 from ditlab.train.config import OBJECTIVES, TrainConfig
+from ditlab.train.guard import NONFINITE_ACTIONS
+from ditlab.train.lock import RunLockedError
 from ditlab.train.state import resume_checkpoint
 
 _parse_kv = parse_kv  # the name ditlab.ablate imports (it may import ditlab.cli_args.parse_kv instead)
@@ -75,6 +77,12 @@ HELP = {
     "ema_decay": "decay of the EMA of the weights, per step (the DiT recipe: 0.9999)",
     "ema_warmup": "EMA decay min(decay, (1+s)/(10+s)) at step s: a useful average in short runs",
     "seed": "random seed of the run (data order, noise, timesteps); a resumed run keeps it",
+    "nonfinite_patience": "a step with a NaN/Inf loss or gradient is skipped (counted in metrics.jsonl); this "
+    "many in a row trigger --nonfinite-action (0 = only skip)",
+    "nonfinite_action": "after --nonfinite-patience non-finite steps in a row: rollback (to the last good "
+    "checkpoint, lr times --nonfinite-lr-factor) or stop (an error naming the step)",
+    "nonfinite_lr_factor": "learning-rate multiplier at each rollback, in (0, 1]",
+    "nonfinite_max_rollbacks": "rollbacks before the run stops instead",
     # runtime
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
     "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
@@ -127,6 +135,9 @@ TYPES = {
     "guidance_scale": non_negative_float,
     "eval_every": non_negative_int,
     "eval_samples": positive_int,
+    "nonfinite_patience": non_negative_int,
+    "nonfinite_lr_factor": positive_float,
+    "nonfinite_max_rollbacks": non_negative_int,
 }
 
 CHOICES = {
@@ -139,6 +150,7 @@ CHOICES = {
     "checkpoint_policy": CHECKPOINT_POLICIES,
     "sampler": tuple(SAMPLERS),
     "bad_images": BAD_IMAGE_POLICIES,
+    "nonfinite_action": NONFINITE_ACTIONS,
 }
 
 METAVARS = {"image_size": "PX", "lr": "LR", "data": "DATA", "out": "DIR", "eval_ref": "REF"}
@@ -202,6 +214,12 @@ def add_arguments(
         action="store_true",
         help="start a new run in an --out that holds another run: its files move to --out/previous-runs/<UTC "
         "time>/ (nothing is deleted); without it such a folder is refused",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="take over --out's run lock when this machine cannot check its owner (a lock from another host); "
+        "a lock whose process is gone is taken over without it, a running one never",
     )
     hints = typing.get_type_hints(config_cls)
     group = parser
@@ -277,6 +295,8 @@ def usage_checked(build):
     """Run `build()` (flags -> config); an option the config refuses is a usage error naming the flag."""
     try:
         return build()
+    except RunLockedError:  # not a flag problem: another run holds --out (one error line, no usage)
+        raise
     except (ValueError, FileNotFoundError) as err:  # e.g. no run length, a --base or --config not there
         raise UsageError(str(err)) from err
 
@@ -285,7 +305,9 @@ def run(args: argparse.Namespace) -> int:
     from ditlab.train.trainer import train
 
     cfg, resume = usage_checked(lambda: config_from_args(args))
-    summary = train(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))
+    summary = train(
+        cfg, resume=resume, overwrite=getattr(args, "overwrite", False), force=getattr(args, "force", False)
+    )
     if summary.get("model"):
         print(json.dumps(summary))
     return 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ditlab.configs import DictConfig
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
 from ditlab.models.dit import CHECKPOINT_POLICIES
+from ditlab.train.guard import NONFINITE_ACTIONS
 
 OBJECTIVES = ("ddpm", "flow")
 
@@ -48,6 +49,11 @@ class TrainConfig(DictConfig):
     ema_decay: float = 0.9999
     ema_warmup: bool = False  # decay = min(ema_decay, (1 + step) / (10 + step)): a useful EMA in short runs
     seed: int = 0
+    # a step with a NaN/Inf loss or gradient is skipped; this many in a row trigger nonfinite_action
+    nonfinite_patience: int = 10  # 0 = skip such steps forever, never act
+    nonfinite_action: str = "rollback"  # rollback (to the last good checkpoint, lr reduced) | stop
+    nonfinite_lr_factor: float = 0.5  # the learning rate's multiplier at each rollback
+    nonfinite_max_rollbacks: int = 3  # then stop
     # --- runtime ---
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -90,6 +96,19 @@ class TrainConfig(DictConfig):
             )
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1 and lr > 0")
+        if self.nonfinite_action not in NONFINITE_ACTIONS:
+            raise ValueError(
+                f"unknown nonfinite_action {self.nonfinite_action!r}; choose one of: {', '.join(NONFINITE_ACTIONS)}"
+            )
+        if (
+            not 0 < self.nonfinite_lr_factor <= 1
+            or self.nonfinite_patience < 0
+            or self.nonfinite_max_rollbacks < 0
+        ):
+            raise ValueError(
+                "nonfinite_lr_factor must be in (0, 1], nonfinite_patience and nonfinite_max_rollbacks >= 0 "
+                f"(got {self.nonfinite_lr_factor}, {self.nonfinite_patience}, {self.nonfinite_max_rollbacks})"
+            )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.checkpoint_policy not in CHECKPOINT_POLICIES:

@@ -25,6 +25,7 @@ import torch
 
 from ditlab.atomic import atomic_write
 from ditlab.models.checkpoint import read_torch_file
+from ditlab.train.lock import refuse_if_running
 
 CKPT_NAME = re.compile(r"^(\d{7,})\.pt$")
 # What a run writes into its folder (trainer, fine-tuning, demo, ablation): what `--overwrite` moves aside.
@@ -122,6 +123,7 @@ def resume_checkpoint(out: str | Path, resume: str | os.PathLike | None) -> tupl
     """
     if not resume:
         return None
+    refuse_if_running(out)  # its owner may be writing and pruning the checkpoints this would read
     if str(resume) != "auto":
         path = Path(resume)
         return path, load_training_state(path)
