@@ -45,7 +45,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ditlab.atomic import atomic_write
-from ditlab.models.checkpoint import CONFIG_KEY, load_state_dict_checked, model_metadata, restore_metadata
+from ditlab.models.checkpoint import (
+    CONFIG_KEY,
+    check_fits,
+    load_state_dict_checked,
+    model_metadata,
+    restore_metadata,
+)
 from ditlab.models.config import DiTConfig
 from ditlab.models.dit import DiT
 from ditlab.models.formats import CheckpointFormat, register_format
@@ -468,7 +474,14 @@ def from_diffusers(transformer, embedder_block: int | None = None, **overrides) 
 
 def _build(dconf: Mapping, dstate: Mapping, embedder_block, overrides: dict, source: str) -> DiT:
     config = ditlab_config(dconf, source, **overrides)
+    blocks = {k.split(".")[1] for k in dstate if k.startswith("transformer_blocks.")}
+    if config.depth != len(blocks):  # before anything loops over the config's depth
+        raise ValueError(
+            f"{source}: config.json says num_layers {config.depth} but the weights hold {len(blocks)} "
+            "transformer blocks; the folder is inconsistent: re-save it from its source"
+        )
     state = state_dict_from_diffusers(dstate, config.depth, embedder_block)
+    check_fits(config, {k: getattr(v, "shape", ()) for k, v in state.items()}, source, derived=("pos_embed",))
     model = DiT(config)
     state["pos_embed"] = (
         model.pos_embed.detach().clone()

@@ -281,7 +281,7 @@ def config_from_args(
         found = resume_checkpoint(out, resume)  # the Trainer gets this exact file: one choice, made once
         if found is not None:
             path, state = found
-            base = {**state["args"], **base}  # an explicit --config file refines the saved options
+            base = {**state.get("args", {}), **base}  # an explicit --config file refines the saved options
             resume = str(path)
         # else "auto" stays: nothing to resume yet, the Trainer starts the run
     merged = {**base, **given}

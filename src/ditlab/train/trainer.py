@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ditlab.atomic import atomic_write_text, remove_orphan_temp_files
 from ditlab.data import load_dataset, save_grid
 from ditlab.diffusion.objective import ObjectiveSpec
-from ditlab.models.checkpoint import save_model
+from ditlab.models.checkpoint import load_state_dict_checked, save_model
 from ditlab.models.flops import flops
 from ditlab.models.zoo import create_model
 from ditlab.runtime import (
@@ -44,6 +44,7 @@ from ditlab.train.guard import NonFiniteGuard, TrainingDivergedError, skip_if_no
 from ditlab.train.lock import RunLock
 from ditlab.train.metrics import MetricsLog, plot_curves
 from ditlab.train.state import (
+    CorruptCheckpointError,
     check_run_folder,
     checkpoint_dir,
     list_checkpoints,
@@ -179,10 +180,16 @@ class Trainer:
             raise ValueError(
                 f"{path} holds a different model than this run's config: {diff} (checkpoint, run)"
             )
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
         fused = [group.get("fused") for group in self.opt.param_groups]
-        self.opt.load_state_dict(state["opt"])
+        try:  # a file's content is checked like any input: a wrong entry is named, never a torch traceback
+            load_state_dict_checked(self.model, state["model"], source=str(path))
+            load_state_dict_checked(self.ema.model, state["ema"], source=f"{path} (its EMA)")
+            self.opt.load_state_dict(state["opt"])
+        except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as err:
+            raise CorruptCheckpointError(
+                f"{path} holds a training state this run cannot load ({err.__class__.__name__}: {err}); the "
+                "file is corrupt or was edited: resume from an earlier checkpoint"
+            ) from err
         for group, flag in zip(self.opt.param_groups, fused):  # this run's kernel choice, not the saved one
             group["fused"] = flag
         self.step = int(state["step"])
