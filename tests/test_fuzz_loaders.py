@@ -33,7 +33,14 @@ from ditlab.data.image_folder import load_image_folder_arrays
 from ditlab.models.config import DiTConfig
 from ditlab.train import TrainConfig, load_training_state
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same inputs on every run (tests are deterministic); database=None: no .hypothesis folder
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 REFUSALS = (ValueError, FileNotFoundError)  # the ValueError family ditlab's loaders raise
 COUNTS: dict[str, Counter] = {}
 
@@ -327,6 +334,20 @@ def test_diffusers_folders(diffusers_folder, files, change, which, value, text, 
     outcome("diffusers folder", folder, lambda: ditlab.load_model(folder))
 
 
+def test_diffusers_bin_weights_that_would_run_code_are_refused(diffusers_folder, files):
+    import shutil
+
+    folder = files.new("diffusers")
+    shutil.copytree(diffusers_folder, folder)
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save({"x": RunsCode()}, folder / "diffusion_pytorch_model.bin")
+    with pytest.raises(
+        ValueError, match=r"diffusion_pytorch_model\.bin: it holds Python objects \(posix\.system\)"
+    ):
+        ditlab.load_model(folder)
+    assert not Path("pwned.txt").exists()
+
+
 # ------------------------------------------------------------------------------- adapters
 @pytest.fixture(scope="module")
 def adapter_file(base):
@@ -462,7 +483,7 @@ def test_a_decompression_bomb_is_refused_before_decoding(files):
 
 
 # ------------------------------------------------------------------------------- convert: no partial write
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(FUZZ, max_examples=15)
 @given(how=mutations)
 def test_convert_of_a_bad_file_writes_nothing(base, files, how):
     from ditlab.models.convert_cli import convert

@@ -84,8 +84,8 @@ def _fits(value, hint) -> bool:
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if kind is float:
         return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if kind in (list, tuple):
-        return isinstance(value, (list, tuple))
+    if kind in (list, tuple):  # or the comma-separated text some configs accept for a list
+        return isinstance(value, (list, tuple, str))
     if kind is str:  # paths given by code read as their text
         return isinstance(value, (str, os.PathLike))
     if kind is dict:

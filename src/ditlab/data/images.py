@@ -81,6 +81,11 @@ def save_npz(path: str | os.PathLike, images, labels=None) -> Path:
     return path
 
 
+class SamplesTypeError(ValueError, TypeError):
+    """Arrays of the wrong dtype in a samples file: bad input (a ValueError, as every flaw of a file is, which
+    `ditlab` reports in one line) and the TypeError `check_images` raises for such arrays given in code."""
+
+
 def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     """Read an ADM-style samples `.npz` -> (images uint8 (N, H, W, C), labels int64 (N,) or None)."""
     path = Path(path)
@@ -99,8 +104,8 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
         )
     try:
         images = check_images(arrays["arr_0"], what=f"arr_0 of {path}")
-    except TypeError as e:  # a wrong dtype in a file is bad input (ValueError), as any other flaw in it
-        raise ValueError(str(e)) from e
+    except TypeError as e:
+        raise SamplesTypeError(str(e)) from e
     labels = arrays.get("labels")
     if labels is not None:
         if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):

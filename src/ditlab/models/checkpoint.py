@@ -85,11 +85,15 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, source: st
     """`load_state_dict(strict=True)` with one clear error listing missing, unexpected and mis-shaped keys."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
+    unexpected = [str(k) for k in state_dict if k not in own]
+
+    def shape(value):  # a value that is not a tensor (a corrupt or edited file) reads as its type
+        return tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+
     wrong = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        f"{k}: checkpoint {shape(state_dict[k])} vs model {tuple(own[k].shape)}"
         for k in own
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+        if k in state_dict and shape(state_dict[k]) != tuple(own[k].shape)
     ]
     if missing or unexpected or wrong:
 

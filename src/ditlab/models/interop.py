@@ -54,7 +54,7 @@ from ditlab.models.checkpoint import (
 )
 from ditlab.models.config import DiTConfig
 from ditlab.models.dit import DiT
-from ditlab.models.formats import CheckpointFormat, register_format
+from ditlab.models.formats import CheckpointFormat, read_torch_file, register_format
 from ditlab.nn.embed import timestep_sinusoid
 
 DIFFUSERS_CLASS = "DiTTransformer2DModel"
@@ -509,7 +509,7 @@ def _read_weights(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
     def read(file: Path) -> dict:
         if file.suffix == ".safetensors":
             return load_file(str(file), device="cpu")
-        return torch.load(str(file), map_location="cpu", weights_only=True)
+        return read_torch_file(file)  # weights_only, every failure one error naming the file
 
     for single, index in ((single_st, index_st), (single_bin, index_bin)):
         if single.is_file():

@@ -181,11 +181,12 @@ class Trainer:
                 f"{path} holds a different model than this run's config: {diff} (checkpoint, run)"
             )
         fused = [group.get("fused") for group in self.opt.param_groups]
-        try:  # a file's content is checked like any input: a wrong entry is named, never a torch traceback
-            load_state_dict_checked(self.model, state["model"], source=str(path))
-            load_state_dict_checked(self.ema.model, state["ema"], source=f"{path} (its EMA)")
+        # a file's content is checked like any input: a wrong entry is named, never a torch traceback
+        load_state_dict_checked(self.model, state["model"], source=str(path))
+        load_state_dict_checked(self.ema.model, state["ema"], source=f"{path} (its EMA)")
+        try:
             self.opt.load_state_dict(state["opt"])
-        except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as err:
             raise CorruptCheckpointError(
                 f"{path} holds a training state this run cannot load ({err.__class__.__name__}: {err}); the "
                 "file is corrupt or was edited: resume from an earlier checkpoint"
