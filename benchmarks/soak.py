@@ -76,10 +76,14 @@ def part1(out: Path, steps: int) -> dict:
 
     trainer.train_step = train_step
     trainer.run()
-    warm = [s for s in samples if s[0] >= steps // 4]  # after warm-up (allocator pools, first evaluation)
+    # after warm-up: the first evaluation trains/loads its classifier and caches the reference statistics
+    warm = [s for s in samples if s[0] > RUN["eval_every"]]
     first, last = warm[0], warm[-1]
     return {
         "samples": len(samples),
+        "series_step_rss_mib_fds": [
+            (s[0], round(s[1] / 1024, 1), s[2]) for s in samples[:: max(len(samples) // 12, 1)]
+        ],
         "rss_mib_after_warmup": round(first[1] / 1024, 1),
         "rss_mib_end": round(last[1] / 1024, 1),
         "rss_mib_max": round(max(s[1] for s in warm) / 1024, 1),
@@ -135,10 +139,14 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=5, help="SIGKILLs at random steps in part 2")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points")
     parser.add_argument("--out", default="/tmp/ditlab-soak", help="scratch folder (emptied first)")
+    parser.add_argument("--memory-only", action="store_true", help="part 1 only (no kills)")
     args = parser.parse_args()
     root = Path(args.out)
     shutil.rmtree(root, ignore_errors=True)
     summary = {"steps": args.steps, "memory": part1(root / "straight", args.steps)}
+    if args.memory_only:
+        print(json.dumps(summary))
+        return
     summary["kills"] = part2(root / "killed", args.steps, args.kills, args.seed)
     straight, killed = losses(root / "straight"), losses(root / "killed")
     summary["losses_compared"] = len(straight)

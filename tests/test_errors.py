@@ -154,6 +154,7 @@ def test_flag_mistakes_get_the_usage_line_and_one_error_line(case, files, capsys
     assert all(word in lines[0] for word in words), lines[0]
 
 
+@pytest.mark.slow  # three fresh interpreters
 def test_the_entry_point_prints_one_line_and_debug_shows_the_traceback(files):
     """The real `python -m ditlab`: one line without the flag; with --debug or DITLAB_DEBUG=1 the traceback."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}

@@ -101,6 +101,7 @@ SITES = {
 }
 
 
+@pytest.mark.slow  # two short training runs per site
 @pytest.mark.parametrize("site", list(SITES))
 def test_a_full_disk_at_each_write_keeps_the_last_checkpoint_and_resume_continues(
     site, runs, tmp_path, monkeypatch, capsys
@@ -134,6 +135,7 @@ def _limit_file_size(limit: int):
     return preexec
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_in_a_subprocess_keeps_the_last_checkpoint(runs, tmp_path):
     """A real limit: every write past `limit` bytes fails with EFBIG (Python ignores SIGXFSZ)."""
     out = tmp_path / "run"

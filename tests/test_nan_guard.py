@@ -114,6 +114,7 @@ def test_a_run_of_nonfinite_steps_rolls_back_with_a_lower_lr(tmp_path):
     assert resumed.guard.lr_scale == 0.5 and resumed.step == 8
 
 
+@pytest.mark.slow  # two short runs
 def test_stop_names_the_step_and_the_cli_reports_it_in_one_line(tmp_path, capsys, monkeypatch):
     cfg = config(steps=8, nonfinite_patience=2, nonfinite_action="stop", out=str(tmp_path / "a"))
     trainer = Trainer(cfg)
