@@ -386,7 +386,7 @@ def test_adapters(adapter_file, files, how, field, value, edit):
 @given(
     how=mutations,
     dtype=st.sampled_from(["uint8", "float32", "int64", "bool", "complex64", "U3"]),
-    shape=st.lists(st.integers(0, 5), max_size=5),
+    shape=st.one_of(st.just([2, 4, 4, 3]), st.just([3, 4, 4]), st.lists(st.integers(0, 5), max_size=5)),
     labels=st.one_of(st.none(), st.lists(st.integers(-3, 3), max_size=6)),
     raw=st.booleans(),
 )
@@ -413,13 +413,25 @@ def test_an_npz_holding_a_pickle_is_refused(files):
 @FUZZ
 @given(
     kind=st.sampled_from([TrainConfig, DiTConfig]),
+    change=st.sampled_from(["text", "field", "same-type", "unknown"]),
     text=st.one_of(st.text(max_size=40), json_values.map(json.dumps)),
-    field=st.sampled_from(sorted({*TrainConfig(steps=1).to_dict(), *CONFIG_FIELDS})),
+    which=st.integers(0, 10_000),
     value=json_values,
 )
-def test_config_files(files, kind, text, field, value):
+def test_config_files(files, kind, change, text, which, value):
+    """A saved config (a run's config.json, a model's config) with one field replaced, added or the text
+    itself garbled; "same-type" keeps the field's JSON type (a number for a number), so some of them load."""
+    config = (TrainConfig(steps=1) if kind is TrainConfig else DiTConfig()).to_dict()
+    field = sorted(config)[which % len(config)]
+    if change == "field":
+        config[field] = value
+    elif change == "same-type":
+        old = config[field]
+        config[field] = value if type(value) is type(old) else old
+    elif change == "unknown":
+        config[f"{field}_x"] = value
     path = files.new("config.json")
-    path.write_text(text if len(text) % 2 else json.dumps({"steps": 1, field: value}))
+    path.write_text(text if change == "text" else json.dumps(config))
     outcome(f"config JSON ({kind.__name__})", path, lambda: kind.load(path))
 
 
