@@ -5,6 +5,8 @@ match the reference's size, fine-tuning data of another size than the base, corr
 the one-time cost of the in-domain classifier said while it is paid.
 """
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -97,10 +99,15 @@ def folder_with_a_corrupt_image(tmp_path):
     return tmp_path / "data"
 
 
-def test_corrupt_image_message_names_the_flag_and_the_flag_skips_it(folder_with_a_corrupt_image, tmp_path):
+def test_corrupt_image_message_names_the_flag_and_the_flag_skips_it(
+    folder_with_a_corrupt_image, tmp_path, capsys
+):
     data = str(folder_with_a_corrupt_image)
-    with pytest.raises(ValueError, match=r"broken\.png.*--bad-images skip"):
+    assert (
         cli(["train", "--data", data, *TINY_RUN, "--bad-images", "raise", "--out", str(tmp_path / "refused")])
+        == 2
+    )
+    assert re.search(r"^ditlab train: error: .*broken\.png.*--bad-images skip", capsys.readouterr().err)
     with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
         assert (
             cli(["train", "--data", data, *TINY_RUN, "--bad-images", "skip", "--out", str(tmp_path / "r")])

@@ -50,9 +50,10 @@ def test_a_reused_run_folder_is_refused_and_overwrite_moves_the_old_run_aside(tm
     before = snapshot(out)
 
     new_run = ["--steps", "6", "--ckpt-every", "2", "--keep-last", "2", "--seed", "1"]
-    with pytest.raises(ValueError, match="already holds a run") as refused:
-        train_cli(out, *new_run)
-    assert "--resume auto" in str(refused.value) and "--overwrite" in str(refused.value)
+    assert cli(["train", *FLAGS, "--out", str(out), *new_run]) == 2
+    refused = capsys.readouterr().err
+    assert refused.startswith("ditlab train: error: ") and "already holds a run" in refused
+    assert "--resume auto" in refused and "--overwrite" in refused
     assert snapshot(out) == before  # refused before anything was written
 
     train_cli(out, *new_run, "--overwrite")

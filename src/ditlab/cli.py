@@ -4,12 +4,20 @@ Every entry of COMMANDS names a module that provides `add_arguments(parser)` and
 chosen command's module is imported and asked for its flags, so `ditlab --help` lists every command without
 importing them all; `build_parser(COMMANDS)` builds every sub-parser (the tests walk them). The flag
 vocabulary the commands share lives in `ditlab.cli_args`.
+
+Errors: `main` is the one place that turns a user's mistake into one line, `ditlab <command>: error: <what is
+wrong and what to do>` on stderr with exit code 2 (INPUT_ERRORS: bad values, missing or unreadable files,
+a missing optional package); an I/O failure such as a full disk gets the same one line with exit code 1.
+Commands raise, they never print their own errors. `--debug` (or DITLAB_DEBUG=1) lets the exception through
+with its traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -94,6 +102,55 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+DEBUG_ENV = "DITLAB_DEBUG"
+DEBUG_HELP = f"on an error show the full Python traceback instead of one line (also: {DEBUG_ENV}=1)"
+# A mistake in what the user gave (a value, a file, a folder, a missing optional package): exit code 2.
+INPUT_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ImportError,
+)
+
+
+_FULL = (
+    "the disk (or quota) is full: free space or write elsewhere; a training run continues with --resume auto"
+)
+# What to do about the operating system's errors, by errno (its own message says only what went wrong).
+OS_HINTS = {
+    errno.ENOSPC: _FULL,
+    errno.EDQUOT: _FULL,
+    errno.EFBIG: "the file exceeds the size this file system or a ulimit allows: write elsewhere",
+    errno.EEXIST: "a file stands where a folder is needed: move it away or pick another path",
+    errno.ENOTDIR: "a file stands where a folder is needed: move it away or pick another path",
+    errno.EACCES: "no permission: pick another path or change its permissions",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+}
+
+
+def error_line(err: BaseException) -> str:
+    """An exception as one line: a multi-line message (e.g. a state-dict mismatch) joined with "; ", an
+    operating-system error with what to do about it."""
+    text = str(err) or err.__class__.__name__
+    if isinstance(err, OSError):
+        if err.filename is not None and str(err.filename) not in text:
+            text = f"{text}: {err.filename}"
+        if err.errno in OS_HINTS:
+            text = f"{text} ({OS_HINTS[err.errno]})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # "header:" + its items read as "header: item; item"
+    return "".join(f"{line}{' ' if line.endswith(':') else '; '}" for line in lines[:-1]) + (
+        lines[-1] if lines else ""
+    )
+
+
+def _debug(args: argparse.Namespace | None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
 def build_parser(with_flags: Iterable[str] = ()) -> argparse.ArgumentParser:
     """The `ditlab` parser; the commands named in `with_flags` get their flags (their modules are imported)."""
     parser = argparse.ArgumentParser(
@@ -104,6 +161,7 @@ def build_parser(with_flags: Iterable[str] = ()) -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ditlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = set(with_flags)
     for name, command in COMMANDS.items():
@@ -114,6 +172,8 @@ def build_parser(with_flags: Iterable[str] = ()) -> argparse.ArgumentParser:
             epilog=f"example:\n  {command.example}",
             formatter_class=HelpFormatter,
         )
+        # also after the command (`ditlab train ... --debug`); SUPPRESS keeps a top-level --debug set
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         if name in chosen:
             module = importlib.import_module(command.module)
             module.add_arguments(p)
@@ -137,7 +197,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UsageError as err:
-        args._parser.error(str(err))  # exits 2, like argparse's own errors
+        if _debug(args):
+            raise
+        args._parser.error(error_line(err))  # exits 2, like argparse's own errors
+    except (*INPUT_ERRORS, OSError, KeyboardInterrupt) as err:
+        if _debug(args):
+            raise
+        return _report(args.command, err)
+
+
+def _report(command: str, err: BaseException) -> int:
+    """Print `err` as the command's one error line; the exit code: 2 bad input, 1 I/O failure, 130 Ctrl-C."""
+    if isinstance(err, KeyboardInterrupt):
+        print(f"ditlab {command}: interrupted", file=sys.stderr)
+        return 130
+    where = "" if isinstance(err, INPUT_ERRORS) else "I/O failure: "  # e.g. a full disk mid-write
+    print(f"ditlab {command}: error: {where}{error_line(err)}", file=sys.stderr)
+    return 2 if isinstance(err, INPUT_ERRORS) else 1
 
 
 if __name__ == "__main__":

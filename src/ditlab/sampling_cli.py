@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ditlab.cli_args import (
@@ -152,16 +151,7 @@ def checkpoint_of(args: argparse.Namespace) -> str:
 
 
 def run(args) -> int:
-    try:
-        return _run(args)
-    except UsageError:  # flags that do not go together: `ditlab.cli` prints the usage line
-        raise
-    except (FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback (as `ditlab eval`)
-        print(f"ditlab sample: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _run(args) -> int:
+    """Bad input raises (ValueError family): `ditlab.cli` prints it as one error line, exit code 2."""
     import ditlab
     from ditlab.data import save_grid, save_npz
     from ditlab.runtime import resolve_device

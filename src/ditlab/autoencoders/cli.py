@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from ditlab.train.cli import add_arguments as add_config_arguments
 from ditlab.train.cli import config_from_args
@@ -63,18 +62,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return {"train": _train, "export": _export, "import": _import}[args.vae_action](args)
-    except (FileNotFoundError, ValueError) as err:  # bad input: one line, no traceback
-        print(f"ditlab vae {args.vae_action}: error: {err}", file=sys.stderr)
-        return 2
+    # bad input raises (ValueError family): `ditlab.cli` prints it as one error line, exit code 2
+    return {"train": _train, "export": _export, "import": _import}[args.vae_action](args)
 
 
 def _train(args) -> int:
     from .training import train_autoencoder
 
     cfg, resume = config_from_args(args, VAETrainConfig)
-    summary = train_autoencoder(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))
+    summary = train_autoencoder(
+        cfg, resume=resume, overwrite=getattr(args, "overwrite", False), force=getattr(args, "force", False)
+    )
     if summary.get("model"):
         print(json.dumps(summary))
     return 0

@@ -37,11 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except (FileNotFoundError, ValueError) as err:  # bad input: one line, no traceback
-        print(f"ditlab latents: error: {err}", file=sys.stderr)
-        return 2
+    return _run(args)  # bad input raises: `ditlab.cli` prints it as one error line, exit code 2
 
 
 def _run(args) -> int:

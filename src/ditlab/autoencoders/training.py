@@ -39,6 +39,7 @@ from ditlab.runtime import (
     matmul_peak_gflops,
 )
 from ditlab.train import distributed as D
+from ditlab.train.guard import NonFiniteGuard
 from ditlab.train.metrics import plot_curves
 from ditlab.train.parallel import Parallel
 from ditlab.train.state import resume_checkpoint
@@ -163,11 +164,20 @@ class VAETrainer(Trainer):
     """One autoencoder training run into ``cfg.out`` (see the module docstring; ``resume`` and
     ``overwrite`` as for :class:`ditlab.train.Trainer`)."""
 
-    def __init__(self, cfg: VAETrainConfig, resume: str | Path | None = None, overwrite: bool = False):
+    def __init__(
+        self,
+        cfg: VAETrainConfig,
+        resume: str | Path | None = None,
+        overwrite: bool = False,
+        force: bool = False,
+    ):
         if overwrite and resume:
             raise ValueError("--overwrite starts a new run and --resume continues one: pass only one of them")
-        self.cfg, self.resume, self.overwrite = cfg, resume, overwrite
+        self.cfg, self.resume, self.overwrite, self.force = cfg, resume, overwrite, force
+        self.lock = None  # the run folder's lock, taken by run()
         self._setup_runtime()
+        # the DiT trainer's checkpoint writer consults its non-finite guard; this loop never trips it
+        self.guard = NonFiniteGuard(0, "stop", 1.0, 0, self.device)
         self.data = load_dataset(
             cfg.data,
             split="train",
@@ -441,7 +451,9 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     return s.flatten(1).mean(1)
 
 
-def train_autoencoder(cfg: VAETrainConfig, resume: str | Path | None = None, overwrite: bool = False) -> dict:
+def train_autoencoder(
+    cfg: VAETrainConfig, resume: str | Path | None = None, overwrite: bool = False, force: bool = False
+) -> dict:
     """Run (or resume) an autoencoder training run; returns the trainer's summary (autoencoder path in
     ``"model"``, the estimated latent ``"scale"``)."""
-    return VAETrainer(cfg, resume=resume, overwrite=overwrite).run()
+    return VAETrainer(cfg, resume=resume, overwrite=overwrite, force=force).run()

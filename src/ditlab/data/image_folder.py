@@ -27,6 +27,10 @@ _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 BAD_IMAGE_POLICIES = ("raise", "skip")
 # what Pillow raises for a file that is not an image, is truncated or is too large to decode safely
 UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# Images larger than this (in pixels, read from the header) are refused before decoding: a small file that
+# claims huge dimensions (a decompression bomb) must not take the machine's memory. 64M = 8192 x 8192;
+# DITLAB_MAX_IMAGE_PIXELS raises it for genuinely large images.
+MAX_IMAGE_PIXELS = int(os.environ.get("DITLAB_MAX_IMAGE_PIXELS", 64 * 2**20))
 
 
 def _is_image(path: Path) -> bool:
@@ -131,6 +135,12 @@ def warn_skipped(root, bad: list[str]) -> None:
 
 def _decode(path: Path) -> Image.Image:
     with Image.open(path) as im:
+        width, height = im.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"{width}x{height} pixels is more than ditlab decodes ({MAX_IMAGE_PIXELS} pixels; a decompression "
+                "bomb, or a huge image: resize it, or raise DITLAB_MAX_IMAGE_PIXELS)"
+            )
         im.load()  # decode now, so a truncated file fails here with its path
         return im.copy()
 

@@ -81,29 +81,37 @@ def save_npz(path: str | os.PathLike, images, labels=None) -> Path:
     return path
 
 
+class SamplesTypeError(ValueError, TypeError):
+    """Arrays of the wrong dtype in a samples file: bad input (a ValueError, as every flaw of a file is, which
+    `ditlab` reports in one line) and the TypeError `check_images` raises for such arrays given in code."""
+
+
 def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     """Read an ADM-style samples `.npz` -> (images uint8 (N, H, W, C), labels int64 (N,) or None)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"samples file not found: {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
+    try:  # the arrays are read lazily: a corrupt member fails only here, with numpy's or zipfile's errors
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: np.asarray(data[name]) for name in ("arr_0", "labels") if name in data.files}
+            names = list(data.files)
     except Exception as e:  # numpy raises several types for a corrupt or foreign file
         raise ValueError(f"cannot read {path} as .npz ({e}); write samples with ditlab.data.save_npz") from e
-    with data:
-        if "arr_0" not in data.files:
-            raise ValueError(
-                f"{path} has no 'arr_0' array (it has: {', '.join(data.files) or 'nothing'}); samples must "
-                "be stored as arr_0 uint8 (N, H, W, C) (ADM's evaluator and ditlab.data.save_npz write that)"
-            )
-        images = check_images(data["arr_0"], what=f"arr_0 of {path}")
-        labels = None
-        if "labels" in data.files:
-            labels = np.asarray(data["labels"])
-            if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-                want = f"integers of shape ({images.shape[0]},)"
-                raise ValueError(f"'labels' in {path} must be {want}, got {labels.dtype} {labels.shape}")
-            labels = labels.astype(np.int64)
+    if "arr_0" not in arrays:
+        raise ValueError(
+            f"{path} has no 'arr_0' array (it has: {', '.join(names) or 'nothing'}); samples must "
+            "be stored as arr_0 uint8 (N, H, W, C) (ADM's evaluator and ditlab.data.save_npz write that)"
+        )
+    try:
+        images = check_images(arrays["arr_0"], what=f"arr_0 of {path}")
+    except TypeError as e:
+        raise SamplesTypeError(str(e)) from e
+    labels = arrays.get("labels")
+    if labels is not None:
+        if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+            want = f"integers of shape ({images.shape[0]},)"
+            raise ValueError(f"'labels' in {path} must be {want}, got {labels.dtype} {labels.shape}")
+        labels = labels.astype(np.int64)
     return images, labels
 
 

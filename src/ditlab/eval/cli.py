@@ -103,39 +103,36 @@ def run(args: argparse.Namespace) -> int:
     from ditlab.eval.shapes import shapes_report
     from ditlab.runtime import resolve_device
 
-    try:
-        if args.ref is None and not args.shapes:
-            raise ValueError("give --ref (the reference to score against), or --shapes with --samples")
-        names = (args.features or default_features(args.ref)) if args.ref else ()
-        args.device = resolve_device(args.device)  # the same check as train/sample: cuda without a GPU
-        if args.ref is None:  # --shapes alone
-            result = {"samples": str(args.samples), "warnings": []}
-        elif args.samples is None:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                result = _reference_only(args, names)
-            result["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
-        else:
-            images, labels = load_npz(args.samples)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # evaluate() returns its warnings in the result
-                result = evaluate(
-                    images,
-                    labels,
-                    ref=args.ref,
-                    features=names,
-                    k=args.k,
-                    floor=not args.no_floor,
-                    device=args.device,
-                    cache_dir=args.cache_dir,
-                    resize_ref=args.resize_ref,
-                )
-            result = {"samples": str(args.samples), **result}
-        if args.shapes:
-            result["shapes"] = shapes_report(args.samples)
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
-        print(f"ditlab eval: error: {e}", file=sys.stderr)
-        return 2
+    # bad input raises (ValueError family): `ditlab.cli` prints it as one error line, exit code 2
+    if args.ref is None and not args.shapes:
+        raise ValueError("give --ref (the reference to score against), or --shapes with --samples")
+    names = (args.features or default_features(args.ref)) if args.ref else ()
+    args.device = resolve_device(args.device)  # the same check as train/sample: cuda without a GPU
+    if args.ref is None:  # --shapes alone
+        result = {"samples": str(args.samples), "warnings": []}
+    elif args.samples is None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = _reference_only(args, names)
+        result["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
+    else:
+        images, labels = load_npz(args.samples)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # evaluate() returns its warnings in the result
+            result = evaluate(
+                images,
+                labels,
+                ref=args.ref,
+                features=names,
+                k=args.k,
+                floor=not args.no_floor,
+                device=args.device,
+                cache_dir=args.cache_dir,
+                resize_ref=args.resize_ref,
+            )
+        result = {"samples": str(args.samples), **result}
+    if args.shapes:
+        result["shapes"] = shapes_report(args.samples)
     for message in result["warnings"]:
         print(f"ditlab eval: warning: {message}", file=sys.stderr)
     line = json.dumps(result)

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from ditlab.finetune.trainer import finetune
 
     cfg, resume = usage_checked(lambda: config_from_args(args, FinetuneConfig))
-    summary = finetune(cfg, resume=resume, overwrite=args.overwrite)
+    summary = finetune(cfg, resume=resume, overwrite=args.overwrite, force=args.force)
     if summary.get("model"):
         print(json.dumps(summary))
     return 0

@@ -26,12 +26,12 @@ from ditlab.train.trainer import Trainer
 class FinetuneTrainer(Trainer):
     cfg: FinetuneConfig
 
-    def __init__(self, cfg: FinetuneConfig, resume=None, overwrite: bool = False):
+    def __init__(self, cfg: FinetuneConfig, resume=None, overwrite: bool = False, force: bool = False):
         if not isinstance(cfg, FinetuneConfig):
             raise TypeError(f"FinetuneTrainer needs a FinetuneConfig, got {type(cfg).__name__}")
         if cfg.parallel in SHARDED:  # the adapter export below reads the whole EMA model on rank 0
             raise ValueError(f"ditlab finetune runs with --parallel ddp (or auto), not {cfg.parallel}")
-        super().__init__(cfg, resume=resume, overwrite=overwrite)
+        super().__init__(cfg, resume=resume, overwrite=overwrite, force=force)
 
     def build_model(self):
         """The base checkpoint, its label table sized for the data, prepared for the method (frozen elsewhere)."""
@@ -99,9 +99,9 @@ class FinetuneTrainer(Trainer):
         return summary
 
 
-def finetune(cfg: FinetuneConfig, resume=None, overwrite: bool = False) -> dict:
+def finetune(cfg: FinetuneConfig, resume=None, overwrite: bool = False, force: bool = False) -> dict:
     """Run (or resume) a fine-tuning run; returns the training summary plus adapter path/size and counts."""
-    return FinetuneTrainer(cfg, resume=resume, overwrite=overwrite).run()
+    return FinetuneTrainer(cfg, resume=resume, overwrite=overwrite, force=force).run()
 
 
 __all__ = ["FinetuneTrainer", "finetune"]

@@ -89,11 +89,15 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, source: st
     """`load_state_dict(strict=True)` with one clear error listing missing, unexpected and mis-shaped keys."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
+    unexpected = [str(k) for k in state_dict if k not in own]
+
+    def shape(value):  # a value that is not a tensor (a corrupt or edited file) reads as its type
+        return tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+
     wrong = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        f"{k}: checkpoint {shape(state_dict[k])} vs model {tuple(own[k].shape)}"
         for k in own
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+        if k in state_dict and shape(state_dict[k]) != tuple(own[k].shape)
     ]
     if missing or unexpected or wrong:
 
@@ -112,6 +116,25 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, source: st
     model.load_state_dict(state_dict, strict=True)
 
 
+def check_fits(config: DiTConfig, shapes: Mapping[str, tuple], source: str, derived: tuple = ()) -> None:
+    """Refuse a recorded config that does not fit the file's tensors before any memory is spent on the model
+    (a corrupt or edited config claiming a billion blocks or a huge width must not allocate them): the block
+    count first, then every shape, compared with the model built on the meta device (no storage).
+    `derived`: parameters the loader fills from the model itself (not in `shapes`)."""
+    blocks = {k.split(".")[1] for k in shapes if k.startswith("blocks.")}
+    if config.depth != len(blocks):
+        raise ValueError(
+            f"{source}: its config says depth {config.depth} but the file holds {len(blocks)} blocks; the file "
+            "is inconsistent (corrupt or edited): re-save it from its source"
+        )
+    with torch.device("meta"):
+        model = DiT(config)
+    own = model.state_dict()
+    meta = {k: torch.empty(tuple(s), device="meta") for k, s in shapes.items()}
+    meta.update({k: own[k] for k in derived if k in own})
+    load_state_dict_checked(model, meta, source=source)
+
+
 def _load_native(probe: Probe, device, **_) -> DiT:
     path = probe.path
     if CONFIG_KEY not in probe.metadata:
@@ -120,9 +143,11 @@ def _load_native(probe: Probe, device, **_) -> DiT:
             "For an official DiT state dict use the .pt file; for diffusers pass the model folder."
         )
     meta = decode_metadata(probe.metadata)
+    config = DiTConfig.from_dict(meta[CONFIG_KEY])
     with safe_open(str(path), framework="pt", device="cpu") as f:
+        check_fits(config, {k: f.get_slice(k).get_shape() for k in f.keys()}, str(path))
         state = {k: f.get_tensor(k) for k in f.keys()}
-    model = DiT(DiTConfig.from_dict(meta[CONFIG_KEY]))
+    model = DiT(config)
     load_state_dict_checked(model, state, source=str(path))
     return restore_metadata(model, meta).to(device).eval()
 
@@ -187,8 +212,10 @@ def _load_official(probe: Probe, device, model: str | None = None, **overrides) 
 
 def _load_training_checkpoint(probe: Probe, device, **_) -> DiT:
     obj = probe.content
-    net = DiT(DiTConfig.from_dict(obj["config"]))
-    load_state_dict_checked(net, official_state_dict(obj, str(probe.path)), source=str(probe.path))
+    config, weights = DiTConfig.from_dict(obj["config"]), official_state_dict(obj, str(probe.path))
+    check_fits(config, {k: getattr(v, "shape", ()) for k, v in weights.items()}, str(probe.path))
+    net = DiT(config)
+    load_state_dict_checked(net, weights, source=str(probe.path))
     args = obj.get("args") if isinstance(obj.get("args"), dict) else {}
     sampling = {k: args[k] for k in SAMPLING_FIELDS if k in args} or None  # the run's TrainConfig values
     restore_metadata(
@@ -228,6 +255,7 @@ __all__ = [
     "OBJECTIVE_KEY",
     "RUN_MODEL_FILE",
     "SAMPLING_KEY",
+    "check_fits",
     "decode_metadata",
     "encode_metadata",
     "infer_config",

@@ -107,12 +107,10 @@ def convert(src, dst, model=None, fmt=None, embedder_block=None, official_numeri
 def run(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            fmt = convert(
-                args.src, args.dst, args.model, args.format, args.embedder_block, args.official_numerics
-            )
-        except (ValueError, FileNotFoundError, ImportError) as e:
-            raise SystemExit(f"ditlab convert: error: {e}") from None
+        # bad input raises: `ditlab.cli` prints it as one error line, exit code 2
+        fmt = convert(
+            args.src, args.dst, args.model, args.format, args.embedder_block, args.official_numerics
+        )
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"ditlab convert: warning: {w.message}", file=sys.stderr)

@@ -23,13 +23,14 @@ call in its own package plus one import line in `ditlab.loading`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from ditlab.models.zoo import MODELS
 
@@ -97,16 +98,46 @@ def registered_formats() -> list[CheckpointFormat]:
     return sorted(_FORMATS.values(), key=lambda f: (KINDS.index(f.kind), -f.priority, f.name))
 
 
+def _first_line(err: BaseException) -> str:
+    """`Type: first line of the message` of a library error, for a message that names the file too."""
+    text = str(err).strip()
+    return f"{err.__class__.__name__}: {text.splitlines()[0]}" if text else err.__class__.__name__
+
+
+# What a loader's code raises on a file whose content is malformed in a way its format's checks did not
+# foresee (a metadata entry of the wrong JSON type, a tensor of an odd rank, a missing entry): turned into
+# one ValueError naming the file and the format, the original kept as its cause.
+MALFORMED = (KeyError, IndexError, TypeError, AttributeError, RuntimeError, OverflowError, SafetensorError)
+
+
 def read_torch_file(path: Path) -> dict:
-    """A `.pt` file's object, read with `torch.load(weights_only=True)` (never executes code from it)."""
+    """A `.pt` file's object, read with `torch.load(weights_only=True)` (never executes code from it).
+
+    Every failure is one ValueError naming the file: a pickle that would import or call something (the way
+    a malicious file runs code) is refused as such, anything else is a truncated or corrupt file."""
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated/corrupt files and pickles with code both land here
-        raise ValueError(
-            f"cannot read checkpoint {path}: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-            "The file may be truncated or corrupt (re-download or use an earlier checkpoint), or it holds "
-            "objects other than tensors, which ditlab refuses to unpickle."
-        ) from e
+        raise ValueError(f"cannot read checkpoint {path}: {_torch_load_problem(e)}") from e
+
+
+def _torch_load_problem(err: Exception) -> str:
+    """What a failed `torch.load(weights_only=True)` means, and what to do, in one sentence."""
+    text = str(err)
+    refused = re.search(r"GLOBAL (\S+)", text)
+    if refused:  # torch's weights-only unpickler met a global it does not allow
+        return (
+            f"it holds Python objects ({refused.group(1)}) that would import or run code when unpickled, "
+            "which ditlab refuses to unpickle (it loads .pt files with weights_only=True); a file with tensors, numbers, "
+            "strings, lists and dicts only loads, and safetensors files are always safe"
+        )
+    if isinstance(err, EOFError) or not text.strip():
+        detail = "the file is empty or ends early"
+    elif "Weights only load failed" in text:
+        detail = "not a torch save file"
+    else:
+        detail = _first_line(err)[:160]
+    return f"{detail}; the file may be truncated or corrupt: copy or download it again, or use an earlier checkpoint"
 
 
 def probe(path: str | os.PathLike) -> Probe:
@@ -117,8 +148,14 @@ def probe(path: str | os.PathLike) -> Probe:
     if path.is_dir():
         return Probe(path, "folder", keys=tuple(sorted(p.name for p in path.iterdir())))
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return Probe(path, "safetensors", metadata=f.metadata() or {}, keys=tuple(f.keys()))
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return Probe(path, "safetensors", metadata=f.metadata() or {}, keys=tuple(f.keys()))
+        except Exception as e:  # safetensors' own error type ("Error while deserializing header: ...")
+            raise ValueError(
+                f"cannot read {path}: not a valid safetensors file ({_first_line(e)}); it is probably "
+                "truncated or corrupt: copy or download it again, or use an earlier checkpoint"
+            ) from e
     content = read_torch_file(path)
     keys = tuple(str(k) for k in content) if isinstance(content, dict) else ()
     return Probe(path, "torch", keys=keys, content=content)
@@ -162,7 +199,17 @@ def load_model(path: str | os.PathLike, model: str | None = None, device="cpu", 
     fmt = find_format(p)
     if overrides and not fmt.accepts_overrides:
         raise ValueError("a native ditlab checkpoint carries its config; overrides are not accepted")
-    net = fmt.load(p, device=device, model=model, **overrides)
+    try:
+        net = fmt.load(p, device=device, model=model, **overrides)
+    except ValueError as err:
+        if str(p.path) in str(err):
+            raise
+        raise ValueError(f"{p.path} ({fmt.name} format): {err}") from err
+    except MALFORMED as err:
+        raise ValueError(
+            f"{p.path} looks like a {fmt.name} checkpoint but cannot be loaded ({_first_line(err)}); the file "
+            "is malformed or was written by another tool: re-save it with the tool that made it"
+        ) from err
     if model is not None and fmt.records_config:
         check_zoo_name(net.config, model, str(p.path))
     return net

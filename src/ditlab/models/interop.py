@@ -45,10 +45,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ditlab.atomic import atomic_write
-from ditlab.models.checkpoint import CONFIG_KEY, load_state_dict_checked, model_metadata, restore_metadata
+from ditlab.models.checkpoint import (
+    CONFIG_KEY,
+    check_fits,
+    load_state_dict_checked,
+    model_metadata,
+    restore_metadata,
+)
 from ditlab.models.config import DiTConfig
 from ditlab.models.dit import DiT
-from ditlab.models.formats import CheckpointFormat, register_format
+from ditlab.models.formats import CheckpointFormat, read_torch_file, register_format
 from ditlab.nn.embed import timestep_sinusoid
 
 DIFFUSERS_CLASS = "DiTTransformer2DModel"
@@ -468,7 +474,14 @@ def from_diffusers(transformer, embedder_block: int | None = None, **overrides) 
 
 def _build(dconf: Mapping, dstate: Mapping, embedder_block, overrides: dict, source: str) -> DiT:
     config = ditlab_config(dconf, source, **overrides)
+    blocks = {k.split(".")[1] for k in dstate if k.startswith("transformer_blocks.")}
+    if config.depth != len(blocks):  # before anything loops over the config's depth
+        raise ValueError(
+            f"{source}: config.json says num_layers {config.depth} but the weights hold {len(blocks)} "
+            "transformer blocks; the folder is inconsistent: re-save it from its source"
+        )
     state = state_dict_from_diffusers(dstate, config.depth, embedder_block)
+    check_fits(config, {k: getattr(v, "shape", ()) for k, v in state.items()}, source, derived=("pos_embed",))
     model = DiT(config)
     state["pos_embed"] = (
         model.pos_embed.detach().clone()
@@ -496,7 +509,7 @@ def _read_weights(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
     def read(file: Path) -> dict:
         if file.suffix == ".safetensors":
             return load_file(str(file), device="cpu")
-        return torch.load(str(file), map_location="cpu", weights_only=True)
+        return read_torch_file(file)  # weights_only, every failure one error naming the file
 
     for single, index in ((single_st, index_st), (single_bin, index_bin)):
         if single.is_file():

@@ -64,14 +64,11 @@ def run(args) -> int:
     if not (args.checkpoint or args.models):
         raise UsageError("what to serve? pass RUN_OR_CHECKPOINT and/or --models DIR")
     configure_threads(args.threads)
-    try:
-        device = resolve_device(args.device)
-        catalog = Catalog.from_args(args.checkpoint, args.models, device=device)
-        limits = Limits(max_images=args.max_images, max_steps=args.max_steps)
-        vae = load_vae(args.vae, device=device) if args.vae else None
-    except (FileNotFoundError, ValueError) as err:  # bad input: one line, no traceback
-        print(f"ditlab serve: error: {err}", file=sys.stderr)
-        return 2
+    # bad input raises (ValueError family): `ditlab.cli` prints it as one error line, exit code 2
+    device = resolve_device(args.device)
+    catalog = Catalog.from_args(args.checkpoint, args.models, device=device)
+    limits = Limits(max_images=args.max_images, max_steps=args.max_steps)
+    vae = load_vae(args.vae, device=device) if args.vae else None
     # Before Gradio is imported: no telemetry, no version check against the internet.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:

@@ -41,6 +41,8 @@ from ditlab.models.dit import CHECKPOINT_POLICIES
 from ditlab.models.zoo import VARIANTS
 from ditlab.runtime import PRECISIONS
 from ditlab.train.config import OBJECTIVES, REPA_ENCODERS, TrainConfig
+from ditlab.train.guard import NONFINITE_ACTIONS
+from ditlab.train.lock import RunLockedError
 from ditlab.train.parallel import PARALLELS
 from ditlab.train.preempt import EXIT_PREEMPTED, Preempted
 from ditlab.train.schedule import LR_SCHEDULES
@@ -111,6 +113,12 @@ HELP = {
     "repa_cache_mb": "REPA: memory for encoder features of in-memory data, computed once per image and kept, in "
     "MiB (0 = compute every step; streamed data is always computed on the fly)",
     "seed": "random seed of the run (data order, noise, timesteps); a resumed run keeps it",
+    "nonfinite_patience": "a step with a NaN/Inf loss or gradient is skipped (counted in metrics.jsonl); this "
+    "many in a row trigger --nonfinite-action (0 = only skip)",
+    "nonfinite_action": "after --nonfinite-patience non-finite steps in a row: rollback (to the last good "
+    "checkpoint, lr times --nonfinite-lr-factor) or stop (an error naming the step)",
+    "nonfinite_lr_factor": "learning-rate multiplier at each rollback, in (0, 1]",
+    "nonfinite_max_rollbacks": "rollbacks before the run stops instead",
     # runtime
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
     "precision": "auto (bf16 autocast on CUDA; fp32 on CPU, its native bf16 detected and recorded in "
@@ -180,6 +188,9 @@ TYPES = {
     "guidance_scale": non_negative_float,
     "eval_every": non_negative_int,
     "eval_samples": positive_int,
+    "nonfinite_patience": non_negative_int,
+    "nonfinite_lr_factor": positive_float,
+    "nonfinite_max_rollbacks": non_negative_int,
 }
 
 CHOICES = {
@@ -197,6 +208,7 @@ CHOICES = {
     "repa_encoder": REPA_ENCODERS,
     "parallel": PARALLELS,
     "data_loader": DATA_LOADERS,
+    "nonfinite_action": NONFINITE_ACTIONS,
 }
 
 METAVARS = {"image_size": "PX", "lr": "LR", "data": "DATA", "out": "DIR", "eval_ref": "REF"}
@@ -262,6 +274,12 @@ def add_arguments(
         help="start a new run in an --out that holds another run: its files move to --out/previous-runs/<UTC "
         "time>/ (nothing is deleted); without it such a folder is refused",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="take over --out's run lock when this machine cannot check its owner (a lock from another host); "
+        "a lock whose process is gone is taken over without it, a running one never",
+    )
     hints = typing.get_type_hints(config_cls)
     group = parser
     for f in dataclasses.fields(config_cls):
@@ -322,7 +340,7 @@ def config_from_args(
         found = resume_checkpoint(out, resume)  # the Trainer gets this exact file: one choice, made once
         if found is not None:
             path, state = found
-            base = {**state["args"], **base}  # an explicit --config file refines the saved options
+            base = {**state.get("args", {}), **base}  # an explicit --config file refines the saved options
             resume = str(path)
         # else "auto" stays: nothing to resume yet, the Trainer starts the run
     merged = {**base, **given}
@@ -336,6 +354,8 @@ def usage_checked(build):
     """Run `build()` (flags -> config); an option the config refuses is a usage error naming the flag."""
     try:
         return build()
+    except RunLockedError:  # not a flag problem: another run holds --out (one error line, no usage)
+        raise
     except (ValueError, FileNotFoundError) as err:  # e.g. no run length, a --base or --config not there
         raise UsageError(str(err)) from err
 
@@ -345,7 +365,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg, resume = usage_checked(lambda: config_from_args(args))
     try:
-        summary = train(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))
+        summary = train(
+            cfg,
+            resume=resume,
+            overwrite=getattr(args, "overwrite", False),
+            force=getattr(args, "force", False),
+        )
     except Preempted as stop:  # a checkpoint was written: the job scheduler may requeue with --resume auto
         print(f"ditlab train: {stop}", file=sys.stderr)
         return EXIT_PREEMPTED

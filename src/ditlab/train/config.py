@@ -14,6 +14,7 @@ from ditlab.data.image_folder import BAD_IMAGE_POLICIES
 from ditlab.data.streaming import DATA_LOADERS
 from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS
 from ditlab.models.dit import CHECKPOINT_POLICIES
+from ditlab.train.guard import NONFINITE_ACTIONS
 from ditlab.train.parallel import PARALLELS
 from ditlab.train.preempt import parse_duration
 from ditlab.train.schedule import LR_SCHEDULES
@@ -73,6 +74,11 @@ class TrainConfig(DictConfig):
     repa_encoder: str = "effnet-lite0"  # effnet-lite0 (ImageNet) | classifier (in-domain, of the data)
     repa_projector_width: int = 256  # hidden width of the 3-layer MLP projector
     repa_cache_mb: int = 1024  # memory for cached encoder features of in-memory data; 0 = compute each step
+    # a step with a NaN/Inf loss or gradient is skipped; this many in a row trigger nonfinite_action
+    nonfinite_patience: int = 10  # 0 = skip such steps forever, never act
+    nonfinite_action: str = "rollback"  # rollback (to the last good checkpoint, lr reduced) | stop
+    nonfinite_lr_factor: float = 0.5  # the learning rate's multiplier at each rollback
+    nonfinite_max_rollbacks: int = 3  # then stop
     # --- runtime ---
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -129,6 +135,19 @@ class TrainConfig(DictConfig):
             )
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1 and lr > 0")
+        if self.nonfinite_action not in NONFINITE_ACTIONS:
+            raise ValueError(
+                f"unknown nonfinite_action {self.nonfinite_action!r}; choose one of: {', '.join(NONFINITE_ACTIONS)}"
+            )
+        if (
+            not 0 < self.nonfinite_lr_factor <= 1
+            or self.nonfinite_patience < 0
+            or self.nonfinite_max_rollbacks < 0
+        ):
+            raise ValueError(
+                "nonfinite_lr_factor must be in (0, 1], nonfinite_patience and nonfinite_max_rollbacks >= 0 "
+                f"(got {self.nonfinite_lr_factor}, {self.nonfinite_patience}, {self.nonfinite_max_rollbacks})"
+            )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         self._check_quality_options()

@@ -23,10 +23,15 @@ class EMA:
         return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
+    def update(self, model: nn.Module, step: int, apply: torch.Tensor | None = None) -> None:
+        """One EMA step toward `model`. `apply`: a 0-dim bool tensor; False leaves the EMA as it is (a skipped,
+        non-finite training step), decided on the device without a host sync."""
         ema_params = list(self.model.parameters())
         params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay_at(step))
+        weight = 1.0 - self.decay_at(step)
+        if apply is not None:
+            weight = apply.to(ema_params[0].dtype) * weight
+        torch._foreach_lerp_(ema_params, params, weight)
 
     def state_dict(self) -> dict:
         return self.model.state_dict()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ditlab.cli_args import non_negative_int, positive_float
@@ -44,18 +43,15 @@ def run(args: argparse.Namespace) -> int:
     from ditlab.models.checkpoint import load_model, save_model
     from ditlab.train.posthoc_ema import reconstruct, snapshot_dir
 
-    try:
-        params, report = reconstruct(snapshot_dir(args.run), args.length, args.step)
-        model = load_model(args.run)  # the run's model file: config, metadata and the frozen tensors
-        own = dict(model.named_parameters())
-        unknown = sorted(set(params) - set(own))
-        if unknown:
-            raise ValueError(f"the snapshots hold parameters the run's model lacks: {unknown[:5]}")
-        for name, value in params.items():
-            own[name].data.copy_(value)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"ditlab ema: error: {err}", file=sys.stderr)
-        return 2
+    # bad input raises (ValueError family): `ditlab.cli` prints it as one error line, exit code 2
+    params, report = reconstruct(snapshot_dir(args.run), args.length, args.step)
+    model = load_model(args.run)  # the run's model file: config, metadata and the frozen tensors
+    own = dict(model.named_parameters())
+    unknown = sorted(set(params) - set(own))
+    if unknown:
+        raise ValueError(f"the snapshots hold parameters the run's model lacks: {unknown[:5]}")
+    for name, value in params.items():
+        own[name].data.copy_(value)
     out = Path(args.out or Path(args.run) / f"ema-{args.length:g}.safetensors")
     save_model(model, out)
     print(json.dumps({**report, "model": str(out)}))

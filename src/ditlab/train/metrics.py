@@ -17,11 +17,9 @@ class MetricsLog:
     def __init__(self, path: str | Path, resume_step: int | None = None, tensorboard: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None and self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            text = "".join(json.dumps(r) + "\n" for r in kept)
-            atomic_write(self.path, lambda f: f.write(text.encode()))
-        elif resume_step is None and self.path.exists():
+        if resume_step is not None:
+            self.truncate(resume_step)
+        elif self.path.exists():
             self.path.unlink()
         self.writer = None
         if tensorboard:
@@ -31,6 +29,13 @@ class MetricsLog:
                 self.writer = SummaryWriter(str(self.path.parent / "tensorboard"))
             except ImportError:  # optional: tensorboard is not a dependency
                 self.writer = None
+
+    def truncate(self, step: int) -> None:
+        """Drop the entries past `step` (a resumed or rolled-back run continues from there)."""
+        if self.path.exists():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            atomic_write(self.path, lambda f: f.write(text.encode()))
 
     def log(self, record: dict) -> None:
         with self.path.open("a") as f:
@@ -46,10 +51,23 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl. A torn last line (a run killed, or a disk filling, mid-append) is
+    left out; a broken line before it is an error naming the file and the line."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise ValueError(
+                f"{path} line {number} is not a JSON record ({err}); remove or fix that line"
+            ) from err
+    return records
 
 
 def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path | None:
@@ -90,6 +108,8 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "")
         fig.suptitle(title)
     fig.tight_layout()
     png_path = Path(png_path)
-    atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
+    try:
+        atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)  # also when the write fails (a full disk): no figure left open
     return png_path

@@ -30,6 +30,7 @@ import torch
 from ditlab.atomic import atomic_write
 from ditlab.models.checkpoint import read_torch_file
 from ditlab.train import dcp
+from ditlab.train.lock import refuse_if_running
 
 CKPT_NAME = re.compile(r"^(\d{7,})\.pt$")
 DCP_NAME = re.compile(r"^(\d{7,})\.dcp$")  # a folder: one distributed checkpoint set
@@ -132,11 +133,20 @@ def load_training_state(path: str | Path) -> dict:
         state = read_torch_file(path)
     except ValueError as err:
         raise CorruptCheckpointError(str(err)) from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a ditlab training checkpoint (a dict)")
     missing = [k for k in ("model", "ema", "opt", "step", "config") if k not in state]
     if missing:
         raise ValueError(
             f"{path} is not a ditlab training checkpoint (missing {missing}); to fine-tune from plain "
             "weights use `ditlab finetune`, to sample use `ditlab sample`"
+        )
+    kinds = {"config": dict, "args": dict, "step": int, "model": dict, "ema": dict, "opt": dict}
+    odd = [k for k, kind in kinds.items() if k in state and not isinstance(state[k], kind)]
+    if odd or state["step"] < 0:
+        raise CorruptCheckpointError(
+            f"{path} is not a readable ditlab training checkpoint: entries of the wrong kind {odd or ['step']}; "
+            "it is corrupt or was edited: use an earlier checkpoint"
         )
     return state
 
@@ -150,6 +160,7 @@ def resume_checkpoint(out: str | Path, resume: str | os.PathLike | None) -> tupl
     """
     if not resume:
         return None
+    refuse_if_running(out)  # its owner may be writing and pruning the checkpoints this would read
     if str(resume) != "auto":
         path = Path(resume)
         return path, load_training_state(path)

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ditlab.atomic import atomic_write_text
+from ditlab.atomic import atomic_write_text, remove_orphan_temp_files
 from ditlab.autoencoders.inputs import latent_inputs
 from ditlab.data import ImageDataset, save_grid
 from ditlab.data.loader import batch_source, rank_part
 from ditlab.data.streaming import open_dataset
 from ditlab.diffusion.objective import ObjectiveSpec
 from ditlab.eval.evaluate import evaluate_model, fd_record, parse_features
-from ditlab.models.checkpoint import save_model
+from ditlab.models.checkpoint import load_state_dict_checked, save_model
 from ditlab.models.flops import flops
 from ditlab.models.zoo import create_model
 from ditlab.runtime import (
@@ -45,6 +45,8 @@ from ditlab.train import distributed as D
 from ditlab.train.config import TrainConfig, posthoc_sigmas
 from ditlab.train.dcp import load_states
 from ditlab.train.ema import EMA
+from ditlab.train.guard import NonFiniteGuard, TrainingDivergedError, skip_if_not_finite
+from ditlab.train.lock import RunLock
 from ditlab.train.metrics import MetricsLog, plot_curves
 from ditlab.train.parallel import Parallel, full_value
 from ditlab.train.posthoc_ema import PostHocEMA, list_snapshots, snapshot_dir
@@ -52,9 +54,11 @@ from ditlab.train.preempt import Preempted, StopFlag
 from ditlab.train.repa import build_repa
 from ditlab.train.schedule import lr_at
 from ditlab.train.state import (
+    CorruptCheckpointError,
     check_run_folder,
     checkpoint_dir,
     list_checkpoints,
+    load_training_state,
     move_aside,
     move_previous_run_aside,
     resume_checkpoint,
@@ -71,13 +75,18 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 class Trainer:
     """One training run into `cfg.out`. `resume`: None (a new run), "auto" (the newest loadable checkpoint
     in `cfg.out`, else a new run) or a checkpoint path. A new run refuses a folder that holds another run
-    unless `overwrite`, which moves that run's files into `previous-runs/<time>/` when `run()` starts."""
+    unless `overwrite`, which moves that run's files into `previous-runs/<time>/` when `run()` starts. While
+    `run()` runs it holds the folder's lock (ditlab.train.lock); `force` takes over a lock this machine
+    cannot check (one from another host)."""
 
-    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False):
+    def __init__(
+        self, cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False, force: bool = False
+    ):
         if overwrite and resume:
             raise ValueError("--overwrite starts a new run and --resume continues one: pass only one of them")
         self.cfg = cfg
-        self.resume, self.overwrite = resume, overwrite
+        self.resume, self.overwrite, self.force = resume, overwrite, force
+        self.lock: RunLock | None = None
         self._setup_runtime()
 
         # data: the named sets in memory (a batch is an index lookup); image folders stream through
@@ -164,6 +173,13 @@ class Trainer:
         )
         self.net = self.parallel.wrap(self.model, ema=self.ema.model, compile_model=compile_model)
         self.opt = self.build_optimizer()
+        self.guard = NonFiniteGuard(
+            cfg.nonfinite_patience,
+            cfg.nonfinite_action,
+            cfg.nonfinite_lr_factor,
+            cfg.nonfinite_max_rollbacks,
+            self.device,
+        )
         self.resumed_from: Path | None = None
         found = resume_checkpoint(self.out, resume)
         if found is not None:
@@ -237,9 +253,16 @@ class Trainer:
         if "dcp" in state or self.parallel.sharded:  # a distributed set, or any checkpoint into shards
             load_states(state, self.model, self.ema.model, self.opt)
         else:
-            self.model.load_state_dict(state["model"])
-            self.ema.load_state_dict(state["ema"])
-            self.opt.load_state_dict(state["opt"])
+            # a file's content is checked like any input: a wrong entry is named, never a torch traceback
+            load_state_dict_checked(self.model, state["model"], source=str(path))
+            load_state_dict_checked(self.ema.model, state["ema"], source=f"{path} (its EMA)")
+            try:
+                self.opt.load_state_dict(state["opt"])
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as err:
+                raise CorruptCheckpointError(
+                    f"{path} holds a training state this run cannot load ({err.__class__.__name__}: {err}); "
+                    "the file is corrupt or was edited: resume from an earlier checkpoint"
+                ) from err
         for name, part in (("repa", self.repa), ("posthoc_ema", self.posthoc)):
             if part is not None:
                 if name not in state:
@@ -257,12 +280,21 @@ class Trainer:
             )
         if "rng" in state:
             torch.set_rng_state(state["rng"])
+        self.guard.load_state_dict(state.get("guard"))
+        if self.guard.read().streak == 0:  # the step before it was finite: a state to roll back to
+            self.guard.good_checkpoint = Path(path)
         self.resumed_from = Path(path)
 
     def prepare_folder(self) -> None:
         """Before the first write. A new run: refuse a folder holding another run, or (overwrite) move that
         run's files aside. A continued run: move aside its checkpoints past the resumed step, a history this
-        run replaces (else retention or a later `--resume auto` could take them for this run's)."""
+        run replaces (else retention or a later `--resume auto` could take them for this run's). First of all:
+        take the folder's lock, then delete the temporary files a killed writer left there."""
+        if self.dist.is_main:
+            self.lock = RunLock.acquire(self.out, force=self.force)
+            for folder in (self.out, checkpoint_dir(self.out)):
+                for orphan in remove_orphan_temp_files(folder):
+                    self._note(f"removed {orphan}, the unfinished write of an earlier process")
         here = checkpoint_dir(self.out).resolve()
         if self.resumed_from is not None and self.resumed_from.resolve().parent == here:
             newer = [path for step, path in list_checkpoints(self.out) if step > self.step]
@@ -309,19 +341,71 @@ class Trainer:
             "rng": torch.get_rng_state(),
             **({"repa": self.repa.trainable_state()} if self.repa is not None else {}),
             **({"posthoc_ema": self.posthoc.trainable_state()} if self.posthoc is not None else {}),
+            "guard": self.guard.state_dict(self.guard.read()),
         }
 
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self, periodic: bool = False) -> Path | None:
+        """Write the training state. A `periodic` checkpoint is skipped while a run of non-finite steps
+        lasts: the weights are still those of its start, and the rollback target stays the last good one."""
+        reading = self.guard.read()  # the state_dict copies below synchronise anyway
+        if periodic and reading.streak > 0:
+            return None
         if self.parallel.sharded:  # every rank writes its shards (ditlab.train.dcp)
             meta = {k: v for k, v in self.state().items() if k not in ("model", "ema", "opt")}
-            return save_distributed_state(
+            path = save_distributed_state(
                 self.out, meta, self.model, self.ema.model, self.opt, self.dist, self.cfg.keep_last
             )
+            if reading.streak == 0:
+                self.guard.good_checkpoint = path
+            return path
         path = None
         if self.dist.is_main:
             path = save_training_state(self.out, self.state(), keep_last=self.cfg.keep_last)
         D.barrier(self.dist)
+        if reading.streak == 0:
+            self.guard.good_checkpoint = checkpoint_dir(self.out) / f"{self.step:07d}.pt"
         return path
+
+    def check_nonfinite(self, log: MetricsLog | None) -> bool:
+        """Act on a run of `nonfinite_patience` non-finite steps: roll back (True: the step went back) or stop
+        (TrainingDivergedError). Called where the loop synchronises anyway (logging, checkpoints)."""
+        reading = self.guard.read()
+        if not self.guard.tripped(reading):
+            return False
+        guard, at = self.guard, self.step
+        if guard.action == "stop":
+            raise TrainingDivergedError(guard.stop_message(reading, at, "and --nonfinite-action is stop"))
+        if guard.rollbacks >= guard.max_rollbacks:
+            why = f"after {guard.rollbacks} rollback(s) (--nonfinite-max-rollbacks)"
+            raise TrainingDivergedError(guard.stop_message(reading, at, why))
+        target = guard.good_checkpoint
+        if target is None or not target.is_file():
+            raise TrainingDivergedError(
+                guard.stop_message(reading, at, "and no good checkpoint to roll back to")
+            )
+        lr_scale, rollbacks = guard.lr_scale * guard.lr_factor, guard.rollbacks + 1
+        self._load(target, load_training_state(target))
+        guard.lr_scale, guard.rollbacks = lr_scale, rollbacks
+        guard.reset_streak()
+        newer = [path for step, path in list_checkpoints(self.out) if step > self.step]
+        if self.dist.is_main:
+            move_aside(self.out, newer)  # written during the streak: not this run's history any more
+            event = {
+                "step": self.step,
+                "event": "rollback",
+                "from_step": at,
+                "nonfinite_streak": reading.streak,
+            }
+            event.update(lr=self.cfg.lr * lr_scale, lr_scale=lr_scale, rollbacks=rollbacks)
+            self._note(
+                f"non-finite loss/gradient for {reading.streak} steps: rolled back from step {at} to "
+                f"{target} with the learning rate times {lr_scale:g}"
+            )
+            if log is not None:
+                log.truncate(self.step)
+                log.log(event)
+        D.barrier(self.dist)
+        return True
 
     def _example_inputs(self):
         x0, y, t, _, drop = self.batch_for_step(self.step)
@@ -367,7 +451,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         cfg = self.cfg
-        lr = self.lr_at(self.step)
+        lr = self.lr_at(self.step) * self.guard.lr_scale
         for group in self.opt.param_groups:
             group["lr"] = lr
         x0, y, t, noise, drop = self.batch_for_step(self.step)
@@ -382,11 +466,15 @@ class Trainer:
         else:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))  # norm only
         grad_norm = full_value(grad_norm)  # sharded gradients give a DTensor norm
-        self.opt.step()
-        self.ema.update(self.model, self.step)
-        self.update_posthoc_ema()
+        # a NaN/Inf loss or gradient changes nothing: the update and the EMA step are skipped on the device
+        ok = self.guard.finite(loss, grad_norm, self.dist)
+        if skip_if_not_finite(self.opt, ok):
+            self.opt.step()
+        self.ema.update(self.model, self.step, apply=ok)
+        self.update_posthoc_ema()  # a skipped step left the weights as they were: nothing non-finite enters
+        self.guard.observe(ok, self.step)
         self.step += 1
-        out = {"loss": loss.detach(), "grad_norm": grad_norm.detach(), "lr": lr}
+        out = {"loss": loss.detach(), "grad_norm": grad_norm.detach(), "lr": lr, "nonfinite_steps": ~ok}
         for key, value in terms.items():
             if key != "loss" and torch.is_tensor(value):
                 out[key] = value.float().mean().detach()
@@ -415,6 +503,15 @@ class Trainer:
         return save_grid(images, self.out / (name or f"samples_{self.step:07d}.png"), nrow=per_class)
 
     def run(self) -> dict:
+        """Train to `total_steps` (see the module docstring); the folder's lock is held throughout."""
+        try:
+            return self._run()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def _run(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
         self.prepare_folder()
         if main:
@@ -444,7 +541,11 @@ class Trainer:
                 window.append(self.train_step())
                 bar.update(1)
                 done = self.step
-                if done % cfg.log_every == 0 or done == self.total_steps:
+                at_log = done % cfg.log_every == 0 or done == self.total_steps
+                if (at_log or done % cfg.ckpt_every == 0) and self.check_nonfinite(log):
+                    bar.n, window, t_log = self.step, [], time.perf_counter()  # rolled back
+                    continue
+                if at_log:
                     last = self._log(window, time.perf_counter() - t_log, log, bar)
                     window, t_log = [], time.perf_counter()
                 t_aside = time.perf_counter()
@@ -453,7 +554,7 @@ class Trainer:
                 if cfg.sample_every and done % cfg.sample_every == 0:
                     self.write_samples()
                 if done % cfg.ckpt_every == 0 and done != self.total_steps:
-                    self.save_checkpoint()
+                    self.save_checkpoint(periodic=True)
                 t_log += time.perf_counter() - t_aside  # step rates count training steps only
                 if (reason := self.stop.should_stop()) and self.step < self.total_steps:  # all ranks agree
                     raise Preempted(self.step, reason, self.save_checkpoint())
@@ -492,7 +593,12 @@ class Trainer:
         record = {"step": self.step}
         for key in window[0]:
             values = torch.stack([torch.as_tensor(w[key], dtype=torch.float32) for w in window])
-            record[key] = float(D.mean_across_ranks(values.mean(), self.dist))
+            if key == "nonfinite_steps":  # a count: the skipped steps of this window (the same on every rank)
+                record[key] = int(values.sum())
+                continue
+            finite = values[torch.isfinite(values)]  # the skipped steps' NaN leave the averages alone
+            mean = finite.mean() if len(finite) else values.mean()
+            record[key] = float(D.mean_across_ranks(mean, self.dist))
         steps_per_s = len(window) / max(seconds, 1e-9)
         record["step_seconds"] = seconds  # this window's training time (evaluations and checkpoints excluded)
         record["steps_per_s"] = steps_per_s
@@ -593,10 +699,12 @@ def adamw(
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False) -> dict:
+def train(
+    cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False, force: bool = False
+) -> dict:
     """Run (or resume) a training run; returns a summary (final step, loss, paths, seconds). See Trainer
-    for `resume` and `overwrite`."""
-    return Trainer(cfg, resume=resume, overwrite=overwrite).run()
+    for `resume`, `overwrite` and `force`."""
+    return Trainer(cfg, resume=resume, overwrite=overwrite, force=force).run()
 
 
 __all__ = ["Trainer", "train", "step_generator", "compile_or_eager", "adamw"]
