@@ -104,14 +104,14 @@ def test_qk_norm_normalises_each_heads_queries_and_keys_to_unit_rms():
 
 @pytest.mark.parametrize("two_thirds", [False, True], ids=["mlp_ratio", "two-thirds"])
 def test_swiglu_parameter_count_as_configured(two_thirds):
-    gelu = create_model("DiT-S/2")
-    swiglu = create_model("DiT-S/2", mlp="swiglu", mlp_two_thirds=two_thirds)
+    gelu = create_model("DiT-S/2", depth=2)  # DiT-S's width, two blocks
+    swiglu = create_model("DiT-S/2", depth=2, mlp="swiglu", mlp_two_thirds=two_thirds)
     D = 384
     F = int(2 / 3 * 4 * D) if two_thirds else 4 * D
     assert swiglu.config.mlp_hidden == F
     assert sum(p.numel() for p in swiglu.blocks[0].mlp.parameters()) == 3 * D * F  # w1, w3, w2; no biases
     gelu_mlp = 2 * D * 4 * D + 4 * D + D  # fc1, fc2 and their biases
-    extra = (3 * D * F - gelu_mlp) * 12
+    extra = (3 * D * F - gelu_mlp) * 2
     assert swiglu.num_parameters() == gelu.num_parameters() + extra
     if two_thirds:  # LightningDiT's rule: the three matrices hold exactly the GELU MLP's weights
         assert 3 * D * F == 2 * D * 4 * D
@@ -150,3 +150,45 @@ def test_diffusers_dit_export_refuses_the_block_options(option):
     """DiTTransformer2DModel has none of these parts: an export would drop or misplace their weights."""
     with pytest.raises(ValueError, match="cannot export to diffusers"):
         diffusers_config(tiny(**option).config)
+
+
+def _max_logit_after_training(qk_norm: bool, lr: float, steps: int) -> tuple[float, float]:
+    """Train a tiny DiT at `lr` for `steps`; -> (largest |attention logit| of any block on a batch, the bound
+    √hd·max|w_q|·max|w_k| of its QK-norm weights, or inf without QK-norm)."""
+    torch.manual_seed(0)
+    model = tiny(qk_norm=qk_norm).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
+    for _ in range(steps):
+        t, noise = torch.randint(0, 1000, (32,), generator=g), torch.randn(32, 1, 8, 8, generator=g)
+        loss = (model(x + noise, t, y)[:, :1] - noise).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    seen = []
+    hooks = [
+        b.attn.register_forward_pre_hook(lambda attn, a: seen.append(attn.logits(a[0]).abs().max().item()))
+        for b in model.blocks
+    ]
+    with torch.no_grad():
+        model(x, t, y)
+    for hook in hooks:
+        hook.remove()
+    if not qk_norm:
+        return max(seen), float("inf")
+    bound = max(
+        16**0.5 * b.attn.q_norm.weight.abs().max() * b.attn.k_norm.weight.abs().max() for b in model.blocks
+    )
+    return max(seen), bound.item()
+
+
+@pytest.mark.slow
+def test_qk_norm_stops_attention_logit_growth_at_a_large_learning_rate():
+    """Logit growth (the ViT-22B and LightningDiT failure at scale): at lr 0.05 a few steps push the plain
+    attention's logits past 100 (a one-hot softmax; fp16's 65504 is the next stop), QK-norm keeps them at the
+    bound its learned weights set."""
+    plain, _ = _max_logit_after_training(False, 0.05, 20)
+    normed, bound = _max_logit_after_training(True, 0.05, 20)
+    assert plain > 100
+    assert normed <= bound * (1 + 1e-5) and normed < 20
