@@ -103,3 +103,34 @@ def test_dydit_report_reads_the_run_settings_and_compares_every_extractor(tmp_pa
     dyn = {"effnet": {"fd": 110.0, "floor": {"fd": 20.0}, "precision": 0.5, "recall": None}}
     (row,) = dydit.extractor_rows(dense, dyn)
     assert row == "| effnet | 100.000 | 110.000 | 1.100 | 20.000 | 0.500 / 0.500 | 0.250 / – |"
+
+
+def test_recipe_arms_change_one_thing_each_and_combine_them_all():
+    recipe = load("recipe")
+    base = json.loads(recipe.PAPER.read_text())
+    assert recipe.arm_fields("paper", base) == base and recipe.arm_fields("guidance", base) == base
+    swiglu = recipe.arm_fields("swiglu", base)
+    assert {k for k in swiglu if swiglu[k] != base.get(k)} == {"model_args"}
+    combined = recipe.resolve(recipe.arm_fields("combined", base), base_steps=32, steps=400)
+    assert combined["model_args"] == {"mlp": "swiglu", "mlp_two_thirds": True, "qk_norm": True, "rope": True}
+    assert (
+        combined["objective"] == "flow" and combined["adam_beta2"] == 0.95 and combined["repa_weight"] == 0.5
+    )
+    assert combined["warmup_steps"] == 20 and combined["sample_steps"] == 16 and combined["steps"] == 400
+    args = recipe.parse_args(["--interval", "100", "600"])
+    assert recipe.sampling_of("paper", base, args)["guidance_interval"] is None
+    assert recipe.sampling_of("combined", combined, args)["guidance_interval"] == (100.0, 600.0)
+    assert recipe.sampling_of("guidance", base, args)["guidance_scale"] == recipe.GUIDANCE_SCALE
+
+
+@pytest.mark.slow
+def test_recipe_quick_smoke_run_writes_the_report_and_plot(tmp_path):
+    recipe = load("recipe")
+    report, png = tmp_path / "recipe.md", tmp_path / "recipe.png"
+    argv = ["--quick", "--threads", "1", "--evals", "1", "--arms", "paper", "interval-guidance"]
+    assert (
+        recipe.main([*argv, "--out", str(tmp_path / "runs"), "--write", str(report), "--plot", str(png)]) == 0
+    )
+    text = report.read_text()
+    assert "| paper |" in text and "| interval-guidance |" in text and "Real-data floor" in text
+    assert png.stat().st_size > 1000

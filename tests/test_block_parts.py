@@ -142,6 +142,31 @@ def test_analytic_flops_count_the_arrangement(arrangement):
     assert b["norms"] == 2 * (model.config.branches * 16 * 64) + 16 * 64
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(mlp="swiglu"),
+        dict(mlp="swiglu", mlp_two_thirds=True),
+        dict(qk_norm=True),
+        dict(rope=True),
+        dict(rope=True, pos_embed="sincos", qk_norm=True, mlp="swiglu"),
+    ],
+    ids=["swiglu", "swiglu-two-thirds", "qk-norm", "rope", "all"],
+)
+def test_analytic_flops_count_each_block_option(options):
+    """The counter sees every matmul (SwiGLU's three), none of the rotations or norms; the analytic norms add
+    the q and k RMSNorms (one op per element of 2·T·D per block) to the token norms."""
+    model = tiny("adaln-zero", **options).eval()
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        macs = count_macs(lambda: model(x, t, y))
+    b = flop_breakdown(model)
+    assert macs == pytest.approx(3 * (b["total"] - b["norms"]), rel=1e-12)
+    qk = 2 * 16 * 64 if options.get("qk_norm") else 0
+    assert b["norms"] == 2 * (2 * 16 * 64 + qk) + 16 * 64
+    assert b["mlp"] == 2 * 16 * 64 * model.config.mlp_hidden * (3 if options.get("mlp") else 2)
+
+
 def test_parallel_arrangement_refuses_what_it_cannot_hold():
     with pytest.raises(ValueError, match="cross-attention layer or sandwich norms"):
         tiny("cross-attention", arrangement="parallel")

@@ -55,3 +55,24 @@ def test_every_parameter_of_every_variant_gets_a_gradient(variant, case, fast):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert len(trainable) > 10
     assert _dead_parameters(model, kwargs) == []
+
+
+BLOCK_OPTIONS = {  # the later DiTs' block options on the class-conditional DiT (issue 18)
+    "swiglu": dict(mlp="swiglu"),
+    "swiglu-two-thirds": dict(mlp="swiglu", mlp_two_thirds=True),
+    "qk-norm": dict(qk_norm=True),
+    "rope": dict(rope=True),
+    "rope+sincos": dict(rope=True, pos_embed="sincos"),
+    "lightning": dict(mlp="swiglu", qk_norm=True, rope=True, norm="rmsnorm", shift=False),
+}
+
+
+@pytest.mark.parametrize("option", list(BLOCK_OPTIONS))
+def test_every_parameter_of_each_block_option_gets_a_gradient(option):
+    torch.manual_seed(0)
+    kwargs = dict(num_classes=5, **BLOCK_OPTIONS[option])
+    model = create_model("DiT-Nano/2", input_size=8, in_channels=3, class_dropout_prob=0.1, **kwargs).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    assert _dead_parameters(model, kwargs) == []

@@ -29,6 +29,8 @@ TEXT_MIXINGS = ("none", "cross-attention", "joint", "concat")
 # Linear → GELU(tanh) → Linear (PixArt-α's caption projection).
 TEXT_EMBEDDERS = ("linear", "mlp", "rms-linear")  # rms-linear: RMSNorm then Linear (Z-Image's cap_embedder)
 MLPS = ("gelu", "swiglu")
+# Absolute positions: the fixed additive 2-D sin-cos table (DiT) or none (rotary-only models, Flux, Z-Image).
+POS_EMBEDS = ("sincos", "none")
 # Conditionings that produce per-branch modulation, and those whose modulation includes residual gates.
 MODULATED = ("adaln", "adaln-zero", "adaln-single")
 GATED = ("adaln-zero", "adaln-single")
@@ -73,13 +75,17 @@ class DiTConfig(DictConfig):
     cross_norm: bool = True  # a norm before the cross-attention layer (DiT paper); PixArt-α has none
     qk_norm: bool = False  # RMSNorm (learned weight) on each head's queries and keys (SD3.5, Flux, Z-Image)
     context_refiner: int = 0  # Z-Image: unmodulated blocks run over the text tokens alone before the blocks
-    rope: bool = False  # 2-D rotary positions on queries and keys instead of the additive sin-cos table
+    rope: bool = False  # 2-D rotary positions on each head's queries and keys (LightningDiT, Flux, Z-Image)
+    pos_embed: str | None = None  # one of POS_EMBEDS; None = "none" with rope, else "sincos" (both can be on)
     rope_lead: int = 0  # rotary: head channels left unrotated before the row and column axes (Flux: 16)
     double_blocks: int = (
         0  # concat (Flux): the first N blocks are MMDiT double-stream blocks, then one stream
     )
     # --- Z-Image's block and condition details (defaults: DiT's) ---
     mlp: str = "gelu"  # one of MLPS: DiT's GELU MLP or a SwiGLU (w1, w3 -> w2, no biases)
+    # SwiGLU's hidden width int(2/3 · int(mlp_ratio · D)), LightningDiT's rule: its three D×F matrices then hold
+    # the GELU MLP's two matrices' parameters (the GELU MLP's biases aside). False: mlp_ratio · D (Z-Image).
+    mlp_two_thirds: bool = False
     attn_bias: bool = True  # biases in the self-attention's qkv and output projections
     norm_affine: bool = (
         False  # a learned weight (and bias, LayerNorm) in the block norms (Z-Image's RMSNorms)
@@ -104,6 +110,8 @@ class DiTConfig(DictConfig):
             self.input_size = tuple(self.input_size)
         if self.zero_init is None:
             self.zero_init = self.conditioning == "adaln-zero"
+        if self.pos_embed is None:  # rotary models carry no additive table unless asked for one
+            self.pos_embed = "none" if self.rope else "sincos"
         self.validate()
 
     # --- derived quantities ---
@@ -128,7 +136,8 @@ class DiTConfig(DictConfig):
 
     @property
     def mlp_hidden(self) -> int:
-        return int(self.hidden_size * self.mlp_ratio)
+        hidden = int(self.hidden_size * self.mlp_ratio)
+        return int(2 / 3 * hidden) if self.mlp_two_thirds else hidden
 
     @property
     def gated(self) -> bool:
@@ -151,6 +160,10 @@ class DiTConfig(DictConfig):
         choose("text_mixing", self.text_mixing, TEXT_MIXINGS)
         choose("text_embedder", self.text_embedder, TEXT_EMBEDDERS)
         choose("mlp", self.mlp, MLPS)
+        choose("pos_embed", self.pos_embed, POS_EMBEDS)
+        self.validate_flags()
+        if self.mlp_two_thirds and self.mlp != "swiglu":
+            raise ValueError("mlp_two_thirds sizes a SwiGLU MLP's hidden width; set mlp='swiglu' or drop it")
         if self.final_norm:
             choose("final_norm", self.final_norm, NORMS)
         self.validate_text()
@@ -177,6 +190,17 @@ class DiTConfig(DictConfig):
             )
         if not 0 <= self.class_dropout_prob < 1:
             raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
+
+    def validate_flags(self) -> None:
+        """On/off fields must be booleans: `--model-args qk_norm=True` reads as the text 'True' (JSON spells
+        it true), and any text, 'false' too, would switch the option on."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):
+                raise ValueError(
+                    f"{f.name} must be true or false, got {value!r}; on the command line write "
+                    f"--model-args {f.name}=true (JSON, lower case)"
+                )
 
     def validate_text(self) -> None:
         if (self.text_dim > 0) != (self.text_mixing != "none"):
@@ -278,5 +302,7 @@ class DiTConfig(DictConfig):
         d = self.to_dict()
         if "conditioning" in overrides and "zero_init" not in overrides:
             d["zero_init"] = None  # re-derive the conditioning's default
+        if "rope" in overrides and "pos_embed" not in overrides:
+            d["pos_embed"] = None  # re-derive: switching rotary positions on drops the table unless asked
         d.update(overrides)
         return DiTConfig.from_dict(d)

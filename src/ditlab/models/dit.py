@@ -40,8 +40,14 @@ take text tokens (N, L, text_dim) with their mask, `forward(x, t, pooled=..., te
   refiner (`noise_refiner` modulated Blocks over the image tokens alone) run first. Its checkpoints' other
   details are config fields of the same parts (SwiGLU `mlp`, bias-free attention, weighted norms, a 256-d
   condition `cond_dim` projected without SiLU, a LayerNorm `final_norm`, rotary ids with a sequence axis).
-- Positions: the additive sin-cos table (cropped from a max-size table for SD3, `pos_embed_max_size`) or 2-D
-  rotary positions on the image tokens' queries and keys (`rope`; text tokens sit at position 0).
+- Positions: the additive sin-cos table (cropped from a max-size table for SD3, `pos_embed_max_size`), 2-D
+  rotary positions on the image tokens' queries and keys (`rope`; text tokens sit at position 0), or both
+  (`rope=True, pos_embed="sincos"`).
+
+The later class-conditional DiTs' block lessons (LightningDiT) are the same fields on the class-conditional
+model: `mlp="swiglu"` (with `mlp_two_thirds` for its 2/3 hidden width), `qk_norm` (per-head RMSNorm of queries
+and keys, which bounds the attention logits by √head_dim·|w_q|·|w_k| and keeps low-precision training finite),
+`rope` with or without the table, `norm="rmsnorm"` and `shift=False`.
 """
 
 from __future__ import annotations
@@ -406,9 +412,12 @@ class DiT(nn.Module):
         )
         # Fixed positions for the configured grid; a checkpoint carries them (key `pos_embed`) but they are
         # never trained. Other grid sizes get a table built on the fly.
-        # SD3 keeps a max-size table and crops each input's grid from its centre; rotary models have none.
+        # SD3 keeps a max-size table and crops each input's grid from its centre; rotary models have none unless
+        # the config asks for both (pos_embed="sincos" with rope).
         table = cfg.pos_embed_max_size**2 if cfg.pos_embed_max_size else cfg.num_tokens
-        self.pos_embed = None if cfg.rope else nn.Parameter(torch.zeros(1, table, D), requires_grad=False)
+        self.pos_embed = (
+            None if cfg.pos_embed == "none" else nn.Parameter(torch.zeros(1, table, D), requires_grad=False)
+        )
         joint = cfg.text_mixing == "joint"  # the last MMDiT block is context-pre-only
         # Flux: MMDiT double-stream blocks (not pre-only: the stream merges into the single stream) come first.
         double = (

@@ -253,6 +253,10 @@ def diffusers_config(cfg: DiTConfig) -> dict:
         sandwich_norm=False,
         pooled_dim=0,
         arrangement="sequential",
+        mlp="gelu",  # the later DiTs' block options have no place in DiTTransformer2DModel either
+        qk_norm=False,
+        rope=False,
+        pos_embed="sincos",
     )
     for field, wanted in required.items():
         if getattr(cfg, field) != wanted:

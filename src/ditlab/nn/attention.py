@@ -107,15 +107,30 @@ class Attention(nn.Module):
         multiplied by `head_mask` (N, H) before the output projection; `mask` (N, T) marks the tokens that
         exist (keys), `rope` rotates queries and keys (see the module docstring)."""
         N, T, _ = x.shape
+        q, k, v = self.heads(x, weights, rope)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias(mask, q.dtype))  # (N, h, T, hd)
+        if head_mask is not None:
+            out = out * head_mask[:, :, None, None].to(out.dtype)
+        out = out.transpose(1, 2).reshape(N, T, q.shape[1] * self.head_dim)
+        return self.proj(out) if weights is None else F.linear(out, weights.proj_weight, self.proj.bias)
+
+    def heads(self, x: torch.Tensor, weights: AttentionSlice | None = None, rope=None):
+        """x (N, T, D) -> q, k, v (N, h, T, hd): projected, q and k normed per head (`qk_norm`) and rotated."""
+        N, T, _ = x.shape
         heads = self.num_heads if weights is None else weights.heads
         qkv = self.qkv(x) if weights is None else F.linear(x, weights.qkv_weight, weights.qkv_bias)
         qkv = qkv.view(N, T, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, N, h, T, hd)
         q, k = rotate(_normed(qkv[0], self.q_norm), rope), rotate(_normed(qkv[1], self.k_norm), rope)
-        out = F.scaled_dot_product_attention(q, k, qkv[2], attn_mask=key_bias(mask, q.dtype))  # (N, h, T, hd)
-        if head_mask is not None:
-            out = out * head_mask[:, :, None, None].to(out.dtype)
-        out = out.transpose(1, 2).reshape(N, T, heads * self.head_dim)
-        return self.proj(out) if weights is None else F.linear(out, weights.proj_weight, self.proj.bias)
+        return q, k, qkv[2]
+
+    def logits(self, x: torch.Tensor, rope=None) -> torch.Tensor:
+        """The pre-softmax attention logits q·k/√hd (N, h, T, T) in the working precision (x's dtype, or
+        autocast's): what a kernel that forms QKᵀ in that precision holds before its softmax. Without
+        `qk_norm` they grow with the square of the activations' and weights' scale (fp16 overflows past
+        65504, and a softmax over an inf row is NaN); with it |logit| ≤ √hd·max|w_q|·max|w_k|, the norms'
+        learned weights, whatever the input."""
+        q, k, _ = self.heads(x, rope=rope)
+        return torch.matmul(q, k.transpose(-2, -1)) * self.head_dim**-0.5
 
     def sliced(self, heads: tuple[int, ...]) -> AttentionSlice:
         """Copies of the qkv rows and proj columns of `heads`, contiguous, ready for plain matmuls."""
