@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from ditlab.data import load_dataset
+from ditlab.train import TrainConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -50,3 +51,10 @@ def test_shape_measure_recognises_real_shapes_and_fails_the_rest():
     # heavily blurred shapes are blobs: the squares lose their corners and count as circles
     blobs = np.stack([np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(3))) for im in images])
     assert sf.shape_scores(blobs, labels)["per_class"]["square"] < 0.5
+
+
+def test_small_folder_recipe_is_a_train_config_the_script_runs():
+    cfg = TrainConfig.load(sf.RECIPE)  # an unknown or misspelt field raises here
+    assert cfg.objective == "flow" and cfg.model == "DiT-Nano/4" and cfg.steps == 4000
+    run = cfg.replace(data="shapes", out="runs/x", threads=1)  # what benchmarks/small_folder.py changes
+    assert (run.lr, run.guidance_scale, run.sampler) == (cfg.lr, cfg.guidance_scale, cfg.sampler)
