@@ -579,6 +579,11 @@ def to_diffusers(model: DiT):
     transformer = cls(**kwargs)
     transformer.register_to_config(**{DITLAB_KEY: model_metadata(model)})  # from_diffusers restores it
     transformer.load_state_dict(state_dict_to_diffusers(model), strict=True)
+    return _like_model(transformer, model)
+
+
+def _like_model(transformer, model: DiT):
+    """`transformer` on `model`'s device and dtype, in eval mode (shared by the DiT and the text exports)."""
     param = next(model.parameters())
     if param.dtype != torch.float32:  # diffusers logs a warning on any dtype cast, so only cast when needed
         transformer = transformer.to(dtype=param.dtype)
@@ -593,11 +598,18 @@ def save_diffusers(model: DiT, path: str | os.PathLike) -> Path:
     """
     kwargs = diffusers_config(model.config)
     _warn_export_mismatch(model)
+    config = {"_class_name": DIFFUSERS_CLASS, **kwargs, DITLAB_KEY: model_metadata(model)}
+    return _write_folder(path, config, state_dict_to_diffusers(model))
+
+
+def _write_folder(path: str | os.PathLike, config: dict, state_dict: dict) -> Path:
+    """Write a diffusers folder: `config` (plus the installed diffusers version, if any) as config.json and
+    `state_dict` as diffusion_pytorch_model.safetensors; returns the folder (shared by the DiT and text exports)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file; save_diffusers writes a folder")
-    tensors = {k: v.contiguous().cpu() for k, v in state_dict_to_diffusers(model).items()}
-    config = {"_class_name": DIFFUSERS_CLASS, **kwargs, DITLAB_KEY: model_metadata(model)}
+        raise ValueError(f"{path} is a file; a diffusers model is written as a folder")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    config = dict(config)
     try:
         import diffusers
 

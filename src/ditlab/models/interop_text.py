@@ -51,9 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from ditlab.atomic import atomic_write
 from ditlab.models.checkpoint import CONFIG_KEY, load_state_dict_checked, model_metadata, restore_metadata
 from ditlab.models.config import DiTConfig
 from ditlab.models.dit import DiT
@@ -62,10 +60,11 @@ from ditlab.models.interop import (
     CONFIG_NAME,
     DITLAB_KEY,
     INSTALL_HINT,
-    WEIGHTS_NAME,
+    _like_model,
     _read_weights,
     _record,
     _resolve_folder,
+    _write_folder,
 )
 
 SD3 = "SD3Transformer2DModel"
@@ -1039,33 +1038,13 @@ def to_text_diffusers(model: DiT):
     transformer = getattr(diffusers, name)(**config)
     transformer.register_to_config(**{DITLAB_KEY: record})
     transformer.load_state_dict(state_dict_to_text_diffusers(model), strict=True)
-    param = next(model.parameters())
-    if param.dtype != torch.float32:
-        transformer = transformer.to(dtype=param.dtype)
-    return transformer.to(param.device).eval()
+    return _like_model(transformer, model)
 
 
 def save_text_diffusers(model: DiT, path: str | os.PathLike) -> Path:
     """Write a text model as a diffusers folder (config.json + diffusion_pytorch_model.safetensors) that
     the diffusers class's `from_pretrained(path)` loads; returns the folder. Does not need diffusers."""
-    config = text_diffusers_config(model)
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file; a diffusers model is written as a folder")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict_to_text_diffusers(model).items()}
-    try:
-        import diffusers
-
-        config["_diffusers_version"] = diffusers.__version__
-    except ImportError:
-        pass
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write(
-        path / f"{WEIGHTS_NAME}.safetensors", lambda f: save_file(tensors, f.name, metadata={"format": "pt"})
-    )
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    atomic_write(path / CONFIG_NAME, lambda f: f.write(text.encode()))
-    return path
+    return _write_folder(path, text_diffusers_config(model), state_dict_to_text_diffusers(model))
 
 
 def folder_class(path: Path) -> str | None:
