@@ -119,8 +119,12 @@ class _Level(nn.Module):
         return x
 
 
-class Encoder(nn.Module):
-    """Images (N, in_channels, H, W) -> features (N, out_channels, H/f, W/f), f = 2 ** (levels - 1)."""
+class _Trunk(nn.Module):
+    """What Encoder and Decoder share: conv_in, a level per width (each but the last resamples), the middle
+    block, then GroupNorm, SiLU and conv_out. The decoder walks the widths in reverse, runs its middle block
+    first and has one extra resnet a level. Modules are built in the order they run (the init draws follow it)."""
+
+    resample: str  # "down" (Encoder) or "up" (Decoder)
 
     def __init__(
         self,
@@ -132,21 +136,35 @@ class Encoder(nn.Module):
         mid_attention: bool,
     ) -> None:
         super().__init__()
-        widths = tuple(block_out_channels)
+        resample = self.resample
+        up = resample == "up"
+        widths = tuple(reversed(block_out_channels)) if up else tuple(block_out_channels)
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
-        self.down_blocks = nn.ModuleList(
+        if up:
+            self.mid_block = MidBlock(widths[0], groups, mid_attention)
+        levels = nn.ModuleList(
             _Level(
                 widths[max(i - 1, 0)],
                 width,
-                layers_per_block,
+                layers_per_block + int(up),
                 groups,
-                "down" if i < len(widths) - 1 else None,
+                resample if i < len(widths) - 1 else None,
             )
             for i, width in enumerate(widths)
         )
-        self.mid_block = MidBlock(widths[-1], groups, mid_attention)
+        if up:
+            self.up_blocks = levels
+        else:
+            self.down_blocks = levels
+            self.mid_block = MidBlock(widths[-1], groups, mid_attention)
         self.conv_norm_out = nn.GroupNorm(groups, widths[-1], eps=_EPS)
         self.conv_out = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
+
+
+class Encoder(_Trunk):
+    """Images (N, in_channels, H, W) -> features (N, out_channels, H/f, W/f), f = 2 ** (levels - 1)."""
+
+    resample = "down"
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv_in(x)
@@ -156,34 +174,10 @@ class Encoder(nn.Module):
         return self.conv_out(F.silu(self.conv_norm_out(h)))
 
 
-class Decoder(nn.Module):
+class Decoder(_Trunk):
     """Latents (N, in_channels, h, w) -> images (N, out_channels, h*f, w*f); each level has one extra block."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        block_out_channels: tuple[int, ...],
-        layers_per_block: int,
-        groups: int,
-        mid_attention: bool,
-    ) -> None:
-        super().__init__()
-        widths = tuple(reversed(block_out_channels))
-        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
-        self.mid_block = MidBlock(widths[0], groups, mid_attention)
-        self.up_blocks = nn.ModuleList(
-            _Level(
-                widths[max(i - 1, 0)],
-                width,
-                layers_per_block + 1,
-                groups,
-                "up" if i < len(widths) - 1 else None,
-            )
-            for i, width in enumerate(widths)
-        )
-        self.conv_norm_out = nn.GroupNorm(groups, widths[-1], eps=_EPS)
-        self.conv_out = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
+    resample = "up"
 
     @property
     def last_layer(self) -> nn.Parameter:
