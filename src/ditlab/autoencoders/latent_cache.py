@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,18 +147,12 @@ def load_latent_cache(path: str | Path, autoencoder: Autoencoder | None = None) 
     if metadata.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a ditlab latent cache (format {metadata.get('format')!r})")
     cache = _to_cache(load_file(str(path)), metadata)
-    if autoencoder is not None:
-        mine = (autoencoder.source, float(autoencoder.scale), float(autoencoder.shift))
-        theirs = (cache.source, cache.scale, cache.shift)
-        if mine != theirs:
-            raise ValueError(
-                f"latent cache {path} was built with (source, scale, shift) = {theirs}, but this autoencoder "
-                f"is {mine}; delete the file or rebuild it with cache_latents()"
-            )
+    _check_built_by(metadata, autoencoder, path, "delete the file or rebuild it with cache_latents()")
     return cache
 
 
-def _to_cache(tensors: dict[str, Tensor], metadata: dict[str, str]) -> LatentCache:
+def _to_cache(tensors: dict[str, Tensor], metadata: Mapping) -> LatentCache:
+    """A LatentCache from its tensors and the metadata (file header or shard manifest) naming its autoencoder."""
     return LatentCache(
         mean=tensors["mean"],
         std=tensors.get("std"),
@@ -166,7 +160,23 @@ def _to_cache(tensors: dict[str, Tensor], metadata: dict[str, str]) -> LatentCac
         source=metadata["source"],
         scale=float(metadata["scale"]),
         shift=float(metadata["shift"]),
+        flip_mean=tensors.get("flip_mean"),
+        flip_std=tensors.get("flip_std"),
     )
+
+
+def _check_built_by(metadata: Mapping, autoencoder: Autoencoder | None, where, fix: str) -> None:
+    """Refuse latents that another autoencoder (or another scale/shift) made, as the cache's metadata (file
+    header or shard manifest) names it; no-op without an autoencoder."""
+    if autoencoder is None:
+        return
+    mine = (autoencoder.source, float(autoencoder.scale), float(autoencoder.shift))
+    theirs = (metadata["source"], float(metadata["scale"]), float(metadata["shift"]))
+    if mine != theirs:
+        raise ValueError(
+            f"latent cache {where} was built with (source, scale, shift) = {theirs}, but this autoencoder "
+            f"is {mine}; {fix}"
+        )
 
 
 # ---------------------------------------------------------------------------------------- sharded caches
@@ -317,14 +327,8 @@ def load_latent_shards(folder: str | Path, autoencoder: Autoencoder | None = Non
     """All shards of a cache in memory as one :class:`LatentCache` (checked against ``autoencoder``)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if autoencoder is not None:
-        mine = (autoencoder.source, float(autoencoder.scale), float(autoencoder.shift))
-        theirs = (manifest["source"], manifest["scale"], manifest["shift"])
-        if mine != theirs:
-            raise ValueError(
-                f"latent cache {folder} was built with (source, scale, shift) = {theirs}, but this autoencoder "
-                f"is {mine}; rebuild it with `ditlab latents --vae ...`"
-            )
+    # checked before the shards are read (they can be large)
+    _check_built_by(manifest, autoencoder, folder, "rebuild it with `ditlab latents --vae ...`")
     parts: dict[str, list[Tensor]] = {}
     for name in manifest["shards"]:
         for key, value in load_file(str(folder / name)).items():
@@ -334,13 +338,4 @@ def load_latent_shards(folder: str | Path, autoencoder: Autoencoder | None = Non
         raise ValueError(
             f"{folder}: the shards hold {t['mean'].shape[0]} latents, the manifest {manifest['count']}"
         )
-    return LatentCache(
-        mean=t["mean"],
-        std=t.get("std"),
-        labels=t.get("labels"),
-        source=manifest["source"],
-        scale=float(manifest["scale"]),
-        shift=float(manifest["shift"]),
-        flip_mean=t.get("flip_mean"),
-        flip_std=t.get("flip_std"),
-    )
+    return _to_cache(t, manifest)
