@@ -292,7 +292,19 @@ def parse_caption(caption: str) -> tuple[tuple[tuple[str, str], ...], str | None
     return (first, (m[4], m[5])), m[3]
 
 
-_SPEC = re.compile(r"^shapes(?:\[(?P<size>[^\]]*)\])?(?::(?P<split>[^:]*))?$")
+def parse_sized_spec(name: str, spec: str, splits: Sequence[str]) -> tuple[int | None, str | None]:
+    """ "NAME[64]:test" -> (64, "test"), for the generated sets whose bracket is the image size in px (not a
+    class list): shapes and emoji. The size is not range-checked here (each set checks its own)."""
+    m = re.fullmatch(rf"{re.escape(name)}(?:\[(?P<size>[^\]]*)\])?(?::(?P<split>[^:]*))?", spec)
+    if m is None or (m["split"] is not None and m["split"] not in splits):
+        raise ValueError(
+            f"bad {name} spec {spec!r}: use {name} or {name}[SIZE] (e.g. {name}[64]), optionally with :SPLIT "
+            f"({', '.join(splits)})"
+        )
+    size = m["size"]
+    if size is not None and not size.isdigit():
+        raise ValueError(f"bad {name} spec {spec!r}: the bracket holds the image size in px, e.g. {name}[64]")
+    return (None if size is None else int(size)), m["split"]
 
 
 def is_shapes_spec(spec: str) -> bool:
@@ -302,16 +314,8 @@ def is_shapes_spec(spec: str) -> bool:
 
 def parse_shapes_spec(spec: str, splits: Sequence[str]) -> tuple[int | None, str | None]:
     """ "shapes[64]:test" -> (64, "test"); the bracket is the image size in px, not a class list."""
-    m = _SPEC.match(spec)
-    if m is None or (m["split"] is not None and m["split"] not in splits):
-        raise ValueError(
-            f"bad shapes spec {spec!r}: use shapes or shapes[SIZE] (e.g. shapes[64]), optionally with :SPLIT "
-            f"({', '.join(splits)})"
-        )
-    size = m["size"]
-    if size is not None and not size.isdigit():
-        raise ValueError(f"bad shapes spec {spec!r}: the bracket holds the image size in px, e.g. shapes[64]")
-    return (None if size is None else check_shapes_size(int(size))), m["split"]
+    size, split = parse_sized_spec("shapes", spec, splits)
+    return (None if size is None else check_shapes_size(size)), split
 
 
 def shapes_render_size(resolution: int | None, image_size) -> int:

@@ -45,12 +45,17 @@ from ditlab.data.captions import FASHION_MNIST_CAPTIONS, class_captions
 from ditlab.data.dataset import ImageDataset
 from ditlab.data.emoji import EMOJI_DEFAULT_SIZE, check_emoji_size, load_emoji_arrays
 from ditlab.data.image_folder import folder_image_shape, load_image_folder_arrays
-from ditlab.data.shapes import is_shapes_spec, make_shapes, parse_shapes_spec, shapes_render_size
+from ditlab.data.shapes import (
+    is_shapes_spec,
+    make_shapes,
+    parse_shapes_spec,
+    parse_sized_spec,
+    shapes_render_size,
+)
 from ditlab.data.transforms import convert_channels, resize_images, size_pair
 
 NAMED_DATASETS = ("digits", "fashion-mnist", "shapes", "emoji")
 _FOLDER_PREFIXES = ("folder", "imagefolder")
-_EMOJI = re.compile(r"^emoji(?:\[(?P<size>[^\]]*)\])?(?::(?P<split>[^:]*))?$")
 
 
 # "[0-4]" or "[0,2,7-9]" right after the name/path, optionally followed by ":SPLIT".
@@ -185,18 +190,8 @@ def parse_spec(spec: str | os.PathLike | DatasetSpec) -> DatasetSpec:
 
 def _parse_emoji(spec: str) -> DatasetSpec:
     """ "emoji", "emoji[64]", "emoji:test", "emoji[64]:test" (the bracket is the size in px, not classes)."""
-    m = _EMOJI.match(spec)
-    if m is None or (m["split"] is not None and m["split"] not in SPLITS):
-        raise ValueError(
-            f"bad emoji spec {spec!r}: use emoji, emoji[SIZE] (e.g. emoji[64]) and optionally :SPLIT "
-            f"({', '.join(SPLITS)})"
-        )
-    size = m["size"]
-    if size is not None and not size.isdigit():
-        raise ValueError(f"bad emoji spec {spec!r}: the bracket holds the image size in px, e.g. emoji[64]")
-    return DatasetSpec(
-        "emoji", None, m["split"], resolution=None if size is None else check_emoji_size(int(size))
-    )
+    size, split = parse_sized_spec("emoji", spec, SPLITS)
+    return DatasetSpec("emoji", None, split, resolution=None if size is None else check_emoji_size(size))
 
 
 def folder_for_split(root: Path, split: str) -> Path:

@@ -256,24 +256,17 @@ def open_dataset(
         raise ValueError(
             f"{parsed} is held in memory (it is small); streaming is for image folders: use --data-loader auto"
         )
-    if parsed.kind != "folder" or loader == "memory":
-        return load_dataset(
-            parsed,
-            image_size=image_size,
-            channels=channels,
-            center_crop=center_crop,
-            flip=flip,
-            unconditional=unconditional,
-            bad_images=bad_images,
-        )
-    return open_image_folder(
-        folder_for_split(Path(parsed.path), parsed.split),
+    # the two loaders take the same image options
+    options = dict(
         image_size=image_size,
         channels=channels,
         center_crop=center_crop,
         flip=flip,
         unconditional=unconditional,
         bad_images=bad_images,
-        classes=parsed.classes,
-        name=str(parsed),
+    )
+    if parsed.kind != "folder" or loader == "memory":
+        return load_dataset(parsed, **options)
+    return open_image_folder(
+        folder_for_split(Path(parsed.path), parsed.split), **options, classes=parsed.classes, name=str(parsed)
     )
