@@ -212,13 +212,22 @@ def ditlab_config(dconf: Mapping, source: str = "diffusers config", **overrides)
     """The DiTConfig a diffusers config stands for: its ditlab record's config when it has one (the exact
     exported model), else `config_from_diffusers`; `overrides` replace fields either way."""
     described = config_from_diffusers(dconf)  # refuses what is not a DiT, with or without a record
+    own = _recorded_config(dconf, source, described, GEOMETRY)
+    if own is None:
+        return config_from_diffusers(dconf, **overrides)
+    return own.replace(**overrides)
+
+
+def _recorded_config(dconf: Mapping, source: str, described: DiTConfig, geometry) -> DiTConfig | None:
+    """The config in `dconf`'s ditlab record (None without one), refused when one of its `geometry` fields
+    differs from what the diffusers fields describe (shared by the DiT and the text imports)."""
     recorded = _record(dconf, source)
     if recorded is None:
-        return config_from_diffusers(dconf, **overrides)
+        return None
     own = DiTConfig.from_dict(recorded[CONFIG_KEY])
     differ = [
         f"{k} {getattr(own, k)!r} vs {getattr(described, k)!r}"
-        for k in GEOMETRY
+        for k in geometry
         if getattr(own, k) != getattr(described, k)
     ]
     if differ:
@@ -226,7 +235,7 @@ def ditlab_config(dconf: Mapping, source: str = "diffusers config", **overrides)
             f"{source}: its ditlab record ({DITLAB_KEY!r}) and its diffusers fields disagree ({', '.join(differ)}); "
             f"the config was edited after export. Delete the {DITLAB_KEY!r} entry to read it as diffusers describes it"
         )
-    return own.replace(**overrides)
+    return own
 
 
 def _record(dconf: Mapping, source: str) -> dict | None:

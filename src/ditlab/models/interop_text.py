@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from ditlab.models.checkpoint import CONFIG_KEY, load_state_dict_checked, model_metadata, restore_metadata
+from ditlab.models.checkpoint import load_state_dict_checked, model_metadata, restore_metadata
 from ditlab.models.config import DiTConfig
 from ditlab.models.dit import DiT
 from ditlab.models.formats import CheckpointFormat, register_format
@@ -63,6 +63,7 @@ from ditlab.models.interop import (
     _like_model,
     _read_weights,
     _record,
+    _recorded_config,
     _resolve_folder,
     _write_folder,
 )
@@ -894,23 +895,11 @@ def text_config(dconf: Mapping, source: str = "diffusers config", **overrides) -
     """The DiTConfig of a diffusers text-to-image config: its ditlab record's when it has one, else derived."""
     tc = _class_of(dconf, source)
     described = DiTConfig().replace(**tc.to_config(dconf))
-    recorded = _record(dconf, source)
-    if recorded is None:
-        return described.replace(**overrides) if overrides else described
-    own = DiTConfig.from_dict(recorded[CONFIG_KEY])
     geometry = ("patch_size", "in_channels", "hidden_size", "depth", "num_heads", "text_dim")
     geometry += () if tc.name in (FLUX, ZIMAGE) else ("image_hw",)  # theirs have no size: ours is nominal
-    differ = [
-        f"{k} {getattr(own, k)!r} vs {getattr(described, k)!r}"
-        for k in geometry
-        if getattr(own, k) != getattr(described, k)
-    ]
-    if differ:
-        raise ValueError(
-            f"{source}: its ditlab record ({DITLAB_KEY!r}) and its diffusers fields disagree ({', '.join(differ)}); "
-            f"delete the {DITLAB_KEY!r} entry to read it as diffusers describes it"
-        )
-    return own.replace(**overrides) if overrides else own
+    own = _recorded_config(dconf, source, described, geometry)
+    config = described if own is None else own
+    return config.replace(**overrides) if overrides else config
 
 
 def _class_of(dconf: Mapping, source: str) -> TextClass:
