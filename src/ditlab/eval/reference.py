@@ -173,15 +173,7 @@ def reference_stats(
     if spec.npz is not None:
         return _npz_reference(spec.npz, extractor, cache_dir)
     data = spec.dataset
-    key = cache_key(
-        "reference",
-        REFERENCE_VERSION,
-        str(data),
-        dataset_fingerprint(data),
-        extractor.cache_id(),
-        _size_key(image_size),
-    )
-    path = cache_path("reference", f"{data}-{extractor.name}", key, ".npz", cache_dir)
+    path = _dataset_cache_path("reference", ".npz", data, extractor, image_size, cache_dir)
 
     def compute() -> Reference:
         ds = load_dataset(data, image_size=image_size)
@@ -189,6 +181,25 @@ def reference_stats(
         return Reference(str(data), extractor.name, len(ds), mu, sigma, feats)
 
     return _cached(path, compute)
+
+
+def _dataset_cache_path(
+    kind: str, suffix: str, data, extractor: FeatureExtractor, image_size, cache_dir, *extra
+) -> Path:
+    """The disk-cache file of a statistic (`kind`) of dataset `data` under `extractor` at `image_size`: its
+    key covers the data's fingerprint, so edited data is recomputed; `extra` (e.g. a sample count) joins both
+    the key and the file name."""
+    key = cache_key(
+        kind,
+        REFERENCE_VERSION,
+        str(data),
+        dataset_fingerprint(data),
+        extractor.cache_id(),
+        _size_key(image_size),
+        *extra,
+    )
+    stem = "-".join([str(data), extractor.name, *map(str, extra)])
+    return cache_path(kind, stem, key, suffix, cache_dir)
 
 
 def _npz_reference(path: Path, extractor: FeatureExtractor, cache_dir) -> Reference:
@@ -258,16 +269,7 @@ def floor_fd(
         return {"unavailable": f"{other.path} has no {other.split}/ sub-folder"}
     reference = reference_stats(spec, extractor, image_size=image_size, cache_dir=cache_dir)
     n = int(n or reference.n)
-    key = cache_key(
-        "floor",
-        REFERENCE_VERSION,
-        str(other),
-        dataset_fingerprint(other),
-        extractor.cache_id(),
-        _size_key(image_size),
-        n,
-    )
-    path = cache_path("floor", f"{other}-{extractor.name}-{n}", key, ".json", cache_dir)
+    path = _dataset_cache_path("floor", ".json", other, extractor, image_size, cache_dir, n)
 
     def compute() -> dict:
         ds = load_dataset(other, image_size=image_size)
