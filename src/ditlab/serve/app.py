@@ -69,6 +69,11 @@ def _sampler_update(model) -> dict:
 
 
 # --------------------------------------------------------------------------- the app
+def _whole_slider(maximum: int, default: int, label: str, elem_id: str) -> gr.Slider:
+    """A slider of whole numbers 1..maximum starting at `default` (or at the maximum when that is lower)."""
+    return gr.Slider(1, maximum, value=min(default, maximum), step=1, label=label, elem_id=elem_id)
+
+
 def build_app(catalog: Catalog, limits: Limits, out_dir: str | Path | None = None, vae=None) -> gr.Blocks:
     """The Blocks app; results are written under `out_dir` (default: a new temporary folder); `vae` decodes
     the latent models' samples."""
@@ -92,26 +97,12 @@ def build_app(catalog: Catalog, limits: Limits, out_dir: str | Path | None = Non
                 }
                 samplers = samplers_of(model)
                 sampler = gr.Dropdown(samplers, value=samplers[0], label="Sampler", elem_id="sampler")
-                steps = gr.Slider(
-                    1,
-                    limits.max_steps,
-                    value=min(50, limits.max_steps),
-                    step=1,
-                    label="Steps",
-                    elem_id="steps",
-                )
+                steps = _whole_slider(limits.max_steps, 50, "Steps", "steps")
                 guidance = gr.Slider(
                     0, MAX_GUIDANCE, value=1.0, step=0.5, label="Guidance scale (1 = off)", elem_id="guidance"
                 )
                 seed = gr.Number(0, precision=0, label=f"Seed (0 to {MAX_SEED})", elem_id="seed")
-                count = gr.Slider(
-                    1,
-                    limits.max_images,
-                    value=min(8, limits.max_images),
-                    step=1,
-                    label="Images",
-                    elem_id="count",
-                )
+                count = _whole_slider(limits.max_images, 8, "Images", "count")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 grid = gr.Image(
