@@ -236,6 +236,20 @@ def _require(cfg: DiTConfig, cls: str, **wanted) -> None:
         raise ValueError(f"cannot export to diffusers {cls}: input_size={cfg.input_size} is not square")
 
 
+# What SD3's, PixArt's and Flux's blocks share (Z-Image's differ): a pre-norm block whose MLP norm uses the
+# attention norm's eps, adaLN shift and identity gates, a 4x MLP, no label table, the official sinusoid and
+# no context refiner. A model must have all of these to export to one of the three.
+_PLAIN_BLOCK = dict(
+    mlp_norm_eps=None,
+    shift=True,
+    gate_fn="identity",
+    mlp_ratio=4.0,
+    num_classes=0,
+    timestep_freq_shift=0,
+    context_refiner=0,
+)
+
+
 def _common_fields(c: Mapping, cls: str) -> dict:
     return dict(
         input_size=int(c["sample_size"]),
@@ -321,15 +335,9 @@ def _sd3_from_config(cfg: DiTConfig) -> dict:
         text_embedder="linear",
         norm="layernorm",
         norm_eps=1e-6,
-        mlp_norm_eps=None,
-        shift=True,
-        gate_fn="identity",
-        mlp_ratio=4.0,
-        num_classes=0,
-        timestep_freq_shift=0,
         rope=False,
-        context_refiner=0,
         pos_interpolation=1.0,
+        **_PLAIN_BLOCK,
     )
     if cfg.pooled_dim < 1:
         raise ValueError(
@@ -461,19 +469,13 @@ def _pixart_from_config(cfg: DiTConfig) -> dict:
         text_embedder="mlp",
         cross_norm=False,
         norm="layernorm",
-        mlp_norm_eps=None,
-        shift=True,
-        gate_fn="identity",
         sandwich_norm=False,
         arrangement="sequential",
-        mlp_ratio=4.0,
-        num_classes=0,
         pooled_dim=0,
-        timestep_freq_shift=0,
         qk_norm=False,
         rope=False,
-        context_refiner=0,
         pos_embed_max_size=0,
+        **_PLAIN_BLOCK,
     )
     return dict(
         _common_export(cfg),
@@ -580,16 +582,10 @@ def _flux_from_config(cfg: DiTConfig) -> dict:
         patch_size=FLUX_PACK,
         norm="layernorm",
         norm_eps=1e-6,
-        mlp_norm_eps=None,
-        shift=True,
-        gate_fn="identity",
         sandwich_norm=False,
-        mlp_ratio=4.0,
-        num_classes=0,
-        timestep_freq_shift=0,
         qk_norm=True,
         rope=True,
-        context_refiner=0,
+        **_PLAIN_BLOCK,
     )
     if cfg.pooled_dim < 1:
         raise ValueError(
