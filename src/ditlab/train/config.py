@@ -16,6 +16,7 @@ from ditlab.models.dit import CHECKPOINT_POLICIES
 from ditlab.train.schedule import LR_SCHEDULES
 
 OBJECTIVES = ("ddpm", "flow")
+CONDITIONS = ("none", "layout")  # what besides labels the model is trained on
 REPA_ENCODERS = ("effnet-lite0", "classifier")
 MAX_SIGMA_REL = 0.28  # σ_rel of the power EMA with γ -> 0 (a uniform average) is 1/√12 ≈ 0.289
 
@@ -31,6 +32,8 @@ class TrainConfig(DictConfig):
     flip: bool = False  # random horizontal flips (the official recipe flips ImageNet; digits must not)
     unconditional: bool = False  # ignore labels
     bad_images: str = "raise"  # unreadable files in an image folder: raise (stop, naming it) | skip (warn)
+    condition: str = "none"  # one of CONDITIONS: "layout" trains mask -> image (shapes; ditlab.nn.spatial)
+    layout_dropout: float = 0.1  # layout runs: share of samples trained on the empty layout (for guidance)
     # --- model ---
     model: str = "DiT-S/2"
     variant: str | None = None  # a conditioning variant of ditlab.models.VARIANTS
@@ -111,6 +114,10 @@ class TrainConfig(DictConfig):
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         self._check_quality_options()
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"unknown condition {self.condition!r}; choose one of: {', '.join(CONDITIONS)}")
+        if not 0 <= self.layout_dropout < 1:
+            raise ValueError(f"layout_dropout must be in [0, 1), got {self.layout_dropout}")
         if self.checkpoint_policy not in CHECKPOINT_POLICIES:
             raise ValueError(
                 f"unknown checkpoint_policy {self.checkpoint_policy!r}; choose one of: {', '.join(CHECKPOINT_POLICIES)}"
