@@ -261,6 +261,7 @@ def test_a_tiny_layout_run_trains_and_samples_follow_a_mask_png(tmp_path, capsys
     assert "is 16x16 but the model generates 32x32" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_layout_dropout_is_its_own_seeded_draw(tmp_path):
     cfg = TrainConfig(**{**LAYOUT_RUN, "layout_dropout": 0.5}, out=str(tmp_path / "run"))
     trainer = Trainer(cfg)

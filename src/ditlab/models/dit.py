@@ -369,14 +369,23 @@ class FinalLayer(nn.Module):
             if cfg.conditioning == "adaln-single"
             else None
         )
+        # layout models: per-token (shift, scale) here too, as SPADE modulates its last norm (zero-initialised)
+        self.spatial_modulation = (
+            SpatialModulation(cfg.spatial_hidden, D, 1, cfg.shift, False)
+            if cfg.spatial_condition == "spade"
+            else None
+        )
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # (N, T, D) -> (N, T, p·p·C_out)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, spatial=None) -> torch.Tensor:
+        """(N, T, D) -> (N, T, p·p·C_out); spatial: a layout model's Condition.spatial (None: none)."""
         if self.adaLN_modulation is not None:
             (m,) = self.adaLN_modulation(c)
         elif self.adaLN_table is not None:
             (m,) = self.adaLN_table(c)
         else:
             m = NO_MODULATION
+        if self.spatial_modulation is not None:
+            (m,) = self.spatial_modulation.add_to([m], spatial, x.shape[1])
         return self.linear(m.apply(self.norm_final(x)))
 
 
@@ -509,9 +518,9 @@ class DiT(nn.Module):
             ):
                 if modulation is not None and modulation.zero_init:
                     modulation.reset_to_zero()
-        for block in self.blocks:  # a layout's per-token terms start at zero: the layout-free model
-            if block.spatial_modulation is not None:
-                block.spatial_modulation.reset_to_zero()
+        for part in [*self.blocks, self.final_layer]:  # a layout's per-token terms start at zero
+            if part.spatial_modulation is not None:
+                part.spatial_modulation.reset_to_zero()
         # The output layer starts at zero: the model's first prediction is exactly 0.
         if self.final_layer.adaLN_modulation is not None:
             self.final_layer.adaLN_modulation.reset_to_zero()
@@ -773,7 +782,7 @@ class DiT(nn.Module):
         gh, gw = cond.grid
         if x.shape[1] != gh * gw:
             x = x[:, : gh * gw]  # drop the in-context condition tokens
-        x = self.final_layer(x, cond.c)  # (N, T, p·p·C_out)
+        x = self.final_layer(x, cond.c, cond.spatial)  # (N, T, p·p·C_out)
         return self.unpatchify(x, gh, gw)
 
     def _checkpoint_options(self) -> dict:

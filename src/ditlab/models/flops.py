@@ -99,9 +99,11 @@ def flop_breakdown(model_or_config, input=None, text_len: int | None = None) -> 
     K = cfg.layout_channels
     C_in = C + (K if cfg.spatial_condition == "concat" else 0)  # the concat baseline's layout channels
     out = {"patch_embed": T * C_in * p * p * D, "timestep_embed": 256 * mid + mid * E}
-    # SPADE: the shared 3×3 conv over the token grid, then each block's 1×1 conv to its per-token modulation
+    # SPADE: the shared 3×3 conv over the token grid, then each block's (and the final layer's) 1×1 conv to its
+    # per-token modulation
     hidden = cfg.spatial_hidden if cfg.spatial_condition == "spade" else 0
-    out["spatial_modulation"] = T * hidden * (9 * K * p * p + cfg.depth * cfg.branches * k * D)
+    per_token = cfg.depth * cfg.branches * k * D + params_per_branch(cfg.shift, False) * D
+    out["spatial_modulation"] = T * hidden * (9 * K * p * p + per_token)
     out["pooled_embed"] = (cfg.pooled_dim * E + E * E) if cfg.pooled_dim else 0
     out["text_embed"] = L * cfg.text_dim * D + (L * D * D if cfg.text_embedder == "mlp" else 0)
     out["shared_modulation"] = E * cfg.branches * k * D if cfg.conditioning == "adaln-single" else 0
