@@ -126,6 +126,31 @@ def check_decodable(model, vae=None, return_tensors: bool = False) -> None:
         )
 
 
+def sample_layouts(model, layouts, count: int) -> torch.Tensor | None:
+    """Layouts for `count` samples as float maps (count, K, H, W): sample i gets layout i mod M."""
+    if layouts is None:
+        return None
+    if model.config.spatial_condition == "none":
+        raise ValueError("this model takes no layout (it was not trained with --condition layout)")
+    layouts = torch.as_tensor(layouts)
+    if layouts.dim() not in (3, 4) or not len(layouts):
+        raise ValueError(f"layouts must be (M, H, W) labels or (M, K, H, W) maps, got {tuple(layouts.shape)}")
+    expected = model.config.image_hw
+    if tuple(layouts.shape[-2:]) != tuple(expected):
+        raise ValueError(
+            f"layouts are {tuple(layouts.shape[-2:])} but the model generates {tuple(expected)}; draw them at "
+            "the model's size"
+        )
+    K = model.config.layout_channels
+    if not layouts.is_floating_point():
+        if layouts.dim() != 3 or int(layouts.min()) < 0 or int(layouts.max()) >= K:
+            raise ValueError(f"layout labels must be (M, H, W) with values 0..{K - 1}")
+        layouts = torch.nn.functional.one_hot(layouts.long(), K).permute(0, 3, 1, 2)
+    elif layouts.dim() != 4 or layouts.shape[1] != K:
+        raise ValueError(f"layout maps must be (M, K={K}, H, W), got {tuple(layouts.shape)}")
+    return layouts.float()[torch.arange(count) % len(layouts)]
+
+
 def _in_batch(callback, batch: int, batches: int):
     """The sampler callback of batch `batch`: `callback` with the batch index and count added (None: none)."""
     if callback is None:
@@ -155,6 +180,7 @@ def generate(
     return_tensors: bool = False,
     callback=None,
     part: tuple[int, int] | None = None,
+    layouts=None,
 ) -> Samples:
     """Sample images; see the module docstring. `steps` may be an int or a DDPM respacing string ("250").
 
@@ -162,6 +188,8 @@ def generate(
     `batch` and `batches` (this batch's index and the batch count), enough for one progress bar over the call.
     `part` = (rank, world): only this rank's batches (`batch_indices` gives their sample indices).
     A ditlab latent model decodes through the autoencoder it records unless `vae` or `return_tensors`.
+    `layouts` (layout models): label maps (M, H, W) or maps (M, K, H, W); sample i follows layout i mod M,
+    guidance (guidance_scale != 1) contrasts it with the empty layout.
     """
     objective = objective_of(model).build()
     sampler = sampler or objective.default_sampler
@@ -180,8 +208,9 @@ def generate(
         check_guide(model, guide_model)
         guide_was_training = guide_model.training
         guide_model.eval()
+    layouts = sample_layouts(model, layouts, len(labels))
     guided = guidance_scale != 1.0 and guide_model is None  # classifier-free: the null-label branch
-    if guided and model.null_class is None:
+    if guided and model.null_class is None and layouts is None:
         raise ValueError(
             "guidance_scale != 1 needs a model trained with label dropout (class_dropout_prob > 0)"
         )
@@ -193,7 +222,11 @@ def generate(
         x = noise[start : start + batch_size].to(device)
         y = labels[start : start + batch_size].to(device)
         cond = {"y": y} if model.num_classes else {}
-        uncond = {"y": torch.full_like(y, model.null_class)} if guided else None
+        uncond = {"y": torch.full_like(y, model.null_class)} if guided and model.num_classes else {}
+        if layouts is not None:  # the unconditional branch: the empty layout (what layout dropout trains)
+            cond["layout"] = layouts[start : start + batch_size].to(device)
+            uncond["layout"] = torch.zeros_like(cond["layout"])
+        uncond = uncond if guided else None
         gen = torch.Generator(device).manual_seed(seed * 1_000_003 + b + 1)
         guided_model = GuidedModel(
             model,

@@ -106,6 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="guide only the first N latent channels (3 = the official DiT quirk) (default: all)",
     )
+    parser.add_argument(
+        "--layout",
+        metavar="MASK",
+        help="layout models: a mask PNG in the palette of ditlab.data.layouts (background grey 128,128,128 and "
+        "the 12 shapes classes) or an .npz of labels; --per-class images per layout, guided on the empty layout",
+    )
     parser.add_argument(*names("--seed"), dest="seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument(
         "--batch-size", type=positive_int, default=64, metavar="N", help="images per forward pass"
@@ -152,8 +158,11 @@ def checkpoint_of(args: argparse.Namespace) -> str:
 
 def run(args) -> int:
     """Bad input raises (ValueError family): `ditlab.cli` prints it as one error line, exit code 2."""
+    import torch
+
     import ditlab
     from ditlab.data import save_grid, save_npz
+    from ditlab.data.layouts import read_layout
     from ditlab.runtime import resolve_device
     from ditlab.sample_shards import generate_across_ranks
     from ditlab.train import distributed as D
@@ -170,6 +179,11 @@ def run(args) -> int:
         vae = load_autoencoder(args.vae, device=device)
     guide = ditlab.load_model(args.guide, device=device) if args.guide else None
     settings = sampling_settings(args, model)
+    layouts, num_samples = None, args.num_samples
+    if args.layout:  # each layout --per-class times, in consecutive samples (one grid row each)
+        layouts = torch.from_numpy(read_layout(args.layout, model.config.image_hw))
+        layouts = layouts.repeat_interleave(args.per_class, dim=0)
+        num_samples = num_samples or len(layouts)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     samples = generate_across_ranks(
@@ -178,7 +192,8 @@ def run(args) -> int:
         out,
         classes=args.classes,
         per_class=args.per_class,
-        num_samples=args.num_samples,
+        num_samples=num_samples,
+        layouts=layouts,
         **settings,
         guidance_channels=args.guidance_channels,
         guidance_rescale=args.guidance_rescale,
@@ -194,7 +209,9 @@ def run(args) -> int:
     if samples is None:  # not rank 0: its shard is written and merged there
         return 0
     images, labels = samples
-    grid = save_grid(images, f"{out}.png", nrow=args.nrow or (args.per_class if model.num_classes else 8))
+    grid = save_grid(
+        images, f"{out}.png", nrow=args.nrow or (args.per_class if model.num_classes or args.layout else 8)
+    )
     npz = save_npz(f"{out}.npz", images, labels)
     record = {
         "samples": len(images),

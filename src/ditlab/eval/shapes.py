@@ -35,7 +35,9 @@ from ditlab.data.shapes import (
     BACKGROUND,
     BASE_SIZE,
     COLOURS,
+    MASK_CLASSES,
     MIN_SIDE,
+    OBJECTS,
     is_held_out_caption,
     parse_caption,
     relation_holds,
@@ -115,6 +117,58 @@ def read_objects(image) -> list[DetectedObject]:
             centre = ((cols.start + cols.stop) / 2 / scale, (rows.start + rows.stop) / 2 / scale)
             found.append(DetectedObject(name, shape, centre, float(area), fill))
     return sorted(found, key=lambda o: (o.centre[1], o.centre[0]))
+
+
+def segment(image) -> np.ndarray:
+    """int64 (H, W) labels of one uint8 image (H, W, 3) in MASK_CLASSES (the layouts' classes): each object read
+    as `read_objects` reads it paints its pixels with its colour x shape class; background-grey pixels are 0;
+    pixels of no palette colour, specks and objects of unknown shape are -1 (no class: wrong for every one)."""
+    image = check_images(np.asarray(image)[None], what="image")[0]
+    scale = image.shape[0] / BASE_SIZE
+    colours = colour_map(image)
+    labels = np.where(colours == 0, 0, -1).astype(np.int64)
+    for index, name in enumerate(_PALETTE_NAMES[1:], start=1):
+        components, _ = ndimage.label(colours == index, structure=_EIGHT_CONNECTED)
+        for label, box in enumerate(ndimage.find_objects(components), start=1):
+            piece = components[box] == label
+            if piece.sum() / scale**2 < MIN_AREA:
+                continue
+            shape, _ = classify_shape(_crop(piece))
+            if shape != "unknown":
+                labels[box][piece] = OBJECTS.index((name, shape)) + 1
+    return labels
+
+
+def layout_iou(images, layouts) -> dict:
+    """Layout fidelity: per-class IoU between the requested label maps (N, H, W) and the segmentation
+    (`segment`) of the generated uint8 images (N, H, W, 3), intersections and unions summed over the images.
+
+    -> {"per_class": {class name: IoU} for the classes requested anywhere, "mean_iou" (over those object
+    classes), "mean_iou_with_background", "pixel_accuracy", "n"}."""
+    images = check_images(images, what="images")
+    layouts = np.asarray(layouts)
+    if layouts.shape != images.shape[:3]:
+        raise ValueError(f"one (H, W) layout per image: images {images.shape[:3]}, layouts {layouts.shape}")
+    K = len(MASK_CLASSES)
+    inter, union = np.zeros(K), np.zeros(K)
+    correct = 0
+    for image, want in zip(images, layouts):
+        got = segment(image)
+        correct += int((got == want).sum())
+        for k in np.union1d(np.unique(want), np.unique(got[got >= 0])):
+            a, b = want == k, got == k
+            inter[k] += (a & b).sum()
+            union[k] += (a | b).sum()
+    requested = [k for k in range(K) if (layouts == k).any()]
+    per_class = {MASK_CLASSES[k]: float(inter[k] / union[k]) for k in requested}
+    objects = [per_class[MASK_CLASSES[k]] for k in requested if k > 0]
+    return {
+        "n": len(images),
+        "per_class": per_class,
+        "mean_iou": float(np.mean(objects)) if objects else None,
+        "mean_iou_with_background": float(np.mean(list(per_class.values()))) if per_class else None,
+        "pixel_accuracy": correct / max(layouts.size, 1),
+    }
 
 
 def _crop(piece: np.ndarray) -> np.ndarray:

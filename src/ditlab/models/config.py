@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 from ditlab.configs import DictConfig
 from ditlab.nn.norms import NORMS
+from ditlab.nn.spatial import SPATIAL_CONDITIONS
 
 # How the timestep/label condition enters the blocks (the DiT paper's Figure 3, plus PixArt-α's adaLN-single).
 CONDITIONINGS = ("in-context", "cross-attention", "adaln", "adaln-zero", "adaln-single")
@@ -104,6 +105,10 @@ class DiTConfig(DictConfig):
     pos_embed_max_size: int = 0  # > 0 (SD3): a max×max table, an input's grid cropped from its centre
     pos_base_size: int = 0  # > 0 (PixArt, SD3): a grid of g tokens spans base positions (index·base/g)
     pos_interpolation: float = 1.0  # positions divided by this (diffusers' interpolation_scale)
+    # --- spatial conditioning from a map (layout-to-image; off for the DiT zoo; ditlab.nn.spatial) ---
+    spatial_condition: str = "none"  # one of SPATIAL_CONDITIONS: "spade" per-token modulation, "concat" input
+    layout_channels: int = 0  # K: channels of the layout map (shapes: background + 12 classes = 13)
+    spatial_hidden: int = 64  # width of SPADE's shared conv
 
     def __post_init__(self):
         if isinstance(self.input_size, list):
@@ -164,6 +169,8 @@ class DiTConfig(DictConfig):
         self.validate_flags()
         if self.mlp_two_thirds and self.mlp != "swiglu":
             raise ValueError("mlp_two_thirds sizes a SwiGLU MLP's hidden width; set mlp='swiglu' or drop it")
+        choose("spatial_condition", self.spatial_condition, SPATIAL_CONDITIONS)
+        self.validate_spatial()
         if self.final_norm:
             choose("final_norm", self.final_norm, NORMS)
         self.validate_text()
@@ -201,6 +208,20 @@ class DiTConfig(DictConfig):
                     f"{f.name} must be true or false, got {value!r}; on the command line write "
                     f"--model-args {f.name}=true (JSON, lower case)"
                 )
+
+    def validate_spatial(self) -> None:
+        if (self.spatial_condition != "none") != (self.layout_channels > 0):
+            raise ValueError(
+                f"spatial_condition={self.spatial_condition!r} with layout_channels={self.layout_channels}: a "
+                "layout needs both a way in (spatial_condition='spade') and its channel count K > 0, or neither"
+            )
+        if self.spatial_condition == "spade" and self.conditioning not in MODULATED:
+            raise ValueError(
+                f"spatial_condition={self.spatial_condition!r} adds per-token terms to an adaLN-family "
+                f"modulation; use conditioning in {', '.join(MODULATED)} (not {self.conditioning!r})"
+            )
+        if self.spatial_hidden < 1:
+            raise ValueError(f"spatial_hidden must be a positive integer, got {self.spatial_hidden}")
 
     def validate_text(self) -> None:
         if (self.text_dim > 0) != (self.text_mixing != "none"):
@@ -271,6 +292,8 @@ class DiTConfig(DictConfig):
             noise_refiner=0,
             double_blocks=0,
             cond_dim=0,
+            spatial_condition="none",
+            layout_channels=0,
         )
 
     @property

@@ -74,6 +74,7 @@ from ditlab.nn.embed import (
 )
 from ditlab.nn.modulation import AdaLNModulation, AdaLNSingle, Modulation, ScaleShiftTable, params_per_branch
 from ditlab.nn.norms import RMSNorm, make_norm
+from ditlab.nn.spatial import SpatialEmbedder, SpatialModulation, layout_channels_for
 
 NO_MODULATION = Modulation(None, None, None)
 
@@ -230,14 +231,29 @@ class Block(nn.Module):
         self.post_norm1 = RMSNorm(D, eps=cfg.norm_eps) if cfg.sandwich_norm else None
         self.post_norm2 = RMSNorm(D, eps=cfg.norm_eps) if cfg.sandwich_norm else None
         self.context_stream = ContextStream(cfg, context_pre_only) if joint else None
+        # SPADE-style per-token modulation from a layout, added to the global one (ditlab.nn.spatial); built
+        # without drawing from the RNG, so a layout model's other weights are the plain model's for a seed
+        self.spatial_modulation = (
+            SpatialModulation(cfg.spatial_hidden, D, cfg.branches, cfg.shift, cfg.gated)
+            if cfg.spatial_condition == "spade"
+            else None
+        )
         self.inplace_ops = True
 
-    def modulations(self, c: torch.Tensor, shared: torch.Tensor | None) -> list[Modulation]:
+    def modulations(
+        self, c: torch.Tensor, shared: torch.Tensor | None, spatial=None, tokens=0
+    ) -> list[Modulation]:
+        """Each branch's modulation: the global one (per sample), plus the per-token one of a layout model
+        (`spatial`: Condition.spatial; `tokens`: the length of the stream it modulates)."""
         if self.adaLN_modulation is not None:
-            return self.adaLN_modulation(c)
-        if self.adaLN_table is not None:
-            return self.adaLN_table(shared)
-        return [NO_MODULATION] * self.branches
+            mods = self.adaLN_modulation(c)
+        elif self.adaLN_table is not None:
+            mods = self.adaLN_table(shared)
+        else:
+            return [NO_MODULATION] * self.branches
+        if self.spatial_modulation is None:
+            return mods
+        return self.spatial_modulation.add_to(mods, spatial, tokens)
 
     def forward(
         self,
@@ -249,15 +265,17 @@ class Block(nn.Module):
         mask=None,
         context_mask=None,
         rope=None,
+        spatial=None,
     ):
         # x: (N, T, D) tokens; c: (N, D) condition; shared: (N, 6D) adaLN-single projection; context: (N, S, D)
         # condition tokens (cross-attention) or the text stream (joint); mask (N, T) / context_mask (N, S):
-        # the tokens that exist (False = padding); rope: rotary (cos, sin) tables. Joint: returns (x, context).
+        # the tokens that exist (False = padding); rope: rotary (cos, sin) tables; spatial: (N, hidden, gh, gw)
+        # layout features (Condition.spatial). Joint: returns (x, context).
         if self.context_stream is not None:
-            return self.joint_forward(x, c, context, context_mask, rope)
+            return self.joint_forward(x, c, context, context_mask, rope, spatial)
         if self.parallel:
-            return self.parallel_forward(x, c, shared, route, mask, rope)
-        m_attn, m_mlp = self.modulations(c, shared)
+            return self.parallel_forward(x, c, shared, route, mask, rope, spatial)
+        m_attn, m_mlp = self.modulations(c, shared, spatial, x.shape[1])
         inplace = self.inplace_ops  # the norm and branch outputs below are temporaries of this block
         h = m_attn.apply(self.norm1(x), inplace)
         h = self.self_attention(h, route, mask, rope)  # (N, T, D)
@@ -282,21 +300,23 @@ class Block(nn.Module):
             return self.attn(h, mask=mask, rope=rope)
         return self.attn(h, route.head_mask, route.attn_weights, mask=mask, rope=rope)
 
-    def parallel_forward(self, x, c, shared=None, route: BlockRoute | None = None, mask=None, rope=None):
+    def parallel_forward(
+        self, x, c, shared=None, route: BlockRoute | None = None, mask=None, rope=None, spatial=None
+    ):
         """x + gate·(attention(h) + MLP(h)), h = modulate(norm1(x)): one branch, both mixers on the same h."""
-        (m,) = self.modulations(c, shared)
+        (m,) = self.modulations(c, shared, spatial, x.shape[1])
         h = m.apply(self.norm1(x), self.inplace_ops)  # read by both mixers, written by neither
         mlp = self.mlp(h) if route is None else self.mlp(h, route.group_mask, route.mlp_weights)
         out = self.self_attention(h, route, mask, rope) + mlp
         return m.residual(x, out, self.gate_fn, self.inplace_ops)
 
-    def joint_forward(self, x, c, context, context_mask=None, rope=None):
+    def joint_forward(self, x, c, context, context_mask=None, rope=None, spatial=None):
         """MMDiT: both streams modulated by their own adaLN, one joint attention, then each stream's gated
         residuals and MLP branch -> (x, context); context is None after a context-pre-only block."""
         if context is None:
             raise ValueError("an MMDiT block needs the text stream: pass text tokens to the model")
         inplace, stream = self.inplace_ops, self.context_stream
-        m_attn, m_mlp = self.modulations(c, None)
+        m_attn, m_mlp = self.modulations(c, None, spatial, x.shape[1])  # the layout: the image stream only
         c_mods = stream.adaLN_modulation(c)  # [attention, MLP], or [(shift, scale)] when pre-only
         h, hc = self.attn(
             m_attn.apply(self.norm1(x), inplace),
@@ -355,14 +375,23 @@ class FinalLayer(nn.Module):
             if cfg.conditioning == "adaln-single"
             else None
         )
+        # layout models: per-token (shift, scale) here too, as SPADE modulates its last norm (zero-initialised)
+        self.spatial_modulation = (
+            SpatialModulation(cfg.spatial_hidden, D, 1, cfg.shift, False)
+            if cfg.spatial_condition == "spade"
+            else None
+        )
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # (N, T, D) -> (N, T, p·p·C_out)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, spatial=None) -> torch.Tensor:
+        """(N, T, D) -> (N, T, p·p·C_out); spatial: a layout model's Condition.spatial (None: none)."""
         if self.adaLN_modulation is not None:
             (m,) = self.adaLN_modulation(c)
         elif self.adaLN_table is not None:
             (m,) = self.adaLN_table(c)
         else:
             m = NO_MODULATION
+        if self.spatial_modulation is not None:
+            (m,) = self.spatial_modulation.add_to([m], spatial, x.shape[1])
         return self.linear(m.apply(self.norm_final(x)))
 
 
@@ -377,6 +406,7 @@ class Condition(NamedTuple):
     mask: torch.Tensor | None = None  # (N, T'): which of the block tokens exist (concatenated text padding)
     context_mask: torch.Tensor | None = None  # (N, S): which context tokens exist
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary (cos, sin) tables of the attended tokens
+    spatial: torch.Tensor | None = None  # (N, hidden, gh, gw): the layout's shared SPADE features
 
 
 class DiT(nn.Module):
@@ -402,7 +432,10 @@ class DiT(nn.Module):
         self.data_spec: dict | None = None
 
         # Creation order = the official DiT's (x, t, y embedders, blocks, final layer): same seed, same init.
-        self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, D)
+        concat = (
+            cfg.layout_channels if cfg.spatial_condition == "concat" else 0
+        )  # the layout as input channels
+        self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels + concat, D)
         E = cfg.cond_width  # the condition vector c: the hidden size, or Z-Image's narrower 256
         self.t_embedder = TimestepEmbedder(
             E, freq_shift=cfg.timestep_freq_shift, mid_size=cfg.timestep_mid or None
@@ -453,6 +486,13 @@ class DiT(nn.Module):
         )
         self._pos_cache: dict[tuple, torch.Tensor | tuple] = {}  # sin-cos tables and rotary (cos, sin) pairs
         self.initialize_weights()
+        # Layout models: SPADE's shared conv, made after the seeded init so the other weights stay the plain
+        # model's (its own init is PyTorch's conv default; the per-block convs start at zero)
+        self.spatial_embedder = (
+            SpatialEmbedder(cfg.layout_channels, cfg.patch_size, cfg.spatial_hidden)
+            if cfg.spatial_condition == "spade"
+            else None
+        )
 
     # ------------------------------------------------------------------ init
     def initialize_weights(self) -> None:
@@ -487,6 +527,9 @@ class DiT(nn.Module):
             ):
                 if modulation is not None and modulation.zero_init:
                     modulation.reset_to_zero()
+        for part in [*self.blocks, self.final_layer]:  # a layout's per-token terms start at zero
+            if part.spatial_modulation is not None:
+                part.spatial_modulation.reset_to_zero()
         # The output layer starts at zero: the model's first prediction is exactly 0.
         if self.final_layer.adaLN_modulation is not None:
             self.final_layer.adaLN_modulation.reset_to_zero()
@@ -601,20 +644,24 @@ class DiT(nn.Module):
         return c, parts
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, t, y=None, pooled=None, force_drop_ids=None, text=None, text_mask=None):
+    def forward(self, x, t, y=None, pooled=None, force_drop_ids=None, text=None, text_mask=None, layout=None):
         """x: (N, C, H, W) noisy input, t: (N,) timesteps (original 0…T-1 scale), y: (N,) labels, pooled: (N, P);
-        text models: text (N, L, text_dim) tokens, text_mask (N, L) True where a token exists (None: all)."""
-        tokens, cond = self.embed(x, t, y, pooled, force_drop_ids, text, text_mask)
+        text models: text (N, L, text_dim) tokens, text_mask (N, L) True where a token exists (None: all);
+        layout models: layout (N, K, H', W') map or (N, H', W') labels (None: the empty layout)."""
+        tokens, cond = self.embed(x, t, y, pooled, force_drop_ids, text, text_mask, layout)
         return self.unembed(self.run_blocks(tokens, cond), cond)
 
     def embed(
-        self, x, t, y=None, pooled=None, force_drop_ids=None, text=None, text_mask=None
+        self, x, t, y=None, pooled=None, force_drop_ids=None, text=None, text_mask=None, layout=None
     ) -> tuple[torch.Tensor, Condition]:
         """-> tokens (N, T, D) (plus the condition tokens for in-context conditioning, or the text tokens of a
         single-stream model) and the Condition."""
         self._check_input(x)
         N, _, H, W = x.shape
         grid = (H // self.patch_size, W // self.patch_size)
+        if self.config.spatial_condition == "concat":  # the baseline: the layout joins the input channels
+            x = torch.cat([x, layout_channels_for(layout, N, self.config.layout_channels, (H, W), x)], dim=1)
+            layout = None  # consumed
         tokens = self.x_embedder(x)  # (N, T, D)
         if self.pos_embed is not None:
             tokens = tokens + self.positions(*grid, x)
@@ -657,7 +704,19 @@ class DiT(nn.Module):
                 ones = None if text_mask is None else text_mask.new_ones(N, context.shape[1])
                 context_mask = None if text_mask is None else torch.cat([ones, text_mask], dim=1)
                 context = torch.cat([context, words], dim=1)
-        return tokens, Condition(c, parts[0], shared, context, grid, mask, context_mask, rope)
+        spatial = self.embed_layout(layout, grid, N)
+        return tokens, Condition(c, parts[0], shared, context, grid, mask, context_mask, rope, spatial)
+
+    def embed_layout(self, layout, grid, batch: int) -> torch.Tensor | None:
+        """The layout's shared SPADE features (N, hidden, gh, gw) (None: a model without layouts)."""
+        if self.spatial_embedder is None:
+            if layout is not None:
+                raise ValueError(
+                    "this model takes no layout (spatial_condition='none'); build it with "
+                    "spatial_condition='spade' and layout_channels=K, or call it without layout"
+                )
+            return None
+        return self.spatial_embedder(layout, grid, batch)
 
     def check_text(self, text, text_mask, batch: int):
         """Refuse text tokens of the wrong shape; -> the mask as bools (or None)."""
@@ -718,7 +777,7 @@ class DiT(nn.Module):
             if merge and i == merge:
                 x, context = torch.cat([x, context], dim=1), None  # image tokens, then text tokens
             route = None if routes is None else routes[i]
-            args = (x, c, shared, context, route, cond.mask, cond.context_mask, cond.rope)
+            args = (x, c, shared, context, route, cond.mask, cond.context_mask, cond.rope, cond.spatial)
             if checkpointed:
                 out = checkpoint(block, *args, use_reentrant=False, **options)
             else:
@@ -732,7 +791,7 @@ class DiT(nn.Module):
         gh, gw = cond.grid
         if x.shape[1] != gh * gw:
             x = x[:, : gh * gw]  # drop the in-context condition tokens
-        x = self.final_layer(x, cond.c)  # (N, T, p·p·C_out)
+        x = self.final_layer(x, cond.c, cond.spatial)  # (N, T, p·p·C_out)
         return self.unpatchify(x, gh, gw)
 
     def _checkpoint_options(self) -> dict:

@@ -96,7 +96,14 @@ def flop_breakdown(model_or_config, input=None, text_len: int | None = None) -> 
     k = params_per_branch(cfg.shift, cfg.gated)
 
     E, mid = cfg.cond_width, cfg.timestep_mid or cfg.cond_width  # the condition's width, the timestep MLP's
-    out = {"patch_embed": T * C * p * p * D, "timestep_embed": 256 * mid + mid * E}
+    K = cfg.layout_channels
+    C_in = C + (K if cfg.spatial_condition == "concat" else 0)  # the concat baseline's layout channels
+    out = {"patch_embed": T * C_in * p * p * D, "timestep_embed": 256 * mid + mid * E}
+    # SPADE: the shared 3×3 conv over the token grid, then each block's (and the final layer's) 1×1 conv to its
+    # per-token modulation
+    hidden = cfg.spatial_hidden if cfg.spatial_condition == "spade" else 0
+    per_token = cfg.depth * cfg.branches * k * D + params_per_branch(cfg.shift, False) * D
+    out["spatial_modulation"] = T * hidden * (9 * K * p * p + per_token)
     out["pooled_embed"] = (cfg.pooled_dim * E + E * E) if cfg.pooled_dim else 0
     out["text_embed"] = L * cfg.text_dim * D + (L * D * D if cfg.text_embedder == "mlp" else 0)
     out["shared_modulation"] = E * cfg.branches * k * D if cfg.conditioning == "adaln-single" else 0

@@ -36,8 +36,8 @@ def modulate(
     order, so bit-identical to the plain path, with one or two fewer (N, T, D) buffers to allocate and fill
     (on a CPU a fresh buffer costs about as much as the arithmetic).
     """
-    scale = None if scale is None else 1 + scale.unsqueeze(1)  # (N, 1, D)
-    shift = None if shift is None else shift.unsqueeze(1)  # (N, 1, D)
+    scale = None if scale is None else 1 + per_token(scale)  # (N, 1, D), or (N, T, D) per token
+    shift = None if shift is None else per_token(shift)
     inplace = inplace and can_hold(x, *(t for t in (scale, shift) if t is not None))
     owned = inplace and not torch.is_grad_enabled()  # nothing will need x's value: overwrite it
     if scale is not None:
@@ -46,6 +46,12 @@ def modulate(
     if shift is not None:
         x = x.add_(shift) if owned else x + shift
     return x
+
+
+def per_token(v: torch.Tensor) -> torch.Tensor:
+    """A modulation field as it broadcasts over tokens: per-sample (N, D) -> (N, 1, D); a per-token field
+    (N, T, D) (spatial modulation, `ditlab.nn.spatial`) is already one value per token."""
+    return v.unsqueeze(1) if v.dim() == 2 else v
 
 
 def can_hold(x: torch.Tensor, *others: torch.Tensor) -> bool:
@@ -59,7 +65,8 @@ def can_hold(x: torch.Tensor, *others: torch.Tensor) -> bool:
 
 
 class Modulation(NamedTuple):
-    """Per-sample modulation of one residual branch; each field (N, D) or None when the variant lacks it."""
+    """Modulation of one residual branch; each field per sample (N, D), per token (N, T, D) once a spatial
+    modulation is added (`plus`), or None when the variant lacks it."""
 
     shift: torch.Tensor | None
     scale: torch.Tensor | None
@@ -79,7 +86,11 @@ class Modulation(NamedTuple):
         if self.gate is None:
             return h
         gate = torch.tanh(self.gate) if gate_fn == "tanh" else self.gate
-        return gate.unsqueeze(1) * h
+        return per_token(gate) * h
+
+    def plus(self, other: Modulation) -> Modulation:
+        """Fieldwise sum with another branch modulation of the same variant (e.g. a per-token one)."""
+        return Modulation(*(a if b is None else per_token(a) + b for a, b in zip(self, other)))
 
     def residual(
         self, x: torch.Tensor, h: torch.Tensor, gate_fn: str = "identity", inplace: bool = False
@@ -92,7 +103,7 @@ class Modulation(NamedTuple):
         """
         if self.gate is None:
             return h.add_(x) if inplace and not torch.is_grad_enabled() and can_hold(h, x) else x + h
-        gate = (torch.tanh(self.gate) if gate_fn == "tanh" else self.gate).unsqueeze(1)  # (N, 1, D)
+        gate = per_token(torch.tanh(self.gate) if gate_fn == "tanh" else self.gate)  # (N, 1 or T, D)
         if not (inplace and can_hold(h, gate, x)):
             return x + gate * h
         product = h.mul_(gate) if not torch.is_grad_enabled() else gate * h  # (N, T, D), a buffer of ours

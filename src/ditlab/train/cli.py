@@ -40,7 +40,7 @@ from ditlab.diffusion.schedules import SCHEDULES
 from ditlab.models.dit import CHECKPOINT_POLICIES
 from ditlab.models.zoo import VARIANTS
 from ditlab.runtime import PRECISIONS
-from ditlab.train.config import OBJECTIVES, REPA_ENCODERS, TrainConfig
+from ditlab.train.config import CONDITIONS, OBJECTIVES, REPA_ENCODERS, TrainConfig
 from ditlab.train.guard import NONFINITE_ACTIONS
 from ditlab.train.lock import RunLockedError
 from ditlab.train.parallel import PARALLELS
@@ -68,6 +68,9 @@ HELP = {
     "channels": "image channels, 1 (grey) or 3 (RGB) (default: the data's own)",
     "flip": "random horizontal flips of training images (the official ImageNet recipe; wrong for digits)",
     "unconditional": "ignore the labels: train an unconditional model",
+    "condition": "layout: train mask -> image on the shapes masks (a SPADE model, or --model-args "
+    "spatial_condition=concat) (default: none)",
+    "layout_dropout": "share of samples trained on the empty layout, for guidance (layout runs), in [0, 1)",
     # model
     "model": "zoo name: DiT-{S,B,L,XL}/{2,4,8} (the paper's) or DiT-{Nano,Ti,Mini}/{1,2,4,8}",
     "variant": "conditioning variant of the block (default: the model's adaLN-Zero)",
@@ -174,6 +177,7 @@ TYPES = {
     "repa_projector_width": positive_int,
     "repa_cache_mb": non_negative_int,
     "grad_clip": non_negative_float,
+    "layout_dropout": non_negative_float,
     "batch_size": positive_int,
     "steps": non_negative_int,
     "epochs": non_negative_int,
@@ -209,6 +213,7 @@ CHOICES = {
     "parallel": PARALLELS,
     "data_loader": DATA_LOADERS,
     "nonfinite_action": NONFINITE_ACTIONS,
+    "condition": CONDITIONS,
 }
 
 METAVARS = {"image_size": "PX", "lr": "LR", "data": "DATA", "out": "DIR", "eval_ref": "REF"}

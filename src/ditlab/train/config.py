@@ -20,6 +20,7 @@ from ditlab.train.preempt import parse_duration
 from ditlab.train.schedule import LR_SCHEDULES
 
 OBJECTIVES = ("ddpm", "flow")
+CONDITIONS = ("none", "layout")  # what besides labels the model is trained on
 REPA_ENCODERS = ("effnet-lite0", "classifier")
 MAX_SIGMA_REL = 0.28  # σ_rel of the power EMA with γ -> 0 (a uniform average) is 1/√12 ≈ 0.289
 
@@ -39,6 +40,8 @@ class TrainConfig(DictConfig):
     num_workers: int = 2  # DataLoader processes decoding a streamed folder (0 = in the trainer's)
     vae: str | None = None  # train on this autoencoder's latents (ditlab autoencoder, or diffusers folder)
     latents: str | None = None  # with vae: a `ditlab latents` cache folder, used when it matches
+    condition: str = "none"  # one of CONDITIONS: "layout" trains mask -> image (shapes; ditlab.nn.spatial)
+    layout_dropout: float = 0.1  # layout runs: share of samples trained on the empty layout (for guidance)
     # --- model ---
     model: str = "DiT-S/2"
     variant: str | None = None  # a conditioning variant of ditlab.models.VARIANTS
@@ -154,6 +157,10 @@ class TrainConfig(DictConfig):
         if self.parallel not in PARALLELS:
             raise ValueError(f"unknown parallel {self.parallel!r}; choose one of: {', '.join(PARALLELS)}")
         parse_duration(self.max_time)  # a bad duration fails here, not hours into the run
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"unknown condition {self.condition!r}; choose one of: {', '.join(CONDITIONS)}")
+        if not 0 <= self.layout_dropout < 1:
+            raise ValueError(f"layout_dropout must be in [0, 1), got {self.layout_dropout}")
         if self.checkpoint_policy not in CHECKPOINT_POLICIES:
             raise ValueError(
                 f"unknown checkpoint_policy {self.checkpoint_policy!r}; choose one of: {', '.join(CHECKPOINT_POLICIES)}"

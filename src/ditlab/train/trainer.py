@@ -24,7 +24,8 @@ from tqdm import tqdm
 from ditlab.atomic import atomic_write_text, remove_orphan_temp_files
 from ditlab.autoencoders.inputs import latent_inputs
 from ditlab.data import ImageDataset, save_grid
-from ditlab.data.loader import batch_source, rank_part
+from ditlab.data.layouts import NUM_LAYOUT_CLASSES, shapes_layouts
+from ditlab.data.loader import batch_source, rank_part, step_indices
 from ditlab.data.streaming import open_dataset
 from ditlab.diffusion.objective import ObjectiveSpec
 from ditlab.eval.evaluate import evaluate_model, fd_record, parse_features
@@ -110,6 +111,12 @@ class Trainer:
                 f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.data)} images)"
             )
         self.batches_per_epoch = len(self.data) // cfg.batch_size  # drop_last, as the official loader
+        # layout runs: each image's mask, uint8 (N, H, W) labels (ditlab.data.layouts), else None
+        self.layouts = (
+            torch.from_numpy(shapes_layouts(self.data.name, len(self.data), self.data.image_size))
+            if cfg.condition == "layout"
+            else None
+        )
         self.total_steps = cfg.steps or cfg.epochs * self.batches_per_epoch
         self.part = rank_part(cfg.batch_size, self.dist.rank, self.dist.world_size)  # this rank's slice
         self.batches = batch_source(
@@ -217,6 +224,8 @@ class Trainer:
             num_classes=self.data.num_classes,
             learn_sigma=cfg.learn_sigma,
         )
+        if self.layouts is not None:  # SPADE unless model_args say otherwise (spatial_condition=concat)
+            model_args.update(spatial_condition="spade", layout_channels=NUM_LAYOUT_CLASSES)
         model_args.update(cfg.model_args)
         return create_model(cfg.model, variant=cfg.variant, **model_args)
 
@@ -410,9 +419,28 @@ class Trainer:
     def _example_inputs(self):
         x0, y, t, _, drop = self.batch_for_step(self.step)
         kwargs = {"y": y, "force_drop_ids": drop} if self.model.num_classes else {}
+        kwargs.update(self.layout_kwargs(self.step))
         return x0, self.objective.model_time(t) if hasattr(self.objective, "model_time") else t, kwargs
 
     # ------------------------------------------------------------------ one step
+    def batch_index(self, step: int) -> torch.Tensor:
+        """The (B,) data indices of the global batch of `step` (a shuffle per epoch, seeded)."""
+        return step_indices(len(self.data), self.cfg.batch_size, self.cfg.seed, step)  # the loader's own
+
+    def layout_kwargs(self, step: int) -> dict:
+        """Layout runs: {"layout": this rank's (B, H, W) labels of `step`}, the dropped ones all-zero one-hot
+        maps (the empty layout); a float map then. {} for other runs."""
+        if self.layouts is None:
+            return {}
+        B = self.cfg.batch_size
+        labels = self.layouts[self.batch_index(step)].long()
+        layout = torch.nn.functional.one_hot(labels, NUM_LAYOUT_CLASSES).permute(0, 3, 1, 2).float()
+        g = step_generator(self.cfg.seed + 1, step)  # its own stream: the other draws stay as they were
+        keep = torch.rand(B, generator=g) >= self.cfg.layout_dropout
+        layout = layout * keep[:, None, None, None]
+        r, W = self.dist.rank, self.dist.world_size
+        return {"layout": layout[r * B // W : (r + 1) * B // W].to(self.device)}
+
     def batch_for_step(self, step: int):
         """(x0, y, t, noise, drop) of this rank for `step`, all derived from (seed, step): the images from the
         step's slice of the epoch's permutation (`ditlab.data.loader`), flips, timesteps, noise and label
@@ -456,6 +484,7 @@ class Trainer:
             group["lr"] = lr
         x0, y, t, noise, drop = self.batch_for_step(self.step)
         kwargs = {"y": y, "force_drop_ids": drop} if self.model.num_classes else {}
+        kwargs.update(self.layout_kwargs(self.step))
         with autocast(self.device, self.precision):
             terms = self.compute_loss(x0, kwargs, t, noise)
         loss = terms["loss"].float().mean()
@@ -489,8 +518,10 @@ class Trainer:
             return None
         classes = list(range(min(model.num_classes, 10))) or None
         per_class = 8 if classes else 32
+        layouts = None if self.layouts is None else self.layouts[:per_class].long()  # the first masks
         images, _ = generate(
             model,
+            layouts=layouts,
             classes=classes,
             per_class=per_class,
             sampler=self.cfg.sampler,

@@ -1,0 +1,161 @@
+"""Layout fidelity of layout-to-image on `shapes`: SPADE per-token modulation vs concatenating the mask to the
+input channels (the ControlNet-free baseline), at equal Gflops and equal steps. Results: benchmarks/spatial.md.
+
+    python benchmarks/spatial.py --train-steps 400 --batch-size 32 --samples 64 --threads 1 --out runs/spatial
+    python benchmarks/spatial.py --variants spade --out runs/spatial      # one arm (e.g. one per process)
+    python benchmarks/spatial.py --report runs/spatial                    # the table of finished arms
+
+Each arm trains `--model` (default DiT-Ti/4, 32 px) with `ditlab train --data shapes --condition layout`'s
+code path, then samples one image per layout of `--samples` fresh scenes (train-split scenes past the 50k
+training images: seen objects, unseen layouts) and scores them with `ditlab.eval.shapes.layout_iou`
+(per-class IoU between the requested mask and the generated image's segmentation). The concat arm gets the
+SPADE arm's extra Gflops as MLP width (mlp_ratio), so both cost the same per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ditlab.data.shapes import SPLIT_SIZES, render_scenes, scene_for
+from ditlab.eval.shapes import layout_iou
+from ditlab.models.flops import flops
+from ditlab.models.zoo import create_model
+from ditlab.sampling import generate
+from ditlab.train import TrainConfig
+from ditlab.train.trainer import Trainer
+
+K = 13  # background + 12 object classes
+
+
+def base_args(model: str, hidden: int) -> dict:
+    return dict(input_size=32, in_channels=3, num_classes=0, learn_sigma=False, spatial_hidden=hidden)
+
+
+def matched_mlp_ratio(model: str, target: float, hidden: int) -> float:
+    """The concat arm's mlp_ratio whose Gflops come closest to `target` (the SPADE arm's)."""
+    best = None
+    for step in range(0, 200):
+        ratio = 4.0 + step / 64
+        cfg = dict(base_args(model, hidden), spatial_condition="concat", layout_channels=K, mlp_ratio=ratio)
+        g = flops(create_model(model, **cfg).config)
+        if best is None or abs(g - target) < abs(best[1] - target):
+            best = (ratio, g)
+        if g > target:
+            break
+    return best[0]
+
+
+def arm_args(variant: str, model: str, hidden: int) -> dict:
+    spade = dict(spatial_condition="spade", layout_channels=K, spatial_hidden=hidden)
+    if variant == "spade":
+        return spade
+    target = flops(create_model(model, **{**base_args(model, hidden), **spade}).config)
+    return dict(
+        spatial_condition="concat", layout_channels=K, mlp_ratio=matched_mlp_ratio(model, target, hidden)
+    )
+
+
+def eval_layouts(n: int) -> np.ndarray:
+    """Masks (n, 32, 32) of fresh scenes: train-split scene ids past the training set (seen objects only)."""
+    start = SPLIT_SIZES["train"]
+    return render_scenes([scene_for("train", start + i) for i in range(n)]).masks
+
+
+def run_arm(variant: str, args) -> dict:
+    out = Path(args.out) / variant
+    cfg = TrainConfig(
+        data="shapes",
+        condition="layout",
+        model=args.model,
+        model_args=arm_args(variant, args.model, args.hidden),
+        objective="flow",
+        steps=args.train_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=min(100, args.train_steps // 10),
+        ema_decay=0.999,
+        ema_warmup=True,
+        threads=args.threads,
+        out=str(out),
+        ckpt_every=max(args.train_steps, 1),
+        sample_steps=args.sample_steps,
+        guidance_scale=args.guidance[0],
+        progress=False,
+        seed=args.seed,
+    )
+    trainer = Trainer(cfg, overwrite=True)
+    summary = trainer.run()
+    layouts = eval_layouts(args.samples)
+    result = {
+        "variant": variant,
+        "gflops": flops(trainer.model),
+        "params": trainer.model.num_parameters(),
+        "model_args": cfg.model_args,
+        "train_steps": args.train_steps,
+        "batch_size": args.batch_size,
+        "final_loss": summary.get("loss"),
+        "train_seconds": summary["seconds"],
+        "by_guidance": {},
+    }
+    for scale in args.guidance:
+        images, _ = generate(
+            trainer.ema.model,
+            num_samples=len(layouts),
+            layouts=layouts.astype(np.int64),
+            steps=args.sample_steps,
+            guidance_scale=scale,
+            seed=args.seed + 1,
+        )
+        np.savez_compressed(out / f"eval_g{scale}.npz", images=images, layouts=layouts)
+        result["by_guidance"][str(scale)] = layout_iou(images, layouts)
+    (out / "spatial.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def report(folder: Path) -> str:
+    rows = []
+    for path in sorted(folder.glob("*/spatial.json")):
+        r = json.loads(path.read_text())
+        for scale, iou in r["by_guidance"].items():
+            rows.append(
+                f"| {r['variant']} | {r['gflops']:.4f} | {r['params'] / 1e6:.2f}M | {r['train_steps']} | "
+                f"{scale} | {iou['mean_iou']:.3f} | {iou['mean_iou_with_background']:.3f} | "
+                f"{iou['pixel_accuracy']:.3f} |"
+            )
+    head = (
+        "| arm | Gflops | params | steps | guidance | mean IoU (12 objects) | mean IoU (+ background) | "
+        "pixel acc. |\n|---|---|---|---|---|---|---|---|"
+    )
+    return "\n".join([head, *rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["spade", "concat"], choices=["spade", "concat"])
+    parser.add_argument("--model", default="DiT-Ti/4")
+    parser.add_argument("--hidden", type=int, default=16, help="SPADE's shared conv width (spatial_hidden)")
+    parser.add_argument("--train-steps", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--samples", type=int, default=64, help="evaluation layouts (one image each)")
+    parser.add_argument("--sample-steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/spatial")
+    parser.add_argument("--report", metavar="DIR", help="print the table of the finished arms under DIR")
+    args = parser.parse_args()
+    if args.report:
+        print(report(Path(args.report)))
+        return
+    for variant in args.variants:
+        print(json.dumps(run_arm(variant, args)))
+    print(report(Path(args.out)))
+
+
+if __name__ == "__main__":
+    main()
