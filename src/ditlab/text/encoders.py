@@ -28,6 +28,9 @@ import torch
 
 from ditlab.eval.cache import file_fingerprint
 
+# The caption of guidance's unconditional branch and of caption dropout: defined here, where encoders can
+# encode it (TextEncoder.null), and explained in ditlab.text.null, which exports it.
+NULL_CAPTION = ""
 DEFAULT_ENCODER = "minilm"
 MINILM_NAMES = ("minilm", "all-minilm-l6-v2", "all-MiniLM-L6-v2")
 DEFAULT_MAX_LENGTH = 32  # tokens: the set's captions are short ("a red circle left of a blue square" is 10)
@@ -179,6 +182,7 @@ class TextEncoder:
         self.device = torch.device(device)
         self.pooling, self.normalize = self._pooling(pooling, normalize)
         self._transformers_version = transformers.__version__
+        self._null: TextEmbedding | None = None
         probe = self._encode_batch([""])  # the widths, whatever the architecture calls them
         self.dim, self.pooled_dim = int(probe.tokens.shape[-1]), int(probe.pooled.shape[-1])
 
@@ -218,6 +222,13 @@ class TextEncoder:
         """What makes two encoders' outputs the same: the weights and tokenizer files, and every setting."""
         settings = [self.max_length, self.pooling, self.normalize, self._transformers_version]
         return ["text-encoder", self.name, file_fingerprint(self.path), settings]
+
+    @property
+    def null(self) -> TextEmbedding:
+        """The one-row embedding of NULL_CAPTION (guidance's unconditional branch); encoded once."""
+        if self._null is None:
+            self._null = self.encode([NULL_CAPTION])
+        return self._null
 
     @torch.no_grad()
     def encode(self, captions: Sequence[str]) -> TextEmbedding:

