@@ -2,6 +2,11 @@
 
     ditlab sample runs/digits/model.safetensors --per-class 16 --out samples/digits
     ditlab sample runs/digits --per-class 16 --guide runs/digits-small --cfg-scale 2  # autoguidance
+    ditlab sample runs/shapes-t2i --prompt "a red circle left of a blue square" "a green square" --per-prompt 8
+    ditlab sample runs/shapes-t2i --prompts-file prompts.txt --per-prompt 4 --cfg-scale 3   # one prompt a line
+
+Text-to-image runs take prompts (encoded by the encoder the run recorded; guidance's unconditional branch is
+its null caption); the .npz then holds `prompts`, the prompt of each image in arr_0's order.
 
 A run's model records the sampler, sampler steps and guidance scale its training used; --sampler,
 --sample-steps and --guidance-scale left out take those (else: the objective's sampler, 50 steps, no guidance).
@@ -51,7 +56,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="class ids to sample, e.g. --classes 207 360 or 207,360 (default: every class)",
     )
-    parser.add_argument("--per-class", type=positive_int, default=8, metavar="N", help="samples per class")
+    parser.add_argument(
+        "--prompt",
+        dest="prompts",
+        action="extend",
+        nargs="+",
+        metavar="TEXT",
+        help='text models: prompts to sample, e.g. --prompt "a red circle" "a blue square"; repeatable to '
+        "extend (commas stay inside a prompt)",
+    )
+    parser.add_argument(
+        "--prompts-file",
+        metavar="FILE",
+        help="text models: a text file of prompts, one a line (blank lines skipped); after any --prompt",
+    )
+    parser.add_argument(
+        "--per-class",
+        "--per-prompt",
+        dest="per_class",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="samples per class, or per prompt for text models",
+    )
     parser.add_argument(
         "--num-samples",
         type=positive_int,
@@ -142,6 +169,37 @@ def sampling_settings(args: argparse.Namespace, model) -> dict:
     }
 
 
+def prompts_of(args: argparse.Namespace) -> list[str] | None:
+    """The prompts of --prompt and --prompts-file (in that order), or None when neither is given."""
+    prompts = list(args.prompts or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file not found: {path}")
+        prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"{path} holds no prompts: write one prompt a line")
+    return prompts or None
+
+
+def text_encoder_of(model, prompts):
+    """The encoder a text model's run recorded (`text_spec`), loaded for its prompts; None for no prompts."""
+    from ditlab.models.text_inputs import takes_text
+    from ditlab.text import load_text_encoder
+
+    if prompts is None:
+        if takes_text(model.config):
+            raise UsageError("this model is text-conditioned: give --prompt TEXT ... or --prompts-file FILE")
+        return None
+    spec = getattr(model, "text_spec", None)
+    if takes_text(model.config) and not spec:
+        raise ValueError(
+            "this text model records no text encoder (it was not trained by ditlab train --text-encoder); "
+            "sample it from Python with ditlab.generate(model, prompts=..., text_encoder=...)"
+        )
+    return load_text_encoder(**spec) if spec else None
+
+
 def checkpoint_of(args: argparse.Namespace) -> str:
     """The checkpoint, given as CHECKPOINT or --ckpt (exactly one of them)."""
     if args.checkpoint and args.ckpt:
@@ -177,8 +235,11 @@ def _run(args) -> int:
         vae = load_vae(args.vae, device=device)
     guide = ditlab.load_model(args.guide, device=device) if args.guide else None
     settings = sampling_settings(args, model)
-    images, labels = generate(
+    prompts = prompts_of(args)
+    samples = generate(
         model,
+        prompts=prompts,
+        text_encoder=text_encoder_of(model, prompts),
         classes=args.classes,
         per_class=args.per_class,
         num_samples=args.num_samples,
@@ -195,8 +256,10 @@ def _run(args) -> int:
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    grid = save_grid(images, f"{out}.png", nrow=args.nrow or (args.per_class if model.num_classes else 8))
-    npz = save_npz(f"{out}.npz", images, labels)
+    images, labels = samples
+    per_row = args.per_class if model.num_classes or prompts else 8
+    grid = save_grid(images, f"{out}.png", nrow=args.nrow or per_row)
+    npz = save_npz(f"{out}.npz", images, None if prompts else labels, prompts=samples.prompts)
     record = {
         "samples": len(images),
         "grid": str(grid),
