@@ -56,8 +56,16 @@ def losses(out) -> list[float]:
     return [r["loss"] for r in read_metrics(Path(out) / "metrics.jsonl") if "loss" in r]
 
 
-def test_a_tiny_text_run_lowers_the_loss_and_records_its_encoder(tmp_path, small_shapes):
-    cfg = text_config(tmp_path, steps=30, log_every=5, ckpt_every=30)
+def test_a_tiny_text_run_lowers_the_loss_evaluates_and_records_its_encoder(tmp_path, small_shapes):
+    cfg = text_config(
+        tmp_path,
+        steps=30,
+        log_every=5,
+        ckpt_every=30,
+        eval_every=30,
+        eval_samples=8,
+        eval_features="effnet-lite0",
+    )
     trainer = Trainer(cfg)
     assert trainer.model.config.pooled_dim == 384 and trainer.model.config.text_dim == 384
     assert trainer.model.config.text_len == 12  # sized to the encoder's tokens
@@ -67,6 +75,9 @@ def test_a_tiny_text_run_lowers_the_loss_and_records_its_encoder(tmp_path, small
     model = __import__("ditlab").load_model(cfg.out)
     assert model.text_spec == {"name": "minilm", "max_length": 12, "pooling": "mean", "normalize": True}
     assert (Path(cfg.out) / "samples.png").is_file()  # the grid of fixed data prompts
+    evaluation = [r for r in read_metrics(Path(cfg.out) / "metrics.jsonl") if "shapes_accuracy" in r]
+    assert len(evaluation) == 1 and evaluation[0]["step"] == 30  # the in-run evaluation of a text run
+    assert evaluation[0]["fd_effnet_lite0"] > 0 and 0 <= evaluation[0]["shapes_accuracy"] <= 1
 
 
 def test_caption_dropout_replaces_captions_by_the_null_caption(tmp_path, small_shapes):
