@@ -27,10 +27,8 @@ from pathlib import Path
 import torch
 
 from ditlab.eval.cache import file_fingerprint
+from ditlab.text.null import NULL_CAPTION
 
-# The caption of guidance's unconditional branch and of caption dropout: defined here, where encoders can
-# encode it (TextEncoder.null), and explained in ditlab.text.null, which exports it.
-NULL_CAPTION = ""
 DEFAULT_ENCODER = "minilm"
 MINILM_NAMES = ("minilm", "all-minilm-l6-v2", "all-MiniLM-L6-v2")
 DEFAULT_MAX_LENGTH = 32  # tokens: the set's captions are short ("a red circle left of a blue square" is 10)
