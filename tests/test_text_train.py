@@ -233,3 +233,27 @@ def test_ablate_text_study_quick_end_to_end(tmp_path, small_shapes, capsys):
     report = (out / "ablation.md").read_text()
     assert report.startswith("# Text-conditioning study")
     assert "| mmdit | MMDiT-Nano/4 depth" in report
+
+
+def test_text_study_matches_gflops_and_spreads_its_prompts():
+    from ditlab.ablate.runner import final_prompts
+    from ditlab.ablate.variants import AblationConfig, _gflops, study_defaults
+    from ditlab.data.shapes import is_held_out_caption
+
+    abl = AblationConfig.from_dict(study_defaults("text", quick=False))
+    assert abl.variants == ["pooled", "cross-attention", "mmdit", "single-stream"]
+    costs = {}
+    for variant in abl.variants:
+        cfg = abl.train_config(variant, 0)
+        assert cfg.text_encoder == "minilm" and cfg.data == "shapes" and cfg.variant is None
+        costs[variant] = _gflops(cfg.model, cfg.model_args, 32, 16)
+    assert abl.train_config("pooled", 0).model_args["depth"] > 6  # no text tokens: more blocks for the budget
+    assert max(costs.values()) / min(costs.values()) < 1.15
+    with pytest.raises(ValueError, match="for the text study"):
+        AblationConfig.from_dict({**study_defaults("text", quick=False), "variants": ["adaln-zero"]})
+
+    prompts = final_prompts(8)
+    held = [is_held_out_caption(p) for p in prompts]
+    two = [" of " in p or " above " in p or " below " in p for p in prompts]
+    assert held == [False] * 4 + [True] * 4
+    assert two == [False, False, True, True] * 2
