@@ -16,6 +16,15 @@ and guidance its training used (`preferred_sampling`), which `ditlab sample` tak
 only the batches b with b % world == rank, exactly as the whole call would (the same noise, batch and
 generator), so torchrun processes split one call's images without changing any of them (ditlab.sample_shards).
 `ditlab.sample` is the deprecated name of `generate`, kept for one release.
+
+Text-to-image models take prompts instead of classes, encoded by the encoder they were trained with:
+
+    enc = ditlab.text.load_text_encoder(**model.text_spec)           # the run records its encoder's spec
+    images, _ = ditlab.generate(model, prompts=["a red circle left of a blue square"], per_class=8,
+                                text_encoder=enc, guidance_scale=3.0)  # each prompt 8 times, in order
+
+Guidance's unconditional branch is the encoder's null caption (`text_encoder.null`); `text_encoder` is
+anything with `encode(prompts)` and `null` (a TextEncoder, or a CaptionEmbeddings table holding the prompts).
 """
 
 from __future__ import annotations
@@ -30,13 +39,15 @@ from ditlab.data.images import to_uint8
 from ditlab.diffusion.guidance import GuidedModel
 from ditlab.diffusion.objective import ObjectiveSpec
 from ditlab.diffusion.samplers import deprecated_alias, run_sampler, sampler_timesteps
+from ditlab.models.text_inputs import repeat_embedding, takes_text, text_model_kwargs
 from ditlab.runtime import resolve_device
 
 
 @dataclass
 class Samples:
     images: np.ndarray  # uint8 (N, H, W, C)
-    labels: np.ndarray  # int64 (N,); -1 for unconditional samples
+    labels: np.ndarray  # int64 (N,); -1 for unconditional and text-conditioned samples
+    prompts: list[str] | None = None  # text models: the prompt of each sample, in order
 
     def __iter__(self):  # images, labels = ditlab.generate(...)
         return iter((self.images, self.labels))
@@ -110,6 +121,32 @@ def recorded_autoencoder(model, device=None):
     return vae
 
 
+def sample_prompts(prompts, per_prompt: int = 1, num_samples: int | None = None) -> list[str]:
+    """The prompt of every sample: each prompt repeated `per_prompt` times, in order (cycled to num_samples)."""
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a list of strings (wrap a single prompt in a list)")
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt")
+    out = [p for p in prompts for _ in range(per_prompt)]
+    if num_samples is not None:
+        out = (out * (-(-num_samples // len(out))))[:num_samples]
+    return out
+
+
+def _text_conditions(model, prompts, text_encoder, guided: bool):
+    """(conditional, unconditional or None) embeddings of the prompts: the model's kwargs of each branch are
+    built per batch from these. The unconditional branch is the null caption's embedding, repeated."""
+    if not takes_text(model.config):
+        raise ValueError("this model is not text-conditioned: sample it with classes, without prompts")
+    if text_encoder is None:
+        raise ValueError(
+            "prompts need the text encoder the model was trained with: pass "
+            "text_encoder=ditlab.text.load_text_encoder(**model.text_spec)"
+        )
+    cond = text_encoder.encode(list(prompts))
+    return cond, (repeat_embedding(text_encoder.null, len(prompts)) if guided else None)
+
+
 def check_decodable(model, vae=None, return_tensors: bool = False) -> None:
     """Refuse, before any sampler step, to sample a latent model into images without an autoencoder.
 
@@ -181,8 +218,13 @@ def generate(
     callback=None,
     part: tuple[int, int] | None = None,
     layouts=None,
+    prompts=None,
+    text_encoder=None,
 ) -> Samples:
     """Sample images; see the module docstring. `steps` may be an int or a DDPM respacing string ("250").
+
+    Text models: `prompts` (each repeated `per_class` times, in order) encoded by `text_encoder`; the
+    result's `prompts` lists the prompt of every image.
 
     `callback(info)` runs once per sampler step of every batch: the sampler's dict(i, t, x, denoised) plus
     `batch` and `batches` (this batch's index and the batch count), enough for one progress bar over the call.
@@ -200,7 +242,16 @@ def generate(
     check_decodable(model, vae, return_tensors)
     was_training = model.training
     model.eval()
-    labels = sample_labels(model, classes, per_class, num_samples)
+    text = prompts is not None
+    if text:
+        if classes:
+            raise ValueError("give prompts or classes, not both")
+        prompts = sample_prompts(prompts, per_class, num_samples)
+        labels = torch.full((len(prompts),), -1, dtype=torch.long)
+    elif takes_text(model.config):
+        raise ValueError("this model is text-conditioned: pass prompts=[...] (and its text_encoder)")
+    else:
+        labels = sample_labels(model, classes, per_class, num_samples)
     C = model.in_channels
     H, W = model.config.image_hw
     noise = torch.randn(len(labels), C, H, W, generator=torch.Generator().manual_seed(seed))
@@ -210,7 +261,9 @@ def generate(
         guide_model.eval()
     layouts = sample_layouts(model, layouts, len(labels))
     guided = guidance_scale != 1.0 and guide_model is None  # classifier-free: the null-label branch
-    if guided and model.null_class is None and layouts is None:
+    if text:  # the null caption is the unconditional branch
+        text_cond, text_null = _text_conditions(model, prompts, text_encoder, guided)
+    elif guided and model.null_class is None and layouts is None:
         raise ValueError(
             "guidance_scale != 1 needs a model trained with label dropout (class_dropout_prob > 0)"
         )
@@ -221,12 +274,17 @@ def generate(
             continue  # another rank's batch
         x = noise[start : start + batch_size].to(device)
         y = labels[start : start + batch_size].to(device)
-        cond = {"y": y} if model.num_classes else {}
-        uncond = {"y": torch.full_like(y, model.null_class)} if guided and model.num_classes else {}
-        if layouts is not None:  # the unconditional branch: the empty layout (what layout dropout trains)
-            cond["layout"] = layouts[start : start + batch_size].to(device)
-            uncond["layout"] = torch.zeros_like(cond["layout"])
-        uncond = uncond if guided else None
+        if text:
+            rows = list(range(start, start + len(y)))
+            cond = text_model_kwargs(model.config, text_cond.select(rows).to(device))
+            uncond = text_model_kwargs(model.config, text_null.select(rows).to(device)) if guided else None
+        else:
+            cond = {"y": y} if model.num_classes else {}
+            uncond = {"y": torch.full_like(y, model.null_class)} if guided and model.num_classes else {}
+            if layouts is not None:  # the unconditional branch: the empty layout (what layout dropout trains)
+                cond["layout"] = layouts[start : start + batch_size].to(device)
+                uncond["layout"] = torch.zeros_like(cond["layout"])
+            uncond = uncond if guided else None
         gen = torch.Generator(device).manual_seed(seed * 1_000_003 + b + 1)
         guided_model = GuidedModel(
             model,
@@ -259,7 +317,7 @@ def generate(
     images = torch.cat(outputs) if outputs else torch.empty(0, C, H, W)
     if return_tensors:
         return images, labels
-    return Samples(to_uint8(images).numpy(), labels.numpy())
+    return Samples(to_uint8(images).numpy(), labels.numpy(), prompts if text else None)
 
 
 def batch_indices(n: int, batch_size: int, rank: int = 0, world: int = 1) -> torch.Tensor:

@@ -2,6 +2,11 @@
 
     ditlab sample runs/digits/model.safetensors --per-class 16 --out samples/digits
     ditlab sample runs/digits --per-class 16 --guide runs/digits-small --cfg-scale 2  # autoguidance
+    ditlab sample runs/shapes-t2i --prompt "a red circle left of a blue square" "a green square" --per-prompt 8
+    ditlab sample runs/shapes-t2i --prompts-file prompts.txt --per-prompt 4 --cfg-scale 3   # one prompt a line
+
+Text-to-image runs take prompts (encoded by the encoder the run recorded; guidance's unconditional branch is
+its null caption); the .npz then holds `prompts`, the prompt of each image in arr_0's order.
 
 A run's model records the sampler, sampler steps and guidance scale its training used; --sampler,
 --sample-steps and --guidance-scale left out take those (else: the objective's sampler, 50 steps, no guidance).
@@ -50,7 +55,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="class ids to sample, e.g. --classes 207 360 or 207,360 (default: every class)",
     )
-    parser.add_argument("--per-class", type=positive_int, default=8, metavar="N", help="samples per class")
+    parser.add_argument(
+        "--prompt",
+        dest="prompts",
+        action="extend",
+        nargs="+",
+        metavar="TEXT",
+        help='text models: prompts to sample, e.g. --prompt "a red circle" "a blue square"; repeatable to '
+        "extend (commas stay inside a prompt)",
+    )
+    parser.add_argument(
+        "--prompts-file",
+        metavar="FILE",
+        help="text models: a text file of prompts, one a line (blank lines skipped); after any --prompt",
+    )
+    parser.add_argument(
+        "--per-class",
+        "--per-prompt",
+        dest="per_class",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="samples per class, or per prompt for text models",
+    )
     parser.add_argument(
         "--num-samples",
         type=positive_int,
@@ -147,6 +174,37 @@ def sampling_settings(args: argparse.Namespace, model) -> dict:
     }
 
 
+def prompts_of(args: argparse.Namespace) -> list[str] | None:
+    """The prompts of --prompt and --prompts-file (in that order), or None when neither is given."""
+    prompts = list(args.prompts or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file not found: {path}")
+        prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"{path} holds no prompts: write one prompt a line")
+    return prompts or None
+
+
+def text_encoder_of(model, prompts):
+    """The encoder a text model's run recorded (`text_spec`), loaded for its prompts; None for no prompts."""
+    from ditlab.models.text_inputs import takes_text
+    from ditlab.text import load_text_encoder
+
+    if prompts is None:
+        if takes_text(model.config):
+            raise UsageError("this model is text-conditioned: give --prompt TEXT ... or --prompts-file FILE")
+        return None
+    spec = getattr(model, "text_spec", None)
+    if takes_text(model.config) and not spec:
+        raise ValueError(
+            "this text model records no text encoder (it was not trained by ditlab train --text-encoder); "
+            "sample it from Python with ditlab.generate(model, prompts=..., text_encoder=...)"
+        )
+    return load_text_encoder(**spec) if spec else None
+
+
 def checkpoint_of(args: argparse.Namespace) -> str:
     """The checkpoint, given as CHECKPOINT or --ckpt (exactly one of them)."""
     if args.checkpoint and args.ckpt:
@@ -165,6 +223,7 @@ def run(args) -> int:
     from ditlab.data.layouts import read_layout
     from ditlab.runtime import resolve_device
     from ditlab.sample_shards import generate_across_ranks
+    from ditlab.sampling import sample_prompts
     from ditlab.train import distributed as D
 
     checkpoint = checkpoint_of(args)
@@ -184,12 +243,15 @@ def run(args) -> int:
         layouts = torch.from_numpy(read_layout(args.layout, model.config.image_hw))
         layouts = layouts.repeat_interleave(args.per_class, dim=0)
         num_samples = num_samples or len(layouts)
+    prompts = prompts_of(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     samples = generate_across_ranks(
         model,
         info,
         out,
+        prompts=prompts,
+        text_encoder=text_encoder_of(model, prompts),
         classes=args.classes,
         per_class=args.per_class,
         num_samples=num_samples,
@@ -210,9 +272,13 @@ def run(args) -> int:
         return 0
     images, labels = samples
     grid = save_grid(
-        images, f"{out}.png", nrow=args.nrow or (args.per_class if model.num_classes or args.layout else 8)
+        images,
+        f"{out}.png",
+        nrow=args.nrow or (args.per_class if model.num_classes or args.layout or prompts else 8),
     )
-    npz = save_npz(f"{out}.npz", images, labels)
+    # the prompt of every image, in order (also when torchrun ranks sampled them: shards hold no prompts)
+    image_prompts = sample_prompts(prompts, args.per_class, num_samples) if prompts else None
+    npz = save_npz(f"{out}.npz", images, None if prompts else labels, prompts=image_prompts)
     record = {
         "samples": len(images),
         "grid": str(grid),

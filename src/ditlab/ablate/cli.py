@@ -19,7 +19,7 @@ from pathlib import Path
 from ditlab.ablate.estimate import estimate, estimate_table
 from ditlab.ablate.report import markdown
 from ditlab.ablate.runner import run_ablation
-from ditlab.ablate.variants import DEFAULT_MODEL, QUICK, AblationConfig, default_model_args
+from ditlab.ablate.variants import DEFAULT_MODEL, STUDIES, AblationConfig, default_model_args, study_defaults
 from ditlab.models.zoo import VARIANTS
 from ditlab.train.cli import _parse_kv  # KEY=VALUE flags, as `ditlab train --model-args`
 
@@ -38,7 +38,18 @@ class ListAction(argparse.Action):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--config", help="JSON object of ablation options (the field names below, with _); flags override it")
-    a("--quick", action="store_true", help="a few CPU minutes on digits with DiT-Nano/2: checks the pipeline")
+    a(
+        "--study",
+        choices=STUDIES,
+        help="conditioning: the DiT paper's blocks on Fashion-MNIST; text: pooled, cross-attention, MMDiT and "
+        "single-stream text conditioning at equal Gflops on shapes (default: conditioning)",
+    )
+    a(
+        "--quick",
+        action="store_true",
+        help="a few CPU minutes on digits with DiT-Nano/2 (--study text: seconds on shapes with Nano/4 "
+        "models): checks the pipeline",
+    )
     a(
         "--report-only",
         action="store_true",
@@ -127,9 +138,10 @@ def _load_config_file(name: str) -> dict:
 
 def config_from_args(args: argparse.Namespace) -> AblationConfig:
     """Defaults ← --quick ← --config file ← flags."""
-    options: dict = dict(QUICK) if args.quick else {}
-    if args.config:
-        options.update(_load_config_file(args.config))
+    loaded = _load_config_file(args.config) if args.config else {}
+    study = args.study or loaded.get("study", "conditioning")
+    options: dict = study_defaults(study, args.quick)
+    options.update(loaded)
     flags = {**vars(args), "out": _study_folder(args)}
     for f in fields(AblationConfig):
         value = flags.get(f.name)

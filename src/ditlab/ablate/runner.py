@@ -21,10 +21,13 @@ import torch
 from ditlab.ablate.report import write_report
 from ditlab.ablate.variants import AblationConfig, run_dir
 from ditlab.atomic import atomic_write
-from ditlab.eval import default_features, evaluate_model
+from ditlab.data.shapes import split_captions
+from ditlab.eval import default_features, evaluate, evaluate_model, evaluate_shapes
 from ditlab.models.checkpoint import load_model
 from ditlab.models.flops import count_parameters, flops
 from ditlab.runtime import configure_threads, resolve_device
+from ditlab.sampling import generate
+from ditlab.text import load_text_encoder
 from ditlab.train.config import TrainConfig
 from ditlab.train.metrics import read_metrics
 from ditlab.train.state import latest_checkpoint, load_training_state
@@ -159,6 +162,56 @@ def final_scores(model, cfg: TrainConfig, abl: AblationConfig) -> dict:
     return scores
 
 
+def final_prompts(n: int) -> list[str]:
+    """The text study's `n` final prompts: a quarter each from seen one-object, seen two-object, held-out
+    one-object and held-out two-object captions of the shapes grammar, each group cycled in sorted order."""
+    if n < 4:
+        raise ValueError(f"final_samples must be >= 4 in the text study (one per prompt group), got {n}")
+    groups = [
+        [c for c in split_captions(split) if (" of " in c or " above " in c or " below " in c) == two]
+        for split in ("train", "test")
+        for two in (False, True)
+    ]
+    prompts = []
+    for i, group in enumerate(groups):
+        count = n // 4 + (1 if i < n % 4 else 0)
+        stride = max(1, len(group) // count)  # spread over the group, not its first few prompts
+        prompts += [group[(j * stride) % len(group)] for j in range(count)]
+    return prompts
+
+
+def text_scores(model, cfg: TrainConfig, abl: AblationConfig) -> dict:
+    """The text study's final scores: the shapes evaluator's accuracies on `final_prompts`, and the
+    FD-EffNetLite0 of the same samples against the reference."""
+    prompts = final_prompts(abl.final_samples)
+    images, _ = generate(
+        model,
+        prompts=prompts,
+        text_encoder=load_text_encoder(**model.text_spec),
+        sampler=cfg.sampler,
+        steps=cfg.sample_steps,
+        guidance_scale=cfg.guidance_scale,
+        seed=cfg.seed,  # the same noise for every variant of a seed
+        batch_size=250,
+    )
+    report = evaluate_shapes(images, prompts)
+    with _quiet_rank_warnings():
+        result = evaluate(
+            images, ref=abl.ref, features=default_features(abl.ref), floor=False, resize_ref=True
+        )
+    fd = next((e["fd"] for name, e in result["metrics"].items() if name.startswith("effnet-lite0")), None)
+    return {
+        "fd": fd,
+        "fd_classifier": None,
+        "accuracy": report["accuracy"],
+        "single_seen": report["single"]["seen"]["accuracy"],
+        "single_held_out": report["single"]["held_out"]["accuracy"],
+        "two_seen": report["two"]["seen"]["accuracy"],
+        "two_held_out": report["two"]["held_out"]["accuracy"],
+        "metrics": result["metrics"],
+    }
+
+
 def _final_settings(cfg: TrainConfig, abl: AblationConfig) -> dict:
     return {
         "train": _comparable(cfg.to_dict()) | {"steps": cfg.steps},
@@ -182,11 +235,13 @@ def run_one(abl: AblationConfig, variant: str, seed: int) -> dict:
     device = resolve_device(abl.device)
     model = load_model(folder / "model.safetensors", device=device)
     start = time.perf_counter()
-    scores = final_scores(model, cfg, abl)
+    scores = text_scores(model, cfg, abl) if abl.study == "text" else final_scores(model, cfg, abl)
     gflops = flops(model)
     result = {
         "variant": variant,
         "seed": seed,
+        "model": cfg.model,
+        "model_args": cfg.model_args,
         "params": count_parameters(model),
         "gflops": gflops,
         "steps": trained["step"],

@@ -1,6 +1,12 @@
 """What the conditioning study trains: the variants it compares, the settings every run shares, and
 `AblationConfig`, which turns a study's options into one `TrainConfig` per (variant, seed).
 
+Two studies (`study`): "conditioning", the DiT paper's blocks (`ditlab.models.VARIANTS`), and "text", the
+text-conditioning architectures on `shapes` (TEXT_VARIANTS: SD3's pooled text into adaLN-Zero, PixArt-α's
+cross-attention, SD3's MMDiT joint attention, Flux's single stream). In the text study `model` names the
+budget: every architecture runs at that model's size and patch, with its depth chosen so that its Gflops is
+the closest to the model's (`matched_depth`), so the runs compare at (nearly) equal compute.
+
 Every run of a study is identical except for its conditioning variant, its seed and its folder, so a given
 seed draws the same images, timesteps and noise at every step for every variant (the trainer derives them
 from (seed, step) only).
@@ -12,7 +18,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ditlab.configs import DictConfig
-from ditlab.models.zoo import MODELS, VARIANTS
+from ditlab.data.shapes import BASE_SIZE, is_shapes_spec, parse_shapes_spec
+from ditlab.models.flops import flops
+from ditlab.models.zoo import MODELS, VARIANTS, model_config
 from ditlab.train.config import TrainConfig
 
 # The DiT paper's four blocks (Figure 3), compared in its Table 4.
@@ -67,12 +75,77 @@ QUICK = dict(
 )
 
 
+STUDIES = ("conditioning", "text")
+# The text study's architectures -> the zoo prefix of each (`{prefix}-{size}/{patch}`, ditlab.models.zoo).
+TEXT_VARIANTS = {"pooled": "Pooled", "cross-attention": "PixArt", "mmdit": "MMDiT", "single-stream": "Flux"}
+# What the text study changes in the defaults: shapes, MiniLM captions (16 tokens hold every caption of the
+# grammar), the MMDiT-Ti/4 budget, and guidance on the null caption for the final samples.
+TEXT_STUDY = dict(
+    data="shapes",
+    model="MMDiT-Ti/4",
+    steps=2000,
+    seeds=[0],
+    extra_seeds=None,
+    final_samples=1600,
+    train={"text_encoder": "minilm", "text_max_length": 16, "guidance_scale": 2.0},
+    out="runs/ablation-text",
+)
+# `--study text --quick`: the pipeline in seconds (numbers are not meaningful).
+TEXT_QUICK = dict(
+    TEXT_STUDY,
+    model="MMDiT-Nano/4",
+    steps=6,
+    batch_size=8,
+    eval_every=0,
+    eval_samples=8,
+    final_samples=8,
+    train={"text_encoder": "minilm", "text_max_length": 12, "guidance_scale": 2.0, "sample_steps": 2},
+    out="runs/ablation-text-quick",
+)
+
+
+def study_defaults(study: str, quick: bool) -> dict:
+    """The options a study starts from (before a --config file and flags)."""
+    if study not in STUDIES:
+        raise ValueError(f"unknown study {study!r}; choose one of: {', '.join(STUDIES)}")
+    if study == "text":
+        return {**(TEXT_QUICK if quick else TEXT_STUDY), "study": "text"}
+    return dict(QUICK) if quick else {}
+
+
+def shapes_side(data: str, image_size: int | None) -> int:
+    """The side in pixels the text study's models see (its Gflops depend on it)."""
+    if not is_shapes_spec(data):
+        raise ValueError(
+            f"the text study trains on shapes (its evaluator reads the prompts back), not {data!r}"
+        )
+    resolution, _ = parse_shapes_spec(data, ("train", "test"))
+    return int(image_size or resolution or BASE_SIZE)
+
+
+def _gflops(name: str, model_args: dict, side: int, text_len: int) -> float:
+    """Gflops of a zoo model with overrides, at `side` px, counting `text_len` tokens where it reads text."""
+    extra = {"text_len": text_len} if MODELS[name].get("text_dim") else {}
+    return flops(model_config(name, **{**model_args, "input_size": side, **extra}))
+
+
+def matched_depth(prefix: str, reference: str, model_args: dict, side: int, text_len: int) -> int:
+    """The depth of architecture `prefix` at `reference`'s size whose Gflops is the closest to `reference`'s
+    (with `model_args`, at `side` px and `text_len` text tokens); ties go to the shallower model."""
+    budget = _gflops(reference, model_args, side, text_len)
+    name = f"{prefix}-{reference.split('-', 1)[1]}"
+    base = MODELS[reference]["depth"]
+    costs = {d: _gflops(name, {**model_args, "depth": d}, side, text_len) for d in range(1, 4 * base + 1)}
+    return min(costs, key=lambda d: (abs(costs[d] - budget), d))
+
+
 @dataclass
 class AblationConfig(DictConfig):
     _what = "ablation option"
 
     # Defaults: the Fashion-MNIST study (8 variants, the paper's four with 2 seeds; `--estimate` prints its time).
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    study: str = "conditioning"  # conditioning (the DiT paper's blocks) | text (TEXT_VARIANTS on shapes)
+    variants: list[str] | None = None  # None: every variant of the study
     data: str = "fashion-mnist"
     model: str = DEFAULT_MODEL
     model_args: dict | None = None  # DiTConfig overrides; None = default_model_args(model)
@@ -92,12 +165,18 @@ class AblationConfig(DictConfig):
     out: str = "runs/ablation"
 
     def __post_init__(self):
+        if self.study not in STUDIES:
+            raise ValueError(f"unknown study {self.study!r}; choose one of: {', '.join(STUDIES)}")
+        known = TEXT_VARIANTS if self.study == "text" else VARIANTS
+        if self.variants is None:
+            self.variants = ["all"]
         text = self.variants if isinstance(self.variants, str) else ",".join(map(str, self.variants))
-        self.variants = parse_variants(text)
-        bad = [v for v in self.variants if v not in VARIANTS]
+        self.variants = parse_variants(text, list(known))
+        bad = [v for v in self.variants if v not in known]
         if bad or not self.variants:
             raise ValueError(
-                f"unknown or no variant(s) {bad}; choose from: {', '.join(VARIANTS)} (or 'all', 'paper')"
+                f"unknown or no variant(s) {bad} for the {self.study} study; choose from: {', '.join(known)} "
+                "(or 'all'" + (", 'paper')" if self.study == "conditioning" else ")")
             )
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; valid names: {', '.join(MODELS)}")
@@ -136,15 +215,28 @@ class AblationConfig(DictConfig):
         seed_order = list(dict.fromkeys(self.seeds + (self.extra_seeds or [])))
         return [(v, s) for s in seed_order for v in self.variants if s in self.seeds_of(v)]
 
+    def architecture(self, variant: str) -> tuple[str, dict]:
+        """(zoo model, model_args) of a variant: the study's model for the conditioning study; for the text
+        study the variant's architecture at the model's size, its depth matched to the model's Gflops."""
+        if self.study != "text":
+            return self.model, dict(self.model_args)
+        prefix, size = TEXT_VARIANTS[variant], self.model.split("-", 1)[1]
+        train = {**TEXT_STUDY["train"], **self.train}
+        side = shapes_side(self.data, train.get("image_size"))
+        depth = matched_depth(prefix, self.model, self.model_args, side, int(train["text_max_length"]))
+        return f"{prefix}-{size}", {**self.model_args, "depth": depth}
+
     def train_config(self, variant: str, seed: int) -> TrainConfig:
-        """The TrainConfig of one run: identical for every variant except `variant` and the folder."""
+        """The TrainConfig of one run: identical for every variant except `variant` and the folder (and, in
+        the text study, the architecture and its depth)."""
         eval_every = self.steps // 5 if self.eval_every is None else self.eval_every
+        model, model_args = self.architecture(variant)
         options = dict(
             TRAIN_DEFAULTS,
             data=self.data,
-            model=self.model,
-            variant=variant,
-            model_args=dict(self.model_args),
+            model=model,
+            variant=None if self.study == "text" else variant,
+            model_args=model_args,
             steps=self.steps,
             batch_size=self.batch_size,
             lr=self.lr,
@@ -169,12 +261,12 @@ class AblationConfig(DictConfig):
         return self.eval_ref or f"{self.data}:test"
 
 
-def parse_variants(text: str) -> list[str]:
-    """ "all", "paper" or a comma-separated list of VARIANTS names."""
+def parse_variants(text: str, every: list[str] | None = None) -> list[str]:
+    """ "all", "paper" or a comma-separated list of variant names (`every`: what "all" means; VARIANTS)."""
     names: list[str] = []
     for part in (p.strip() for p in text.split(",")):
         if part == "all":
-            names += list(VARIANTS)
+            names += list(VARIANTS) if every is None else every
         elif part == "paper":
             names += list(PAPER_VARIANTS)
         elif part:

@@ -67,10 +67,15 @@ def check_images(images, *, what: str = "images") -> np.ndarray:
     return images
 
 
-def save_npz(path: str | os.PathLike, images, labels=None) -> Path:
-    """Write samples as an ADM-style `.npz`: `arr_0` uint8 (N, H, W, C) and, if given, `labels` int64 (N,)."""
+def save_npz(path: str | os.PathLike, images, labels=None, prompts=None) -> Path:
+    """Write samples as an ADM-style `.npz`: `arr_0` uint8 (N, H, W, C) and, if given, `labels` int64 (N,)
+    and `prompts` (N,) unicode strings, the prompt of each image (text-to-image samples)."""
     arr = check_images(images, what="samples")
     arrays = {"arr_0": arr}
+    if prompts is not None:
+        if isinstance(prompts, str) or len(prompts) != arr.shape[0]:
+            raise ValueError(f"prompts must be {arr.shape[0]} strings, one per image")
+        arrays["prompts"] = np.asarray([str(p) for p in prompts], dtype=np.str_)
     if labels is not None:
         lab = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
         if lab.shape != (arr.shape[0],) or not np.issubdtype(lab.dtype, np.integer):

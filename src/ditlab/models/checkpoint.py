@@ -40,8 +40,15 @@ DATA_KEY = "ditlab_data"  # the training data: {"name", "class_names", "image_si
 # (`ditlab sample RUN` uses it for the flags not given; see ditlab.sampling.preferred_sampling).
 SAMPLING_KEY = "ditlab_sampling"
 SAMPLING_FIELDS = ("sampler", "sample_steps", "guidance_scale")
+# A text-to-image run's encoder, `TextEncoder.spec` ({"name", "max_length", ...}): `load_text_encoder(**spec)`
+TEXT_KEY = "ditlab_text_encoder"
 # What a model records beside its config: metadata key -> the model attribute holding it (None = unknown).
-RECORDED = {OBJECTIVE_KEY: "objective_spec", DATA_KEY: "data_spec", SAMPLING_KEY: "sampling_spec"}
+RECORDED = {
+    OBJECTIVE_KEY: "objective_spec",
+    DATA_KEY: "data_spec",
+    SAMPLING_KEY: "sampling_spec",
+    TEXT_KEY: "text_spec",
+}
 RUN_MODEL_FILE = "model.safetensors"  # a ditlab run folder's final (EMA) model
 
 

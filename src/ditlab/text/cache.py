@@ -55,6 +55,11 @@ class CaptionEmbeddings:
             )
         return self.table.select([index[c] for c in captions])
 
+    def encode(self, captions: Sequence[str]) -> TextEmbedding:
+        """`lookup`, under the name of `TextEncoder.encode`: a table can stand in for its encoder when every
+        caption asked for is in it (the trainer's sample grids and evaluations use the data's captions)."""
+        return self.lookup(captions)
+
     @property
     def null(self) -> TextEmbedding:
         """The one-row embedding of NULL_CAPTION (for caption dropout and guidance)."""

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ditlab.eval.cache import file_fingerprint
+from ditlab.text.null import NULL_CAPTION
 
 DEFAULT_ENCODER = "minilm"
 MINILM_NAMES = ("minilm", "all-minilm-l6-v2", "all-MiniLM-L6-v2")
@@ -179,6 +180,7 @@ class TextEncoder:
         self.device = torch.device(device)
         self.pooling, self.normalize = self._pooling(pooling, normalize)
         self._transformers_version = transformers.__version__
+        self._null: TextEmbedding | None = None
         probe = self._encode_batch([""])  # the widths, whatever the architecture calls them
         self.dim, self.pooled_dim = int(probe.tokens.shape[-1]), int(probe.pooled.shape[-1])
 
@@ -218,6 +220,13 @@ class TextEncoder:
         """What makes two encoders' outputs the same: the weights and tokenizer files, and every setting."""
         settings = [self.max_length, self.pooling, self.normalize, self._transformers_version]
         return ["text-encoder", self.name, file_fingerprint(self.path), settings]
+
+    @property
+    def null(self) -> TextEmbedding:
+        """The one-row embedding of NULL_CAPTION (guidance's unconditional branch); encoded once."""
+        if self._null is None:
+            self._null = self.encode([NULL_CAPTION])
+        return self._null
 
     @torch.no_grad()
     def encode(self, captions: Sequence[str]) -> TextEmbedding:

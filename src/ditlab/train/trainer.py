@@ -8,6 +8,12 @@ a generator seeded by (seed, s), and a checkpoint holds model, EMA and optimizer
 any point and resumed from its last checkpoint repeats the same losses as a run never interrupted.
 The same design makes torchrun runs equal to one process with the same global batch: every rank draws the
 global batch's randomness and keeps its own slice.
+
+Text-to-image runs (`text_encoder` set): the data set's captions are encoded once (ditlab.text.embed_captions,
+cached on disk), and `conditioning(step, ...)` turns each step's batch into the model's kwargs: its images'
+embeddings looked up by index, `caption_dropout` of them replaced by the null caption (drawn from a generator
+of (seed, step) of its own, so a class-conditional run's draws are unchanged and resume stays exact). The
+model records the encoder's spec (`text_spec`), which `ditlab sample RUN --prompt ...` loads again.
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ from ditlab.data.layouts import NUM_LAYOUT_CLASSES, shapes_layouts
 from ditlab.data.loader import batch_source, rank_part, step_indices
 from ditlab.data.streaming import open_dataset
 from ditlab.diffusion.objective import ObjectiveSpec
-from ditlab.eval.evaluate import evaluate_model, fd_record, parse_features
+from ditlab.eval.evaluate import evaluate, evaluate_model, fd_record, parse_features
+from ditlab.eval.shapes import evaluate_shapes
 from ditlab.models.checkpoint import load_state_dict_checked, save_model
 from ditlab.models.flops import flops
-from ditlab.models.zoo import create_model
+from ditlab.models.text_inputs import takes_text, text_model_kwargs
+from ditlab.models.zoo import MODELS, create_model
 from ditlab.runtime import (
     autocast,
     configure_backends,
@@ -42,6 +50,7 @@ from ditlab.runtime import (
     resolve_device,
 )
 from ditlab.sampling import generate
+from ditlab.text import CaptionEmbeddings, drop_embeddings, embed_captions, load_text_encoder
 from ditlab.train import distributed as D
 from ditlab.train.config import TrainConfig, posthoc_sigmas
 from ditlab.train.dcp import load_states
@@ -71,6 +80,15 @@ from ditlab.train.state import (
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The CPU generator of one training step: a pure function of (seed, step), so resume is exact."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+
+
+def caption_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one step's caption dropout: a stream apart from `step_generator`'s (whose draws
+    class-conditional runs keep), also a pure function of (seed, step)."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 2 + 1) % (2**63 - 1))
+
+
+SAMPLE_PROMPTS = 8  # rows of a text run's sample grids: this many of the data's captions, spread evenly
 
 
 class Trainer:
@@ -117,6 +135,11 @@ class Trainer:
             if cfg.condition == "layout"
             else None
         )
+        self.text: CaptionEmbeddings | None = None  # text runs: the data's encoded captions
+        self.text_spec: dict | None = None
+        self.text_widths: dict = {}
+        if cfg.text_encoder:
+            self.load_captions()
         self.total_steps = cfg.steps or cfg.epochs * self.batches_per_epoch
         self.part = rank_part(cfg.batch_size, self.dist.rank, self.dist.world_size)  # this rank's slice
         self.batches = batch_source(
@@ -142,12 +165,13 @@ class Trainer:
             image_size=list(self.data.image_size),
             channels=self.data.channels,
         )
+        self.model.text_spec = self.text_spec  # before the EMA copy: both models record the encoder
         self.model.sampling_spec = dict(  # the sampling this run's grids use: `ditlab sample RUN`'s defaults
             sampler=cfg.sampler, sample_steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale
         )
         if self.autoencoder is not None:  # `ditlab sample RUN` decodes through it with no --vae
             self.model.data_spec["autoencoder"] = self.data.autoencoder_record()
-        if self.data.num_classes and self.model.num_classes != self.data.num_classes:
+        if self.text is None and self.data.num_classes and self.model.num_classes != self.data.num_classes:
             raise ValueError(
                 f"the data has {self.data.num_classes} classes but the model was given num_classes="
                 f"{self.model.num_classes}; drop the override or use matching data"
@@ -221,13 +245,66 @@ class Trainer:
         model_args = dict(
             input_size=self.data.image_size,
             in_channels=self.data.channels,
-            num_classes=self.data.num_classes,
+            num_classes=0 if self.text is not None else self.data.num_classes,  # captions replace labels
             learn_sigma=cfg.learn_sigma,
+            **self.text_widths,
         )
         if self.layouts is not None:  # SPADE unless model_args say otherwise (spatial_condition=concat)
             model_args.update(spatial_condition="spade", layout_channels=NUM_LAYOUT_CLASSES)
         model_args.update(cfg.model_args)
-        return create_model(cfg.model, variant=cfg.variant, **model_args)
+        model = create_model(cfg.model, variant=cfg.variant, **model_args)
+        if self.text is not None and not takes_text(model.config):
+            raise ValueError(
+                f"--text-encoder needs a text-conditioned model; {cfg.model} takes no text: use a text preset "
+                "such as MMDiT-S/2, PixArt-S/2, Flux-S/2, ZImage-S/2 or Pooled-S/2"
+            )
+        return model
+
+    # ------------------------------------------------------------------ text conditioning
+    def load_captions(self) -> None:
+        """Encode the data's captions once (cached) and size the text inputs of a preset to the encoder."""
+        cfg = self.cfg
+        captions = getattr(self.data, "captions", None)
+        if not captions:
+            raise ValueError(
+                f"--text-encoder trains on captions, and {cfg.data} has none: use a captioned set (shapes, "
+                "fashion-mnist, a set whose dataset object has `captions`) or drop --text-encoder"
+            )
+        encoder = load_text_encoder(cfg.text_encoder, max_length=cfg.text_max_length)
+        self.text = embed_captions(encoder, captions)
+        self.text_spec = encoder.spec
+        preset = MODELS.get(cfg.model, {})
+        if preset.get("pooled_dim"):
+            self.text_widths["pooled_dim"] = encoder.pooled_dim
+        if preset.get("text_dim"):
+            self.text_widths.update(text_dim=encoder.dim, text_len=encoder.max_length)
+
+    def conditioning(self, step: int, y: torch.Tensor, drop: torch.Tensor) -> dict:
+        """The model kwargs of step `step`'s batch on this rank: labels with their dropout, or (text runs) the
+        images' caption embeddings with caption dropout to the null caption."""
+        if self.text is None:
+            return {"y": y, "force_drop_ids": drop} if self.model.num_classes else {}
+        emb, _ = drop_embeddings(
+            self.text.batch(self.batch_index(step)),
+            self.text.null,
+            rate=self.cfg.caption_dropout,
+            generator=caption_generator(self.cfg.seed, step),
+        )
+        emb = emb.select(list(range(self.part.start, self.part.stop))).to(self.device)  # this rank's part
+        return text_model_kwargs(self.model.config, emb)
+
+    def sample_prompts(self) -> list[str]:
+        """A text run's fixed grid prompts: SAMPLE_PROMPTS distinct captions of the data, evenly spread."""
+        used = set(self.data.captions)
+        distinct = [c for c in self.text.captions if c in used]  # the null caption left out
+        stride = max(1, len(distinct) // SAMPLE_PROMPTS)
+        return distinct[::stride][:SAMPLE_PROMPTS]
+
+    def eval_prompts(self, n: int) -> list[str]:
+        """A text run's evaluation prompts: the captions of n images in a fixed seeded order (the data's
+        distribution of prompts, the same at every evaluation)."""
+        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.cfg.seed + 4242))
+        return [self.data.captions[int(i)] for i in order[:n]]
 
     def build_optimizer(self) -> torch.optim.AdamW:
         """AdamW over the model's trainable parameters and REPA's projector (when on)."""
@@ -418,7 +495,7 @@ class Trainer:
 
     def _example_inputs(self):
         x0, y, t, _, drop = self.batch_for_step(self.step)
-        kwargs = {"y": y, "force_drop_ids": drop} if self.model.num_classes else {}
+        kwargs = self.conditioning(self.step, y, drop)
         kwargs.update(self.layout_kwargs(self.step))
         return x0, self.objective.model_time(t) if hasattr(self.objective, "model_time") else t, kwargs
 
@@ -483,7 +560,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         x0, y, t, noise, drop = self.batch_for_step(self.step)
-        kwargs = {"y": y, "force_drop_ids": drop} if self.model.num_classes else {}
+        kwargs = self.conditioning(self.step, y, drop)
         kwargs.update(self.layout_kwargs(self.step))
         with autocast(self.device, self.precision):
             terms = self.compute_loss(x0, kwargs, t, noise)
@@ -511,17 +588,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ outputs
     def write_samples(self, name: str | None = None, model=None) -> Path | None:
-        """A grid from the EMA model (or `model`): one row per class (up to 10), 8 samples each. Every rank
-        calls it (a sharded EMA is gathered first); rank 0 writes."""
+        """A grid from the EMA model (or `model`): one row per class (up to 10) or per fixed prompt (text
+        runs), 8 samples each. Every rank calls it (a sharded EMA is gathered first); rank 0 writes."""
         model = model if model is not None else self.parallel.gather(self.ema.model)
         if not self.dist.is_main:
             return None
         classes = list(range(min(model.num_classes, 10))) or None
-        per_class = 8 if classes else 32
+        per_class = 8 if classes or self.text is not None else 32
         layouts = None if self.layouts is None else self.layouts[:per_class].long()  # the first masks
+        text = {"prompts": self.sample_prompts(), "text_encoder": self.text} if self.text is not None else {}
         images, _ = generate(
             model,
             layouts=layouts,
+            **text,
             classes=classes,
             per_class=per_class,
             sampler=self.cfg.sampler,
@@ -651,9 +730,15 @@ class Trainer:
         return record
 
     def _evaluate(self, log: MetricsLog | None) -> None:
-        """`--eval-every`: FD of EMA samples against `eval_ref` (default: the data's test split)."""
+        """`--eval-every`: FD of EMA samples against `eval_ref` (default: the data's test split); text runs
+        sample the fixed `eval_prompts`, and on shapes also grade them with the shapes evaluator."""
         model = self.parallel.gather(self.ema.model)
-        if self.dist.is_main:
+        if self.dist.is_main and self.text is not None:
+            start = time.perf_counter()
+            record = self._evaluate_text(model)
+            if log is not None:
+                log.log({"step": self.step, **record, "eval_seconds": time.perf_counter() - start})
+        elif self.dist.is_main:
             cfg, start = self.cfg, time.perf_counter()
             result = evaluate_model(
                 model,
@@ -672,6 +757,34 @@ class Trainer:
             if log is not None:
                 log.log({"step": self.step, **fd_record(result), "eval_seconds": time.perf_counter() - start})
         D.barrier(self.dist)
+
+    def _evaluate_text(self, model) -> dict:
+        """A text run's evaluation of `model` (the gathered EMA): FD of samples of the data's prompts, plus
+        shapes accuracies on shapes."""
+        cfg = self.cfg
+        prompts = self.eval_prompts(cfg.eval_samples)
+        images, _ = generate(
+            model,
+            prompts=prompts,
+            text_encoder=self.text,
+            sampler=cfg.sampler,
+            steps=cfg.sample_steps,
+            guidance_scale=cfg.guidance_scale,
+            seed=cfg.seed + 12345,  # fixed noise across evaluations: the curve shows the model
+            batch_size=250,
+            device=self.device,
+        )
+        ref = cfg.eval_ref or f"{cfg.data}:test"
+        result = evaluate(
+            images, ref=ref, features=parse_features(cfg.eval_features), floor=False, resize_ref=True
+        )
+        record = fd_record(result)
+        if self.data.name.startswith("shapes"):
+            report = evaluate_shapes(images, prompts)
+            record["shapes_accuracy"] = report["accuracy"]
+            record["shapes_single_seen"] = report["single"]["seen"]["accuracy"]
+            record["shapes_two_seen"] = report["two"]["seen"]["accuracy"]
+        return record
 
 
 def compile_or_eager(model, example=None, train: bool = False):
