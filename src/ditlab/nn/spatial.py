@@ -100,7 +100,9 @@ class SpatialModulation(nn.Module):
         out = branches * params_per_branch(shift, gate) * dim
         # 1×1: the shared 3×3 conv gives the spatial context, each layer projects it per token (as adaLN's
         # Linear projects c per sample); a 3×3 here would cost 9× as much for every block
-        self.conv = nn.utils.skip_init(nn.Conv2d, hidden, out, 1)  # draws nothing from the RNG
+        # built without an init (draws nothing from the RNG), on the default device: a model built under
+        # `torch.device("meta")` (the loaders' shape check) gets meta tensors here too
+        self.conv = nn.Conv2d(hidden, out, 1, device="meta").to_empty(device=torch.empty(0).device)
         self.reset_to_zero()
 
     def reset_to_zero(self) -> None:
