@@ -179,7 +179,6 @@ class Trainer:
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
         self.model.checkpoint_policy = cfg.checkpoint_policy
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
-        self.posthoc = PostHocEMA(self.model, posthoc_sigmas(cfg.posthoc_ema)) if cfg.posthoc_ema else None
         if cfg.repa_weight and type(self).compute_loss is not Trainer.compute_loss:
             raise ValueError(
                 f"repa_weight: REPA adds its term in Trainer.compute_loss, which {type(self).__name__} replaces "
@@ -191,18 +190,26 @@ class Trainer:
         # DDP / FSDP2 / HSDP (ditlab.train.parallel); sharded modes shard model and EMA in place, so the
         # optimizer is built after, on the sharded parameters, and checkpoints load after that
         self.parallel = Parallel.create(
-            cfg.parallel, self.dist, self.device, self.precision, cfg.fsdp_cpu_offload, cfg.hsdp_shard_size
+            cfg.parallel,
+            self.dist,
+            self.device,
+            self.precision,
+            cfg.fsdp_cpu_offload,
+            cfg.hsdp_shard_size,
+            bucket_view=cfg.ddp_bucket_view,
         )
-        if self.parallel.sharded and (self.repa is not None or self.posthoc is not None):
+        if self.parallel.sharded and self.repa is not None:
             raise ValueError(
-                f"--parallel {cfg.parallel} shards the model, but REPA's projector and the post-hoc EMA "
-                "snapshots are not sharded yet: run them with --parallel ddp, or drop --repa-weight / "
-                "--posthoc-ema"
+                f"--parallel {cfg.parallel} shards the model, but REPA's projector is not sharded yet (its "
+                "parameters would join the sharded optimizer and checkpoint as strangers): run REPA with "
+                "--parallel ddp, or drop --repa-weight"
             )
         compile_model = (
             (lambda m: compile_or_eager(m, self._example_inputs(), train=True)) if cfg.compile else None
         )
         self.net = self.parallel.wrap(self.model, ema=self.ema.model, compile_model=compile_model)
+        # after sharding: the profiles are copies of the parameters as this rank holds them (shards or whole)
+        self.posthoc = PostHocEMA(self.model, posthoc_sigmas(cfg.posthoc_ema)) if cfg.posthoc_ema else None
         self.opt = self.build_optimizer()
         self.guard = NonFiniteGuard(
             cfg.nonfinite_patience,
@@ -551,8 +558,9 @@ class Trainer:
             return
         done = self.step + 1
         self.posthoc.update(self.model, done)
-        if done % self.cfg.posthoc_ema_every == 0 and self.dist.is_main:
-            self.posthoc.save_snapshot(snapshot_dir(self.out), done)
+        if done % self.cfg.posthoc_ema_every == 0 and (self.parallel.sharded or self.dist.is_main):
+            # sharded profiles are gathered by every rank; rank 0 writes
+            self.posthoc.save_snapshot(snapshot_dir(self.out), done, write=self.dist.is_main)
 
     def train_step(self) -> dict:
         cfg = self.cfg
