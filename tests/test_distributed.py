@@ -82,6 +82,16 @@ def test_fsdp_on_two_processes_equals_one_process(runs):
 
 
 @pytest.mark.slow
+def test_ddp_with_gradients_in_its_buckets_trains_as_one_process(runs, tmp_path):
+    """--ddp-bucket-view (one copy of the gradients, not two) changes memory, not the steps."""
+    _torchrun(_flags(tmp_path / "bv", 4, ["--parallel", "ddp", "--ddp-bucket-view"]))
+    assert losses(tmp_path / "bv") == pytest.approx(losses(runs / "one"), rel=1e-5)
+    grad_norms = [r["grad_norm"] for r in read_metrics(tmp_path / "bv" / "metrics.jsonl")]
+    ref = [r["grad_norm"] for r in read_metrics(runs / "one" / "metrics.jsonl")]
+    assert grad_norms == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.slow
 def test_dcp_set_from_two_processes_resumes_on_one_and_on_two(runs, tmp_path):
     ref = losses(runs / "one")  # a run that never stopped, same global batches
     set2 = runs / "fsdp" / "checkpoints" / "0000002.dcp"
