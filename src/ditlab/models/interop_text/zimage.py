@@ -25,7 +25,7 @@ from ditlab.models.interop import _need, _require
 from .common import NOMINAL_INPUT_SIZE, Link, export_rope_axes, linear, norm, rope_axes, weight
 
 ZIMAGE = "ZImageTransformer2DModel"
-ZIMAGE_ADALN_DIM = 256  # Z-Image's condition width: min(dim, 256) (its timestep MLP's middle width: fixed)
+ZIMAGE_ADALN_DIM = 256  # Z-Image's condition width: min(dim, 256); its timestep MLP's is a fixed field
 ZIMAGE_MLP_RATIO = 8 / 3  # its SwiGLU's hidden width int(dim / 3 · 8)
 
 NAME = ZIMAGE
