@@ -22,7 +22,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ditlab.cli_args import ListAction, UsageError, positive_int
+from ditlab.cli_args import UsageError, add_device_argument, add_list_argument, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="grade the samples against their `prompts` with the shapes evaluator (colour, shape, relation)",
     )
-    parser.add_argument(
+    add_list_argument(
+        parser,
         "--features",
-        action=ListAction,
         metavar="NAME",
         help="feature extractors: effnet-lite0[:RES] | inception:PATH | classifier:DATASET (default: "
         "effnet-lite0, plus classifier:<dataset> for digits / Fashion-MNIST references)",
@@ -57,18 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-floor", action="store_true", help="skip the train-vs-test floor (the data's own FD)"
     )
-    parser.add_argument(
+    add_list_argument(
+        parser,
         "--image-size",
-        action=ListAction,
         item=positive_int,
         metavar="PX",
         help="side (or H W), in pixels, to load the reference at without --samples (default: its own size)",
     )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="device of the feature extractors: auto (cuda when available, else cpu), cpu, cuda or cuda:N",
-    )
+    add_device_argument(parser, "device of the feature extractors: ")
     parser.add_argument(
         "--cache-dir", metavar="DIR", help="cache folder (default: $DITLAB_CACHE or ~/.cache/ditlab)"
     )

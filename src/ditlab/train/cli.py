@@ -22,8 +22,8 @@ import types
 import typing
 
 from ditlab.cli_args import (
-    ListAction,
     UsageError,
+    add_list_argument,
     add_resume_argument,
     names,
     non_negative_float,
@@ -311,7 +311,7 @@ def add_arguments(
         elif kind is dict:
             group.add_argument(*flags, type=parse_kv, action="append", metavar="KEY=VALUE", **common)
         elif f.name in LIST_FIELDS:
-            group.add_argument(*flags, action=ListAction, metavar="NAME", **common)
+            add_list_argument(group, *flags, metavar="NAME", **common)
         else:
             allowed = choices.get(f.name)
             group.add_argument(
