@@ -1,9 +1,11 @@
 """Cached latents (`ditlab latents`) and training on latents (`ditlab train --vae`): the cache equals on-the-fly
 encoding, flipped copies pair with their images, building resumes and splits across ranks, a mismatched cache
-is not used, and a latent run samples decoded images with no --vae."""
+is not used, a latent run samples decoded images with no --vae, and `ditlab train --data L` on a cache folder
+trains as `--vae V --latents L` does (a bad folder is refused, saying what to do)."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -13,10 +15,10 @@ from test_autoencoders_ldm import tiny
 import ditlab
 from ditlab import cli
 from ditlab.autoencoders import IdentityAutoencoder, load_autoencoder, save_autoencoder
-from ditlab.autoencoders.inputs import CachedLatents, EncodedImages
+from ditlab.autoencoders.inputs import CachedLatents, EncodedImages, ImageRecord, folder_inputs
 from ditlab.autoencoders.latent_cache import build_latent_shards, load_latent_shards, read_manifest
 from ditlab.data import load_dataset, load_npz
-from ditlab.train import TrainConfig, train
+from ditlab.train import TrainConfig, Trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def digits(flip=False):
 def test_cache_equals_on_the_fly_encoding(tmp_path, vae_file):
     ae = load_autoencoder(vae_file)
     build_latent_shards(ae, digits(), tmp_path / "L", flip=True, shard_size=300, batch_size=50)
-    cached = CachedLatents(digits(flip=True), ae, load_latent_shards(tmp_path / "L", ae))
+    cached = CachedLatents(ImageRecord.of(digits(flip=True)), ae, load_latent_shards(tmp_path / "L", ae))
     encoded = EncodedImages(digits(flip=True), ae)
     assert (cached.channels, cached.image_size) == (encoded.channels, encoded.image_size) == (4, (4, 4))
     idx = torch.tensor([0, 5, 299, 300, 1000, 7])
@@ -100,12 +102,12 @@ def test_a_cache_of_another_autoencoder_is_not_used(tmp_path, vae_file):
         load_latent_shards(tmp_path / "L", load_autoencoder(vae_file))
 
 
-def _train_cfg(tmp_path, name, vae, **kw):
+def _train_cfg(tmp_path, name, vae, data="digits", **kw):
     return TrainConfig(
-        data="digits",
+        data=str(data),
         image_size=8,
         model="DiT-Nano/2",
-        vae=str(vae),
+        vae=vae and str(vae),
         steps=2,
         batch_size=16,
         log_every=1,
@@ -155,3 +157,90 @@ def test_a_latent_run_samples_decoded_images_with_no_vae(tmp_path, vae_file, cap
         expected = ditlab.data.to_uint8(load_autoencoder(vae_file).decode(latents)).numpy()
     assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
     assert (run / "samples.png").is_file()
+
+
+def _encode(vae, out, *extra):
+    """`ditlab latents` of the digits at 8x8 into `out` (in this process)."""
+    args = ["latents", "--vae", str(vae), "--data", "digits", "--image-size", "8", "--shard-size", "500"]
+    assert cli.main([*args, *extra, "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    return out
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_on_a_latent_folder_equals_training_with_latents(tmp_path, vae_file, capsys):
+    cache = _encode(vae_file, tmp_path / "L", "--flip")
+    a = train(_train_cfg(tmp_path, "folder", None, data=cache, flip=True))  # no images, no --vae
+    b = train(_train_cfg(tmp_path, "images", vae_file, latents=str(cache), flip=True))
+    assert a["step"] == b["step"] == 2
+    assert _losses(tmp_path / "folder") == _losses(tmp_path / "images")  # the same batches, bit for bit
+    folder_model, images_model = (
+        ditlab.load_model(tmp_path / "folder"),
+        ditlab.load_model(tmp_path / "images"),
+    )
+    assert folder_model.data_spec == images_model.data_spec  # name, classes, latent size and autoencoder
+    assert folder_model.data_spec["autoencoder"]["source"] == str(vae_file.resolve())
+    for k, v in images_model.state_dict().items():
+        assert torch.equal(folder_model.state_dict()[k], v), k
+    # `ditlab sample RUN` decodes through the autoencoder recorded from the cache's manifest
+    out = tmp_path / "s"
+    args = ["sample", str(tmp_path / "folder"), "--classes", "3", "--per-class", "2", "--steps", "2"]
+    assert cli.main([*args, "--no-progress", "--out", str(out)]) == 0
+    assert load_npz(f"{out}.npz")[0].shape == (2, 8, 8, 1)  # decoded grey 8x8 digits, not latents
+    # FD during training is measured against the encoded images' test split, not "L:test"
+    trainer = Trainer(_train_cfg(tmp_path, "ref", None, data=cache))
+    assert trainer.eval_reference() == "digits:test"
+    assert len(trainer.data) == len(digits()) and trainer.data.num_classes == 10
+
+
+def test_an_unconditional_run_on_a_latent_folder_sees_label_zero(tmp_path, vae_file):
+    cache = _encode(vae_file, tmp_path / "L")
+    labelled, _ = folder_inputs(cache, "cpu")
+    data, _ = folder_inputs(cache, "cpu", unconditional=True)
+    idx = torch.arange(40)
+    assert labelled.num_classes == 10 and labelled.batch(idx)[1].unique().numel() == 10
+    assert data.num_classes == 0 and torch.equal(data.batch(idx)[1], torch.zeros(40, dtype=torch.int64))
+
+
+def test_a_bad_latent_folder_is_refused_saying_what_to_do(tmp_path, vae_file, capsys):
+    vae = tmp_path / "vae.safetensors"
+    shutil.copy(vae_file, vae)
+    cache = _encode(vae, tmp_path / "L")  # no --flip
+    train_args = ["train", "--data", str(cache), "--steps", "1", "--batch-size", "16", "--threads", "1"]
+    train_args += ["--model", "DiT-Nano/2", "--no-progress", "--out", str(tmp_path / "run")]
+
+    def refused(*extra) -> str:
+        assert cli.main([*train_args, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "error:" in err, err  # one line, no traceback
+        return err
+
+    err = refused("--flip")
+    assert "has no flipped copy" in err and "rebuild the cache with `ditlab latents ... --flip`" in err
+    assert "not --image-size 16" in refused("--image-size", "16")
+    assert "drop --latents" in refused("--latents", str(cache))
+    other = tiny("kl", downsample=2, latent_channels=4, image_channels=1, seed=5, scale=0.7)
+    save_autoencoder(other, tmp_path / "other.safetensors")
+    assert "was built with" in refused("--vae", str(tmp_path / "other.safetensors"))
+    assert not (tmp_path / "run").exists()
+    # an unfinished build (shards, no manifest) and a damaged manifest
+    partial = tmp_path / "partial"
+    shutil.copytree(cache, partial)
+    (partial / "latents.json").unlink()
+    with pytest.raises(FileNotFoundError, match="its build did not finish"):
+        folder_inputs(partial, "cpu")
+    (partial / "latents.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        folder_inputs(partial, "cpu")
+    (partial / "latents.json").write_text((cache / "latents.json").read_text())
+    (partial / "shard-00001.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="shards are missing"):
+        folder_inputs(partial, "cpu")
+    # the autoencoder that encoded the cache is gone
+    data, _ = folder_inputs(cache, "cpu", vae=str(vae))  # --vae naming the very one is accepted
+    assert isinstance(data, CachedLatents) and (data.channels, data.image_size) == (4, (4, 4))
+    vae.unlink()
+    with pytest.raises(FileNotFoundError, match="which no longer exists there: put it back"):
+        folder_inputs(cache, "cpu")

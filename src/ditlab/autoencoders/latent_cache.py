@@ -38,6 +38,7 @@ __all__ = [
     "MANIFEST",
     "build_latent_shards",
     "cache_latents",
+    "is_latent_folder",
     "load_latent_cache",
     "load_latent_shards",
     "read_manifest",
@@ -309,6 +310,12 @@ def _write_manifest(
     return atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
+def is_latent_folder(path) -> bool:
+    """Whether ``path`` is a folder of latent shards (finished or not), rather than images or a named set."""
+    folder = Path(path)
+    return folder.is_dir() and ((folder / MANIFEST).is_file() or any(folder.glob("shard-*.safetensors")))
+
+
 def read_manifest(folder: str | Path) -> dict:
     """The manifest of a sharded cache; FileNotFoundError when the folder has none (not built, or unfinished)."""
     path = Path(folder) / MANIFEST
@@ -317,9 +324,17 @@ def read_manifest(folder: str | Path) -> dict:
             f"{folder} has no {MANIFEST}: not a latent cache, or its build did not finish (run `ditlab "
             "latents` again: finished shards are kept)"
         )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != _MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not a ditlab latent-cache manifest (format {manifest.get('format')!r})")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}): a damaged latent cache; delete {MANIFEST} and run `ditlab "
+            "latents` again (finished shards are kept)"
+        ) from err
+    if not isinstance(manifest, dict) or manifest.get("format") != _MANIFEST_FORMAT:
+        raise ValueError(
+            f"{path} is not a ditlab latent-cache manifest (it has no format {_MANIFEST_FORMAT!r})"
+        )
     return manifest
 
 
@@ -330,6 +345,12 @@ def load_latent_shards(folder: str | Path, autoencoder: Autoencoder | None = Non
     # checked before the shards are read (they can be large)
     _check_built_by(manifest, autoencoder, folder, "rebuild it with `ditlab latents --vae ...`")
     parts: dict[str, list[Tensor]] = {}
+    missing = [name for name in manifest["shards"] if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: {len(missing)} of its shards are missing ({', '.join(missing[:3])}); run `ditlab "
+            "latents` again to rebuild them"
+        )
     for name in manifest["shards"]:
         for key, value in load_file(str(folder / name)).items():
             parts.setdefault(key, []).append(value)

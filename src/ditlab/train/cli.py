@@ -53,15 +53,17 @@ _parse_kv = parse_kv  # the name ditlab.ablate imports (it may import ditlab.cli
 HELP = {
     # data
     "data": 'dataset: "digits", "fashion-mnist[:DIR]" (class subsets like fashion-mnist[0-4]), "emoji[SIZE]" '
-    '(colour, captioned; SIZE in px up to 128, default 32), "shapes[SIZE]" (captioned) or an image folder (one '
-    "sub-folder per class; streamed: any size)",
+    '(colour, captioned; SIZE in px up to 128, default 32), "shapes[SIZE]" (captioned), an image folder (one '
+    "sub-folder per class; streamed: any size) or a `ditlab latents` folder (trains on its latents, decoded by "
+    "the autoencoder that encoded them)",
     "bad_images": "unreadable files in an image folder: skip (replace by the next readable file, warn once per "
     "file) or raise (stop, naming the file)",
     "data_loader": "auto (image folders stream, the bundled sets stay in memory), memory (load a folder whole: "
     "fastest for small ones) or stream",
     "num_workers": "DataLoader worker processes decoding a streamed folder (0 = in the training process)",
     "vae": "train on latents of this autoencoder: a `ditlab vae train` run or file, or a diffusers "
-    "AutoencoderKL / VQModel folder (default: none, the model sees pixels)",
+    "AutoencoderKL / VQModel folder (default: none, the model sees pixels; with a latent folder as --data: "
+    "the one its manifest names)",
     "latents": "with --vae: a `ditlab latents` cache folder, read instead of encoding when it matches "
     "(default: encode each batch)",
     "image_size": "resize images to this side, in pixels (default: the data's own size)",

@@ -32,7 +32,9 @@ class TrainConfig(DictConfig):
     _what = "training option"
 
     # --- data ---
-    data: str = "digits"  # "digits", "fashion-mnist[:DIR]", "emoji[SIZE]", or an ImageFolder path
+    data: str = (
+        "digits"  # "digits", "fashion-mnist[:DIR]", "emoji[SIZE]", an ImageFolder or latent-cache path
+    )
     image_size: int | None = None  # resize to this side; None keeps the data's size
     channels: int | None = None  # 1 or 3; None keeps the data's
     flip: bool = False  # random horizontal flips (the official recipe flips ImageNet; digits must not)

@@ -1,6 +1,7 @@
 """`ditlab latents`: encode a data set once into a sharded latent cache (as fast-DiT does), for `ditlab train`.
 
     ditlab latents --vae runs/vae --data digits --out latents/digits --flip
+    ditlab train --data latents/digits --flip --train-steps 2000 --out runs/ldm    # the cache alone: no images
     ditlab train --data digits --vae runs/vae --latents latents/digits --flip --train-steps 2000 --out runs/ldm
     torchrun --standalone --nproc_per_node 4 -m ditlab latents --vae sd-vae-ft-ema/ --data imagenet/ --out L
 

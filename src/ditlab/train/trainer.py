@@ -28,7 +28,8 @@ import torch
 from tqdm import tqdm
 
 from ditlab.atomic import atomic_write_text, remove_orphan_temp_files
-from ditlab.autoencoders.inputs import latent_inputs
+from ditlab.autoencoders.inputs import CachedLatents, folder_inputs, latent_inputs
+from ditlab.autoencoders.latent_cache import is_latent_folder
 from ditlab.data import ImageDataset, save_grid
 from ditlab.data.layouts import NUM_LAYOUT_CLASSES, shapes_layouts
 from ditlab.data.loader import batch_source, rank_part, step_indices
@@ -101,15 +102,11 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False, force: bool = False
     ):
-        # data: the named sets in memory (a batch is an index lookup); image folders stream through
-        # DataLoader workers (ditlab.data.loader), so a folder of any size trains in bounded memory
+        # data: the named sets in memory, image folders streamed, latents (--vae, or a latent cache as
+        # --data) as (latents, labels) batches: see `open_data`
         self.open_run(
             cfg, resume, overwrite, force, loader=cfg.data_loader, unconditional=cfg.unconditional or None
         )
-        # --vae: the model learns on latents; the data set then yields (latents, labels) batches
-        self.autoencoder = None
-        if cfg.vae:
-            self.data, self.autoencoder = latent_inputs(self.data, cfg.vae, self.device, cfg.latents)
         self.size_run()
         # layout runs: each image's mask, uint8 (N, H, W) labels (ditlab.data.layouts), else None
         self.layouts = (
@@ -207,15 +204,20 @@ class Trainer:
         self.peak = matmul_peak_gflops(self.device.type) if self.dist.is_main else float("nan")
 
     def open_run(self, cfg, resume, overwrite: bool, force: bool, **data_options) -> None:
-        """The opening every trainer shares: the run's options, the runtime (`_setup_runtime`) and the
-        training split of `cfg.data` (`data_options`: `open_dataset`'s loader and unconditional)."""
+        """The opening every trainer shares: the run's options, the runtime (`_setup_runtime`) and its data
+        (`open_data`; `data_options`: `open_dataset`'s loader and unconditional)."""
         if overwrite and resume:
             raise ValueError("--overwrite starts a new run and --resume continues one: pass only one of them")
         self.cfg = cfg
         self.resume, self.overwrite, self.force = resume, overwrite, force
         self.lock: RunLock | None = None  # the run folder's lock, taken by run()
         self._setup_runtime()
-        self.data = open_dataset(
+        self.data, self.autoencoder = self.open_data(**data_options)
+
+    def training_images(self, **data_options):
+        """The training split of `cfg.data` (`data_options`: `open_dataset`'s loader and unconditional)."""
+        cfg = self.cfg
+        return open_dataset(
             cfg.data,
             split="train",
             image_size=cfg.image_size,
@@ -255,6 +257,45 @@ class Trainer:
     def final_model(self):
         """The model a run exports: the EMA, gathered whole on rank 0 whatever the sharding."""
         return self.parallel.gather(self.ema.model)
+
+    def open_data(self, **data_options):
+        """(data, autoencoder or None). The named sets sit in memory (a batch is an index lookup); image
+        folders stream through DataLoader workers (ditlab.data.loader), so a folder of any size trains in
+        bounded memory. With --vae the model learns on latents and the data yields (latents, labels) batches;
+        a `ditlab latents` folder as --data is such latents already, with the autoencoder its manifest names."""
+        cfg = self.cfg
+        if is_latent_folder(cfg.data):
+            if cfg.latents:
+                raise ValueError(
+                    f"--data {cfg.data} is a latent cache already: drop --latents (it names a cache to use "
+                    "instead of encoding --data's images)"
+                )
+            if cfg.data_loader == "stream":
+                raise ValueError(
+                    "a latent cache is read into memory, not streamed: drop --data-loader stream"
+                )
+            return folder_inputs(
+                cfg.data,
+                self.device,
+                vae=cfg.vae,
+                flip=cfg.flip,
+                unconditional=cfg.unconditional,
+                image_size=cfg.image_size,
+                channels=cfg.channels,
+            )
+        data = self.training_images(**data_options)
+        if cfg.vae:
+            return latent_inputs(data, cfg.vae, self.device, cfg.latents)
+        return data, None
+
+    def eval_reference(self) -> str:
+        """--eval-ref, else the test split of the training images: of --data, or of the images a latent
+        cache given as --data encoded (its manifest names them)."""
+        if self.cfg.eval_ref:
+            return self.cfg.eval_ref
+        if isinstance(self.data, CachedLatents) and is_latent_folder(self.cfg.data):
+            return f"{self.data.record.images_spec}:test"
+        return f"{self.cfg.data}:test"
 
     def build_model(self):
         """The model to train, sized for the data. Fine-tuning subclasses override this (start from a
@@ -762,7 +803,7 @@ class Trainer:
             result = evaluate_model(
                 model,
                 cfg.eval_samples,
-                ref=cfg.eval_ref or f"{cfg.data}:test",
+                ref=self.eval_reference(),
                 features=parse_features(cfg.eval_features),
                 sampler=cfg.sampler,
                 sample_steps=cfg.sample_steps,
@@ -793,7 +834,7 @@ class Trainer:
             batch_size=250,
             device=self.device,
         )
-        ref = cfg.eval_ref or f"{cfg.data}:test"
+        ref = self.eval_reference()
         result = evaluate(
             images, ref=ref, features=parse_features(cfg.eval_features), floor=False, resize_ref=True
         )

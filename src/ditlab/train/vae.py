@@ -198,6 +198,10 @@ class VAETrainer(Trainer):
         self.gflops_per_image = self._gmacs_per_image()
         self.peak = matmul_peak_gflops(self.device.type) if self.dist.is_main else float("nan")
 
+    def open_data(self, **data_options):
+        """An autoencoder learns on the images themselves: no latents, no autoencoder under it."""
+        return self.training_images(**data_options), None
+
     def final_model(self):
         """Nothing to gather: an autoencoder run exports the trained model itself (`write_outputs`)."""
         return None
