@@ -5,8 +5,10 @@ masked inference, deployed sliced-weight and kept-token gather/scatter paths.
 
 The redesign keeps every operation and its order, so on the machine kind that wrote the file (same torch
 build, same CPU instruction set) the comparison is bit-exact. Elsewhere the matmul kernels sum in another
-order (~1e-7 relative per op), so there a relative tolerance of 1e-5 of each tensor's scale applies, far
-below what any wrong mask, gate or gathered token changes (~1e-1)."""
+order (~1e-7 relative per op, up to 1.6e-5 of a tensor's scale after a whole model: an AVX2 AMD EPYC against
+the AVX512 machine that wrote the file, and 1.0e-4 for the per-parameter gradient sums, whose terms cancel), so
+there a tolerance of 1e-4 of each tensor's scale applies (1e-3 for gradient sums), far below what any wrong
+mask, gate or gathered token changes (~1e-1)."""
 
 import pytest
 import torch
@@ -38,8 +40,8 @@ def check(saved, prefix: str, got: dict[str, torch.Tensor]) -> None:
         if exact:
             assert torch.equal(value, ref), f"{prefix}{key}: max diff {(value - ref).abs().max():.3g}"
         else:
-            scale = max(1.0, ref.abs().max().item())
-            torch.testing.assert_close(value, ref, atol=1e-5 * scale, rtol=0, msg=f"{prefix}{key}")
+            tol = max(1.0, ref.abs().max().item()) * (1e-3 if "grad" in key else 1e-4)
+            torch.testing.assert_close(value, ref, atol=tol, rtol=0, msg=f"{prefix}{key}")
 
 
 @pytest.mark.parametrize("variant", DENSE_VARIANTS)
