@@ -9,7 +9,11 @@ Each arm trains `--model` (default DiT-Ti/4, 32 px) with `ditlab train --data sh
 code path, then samples one image per layout of `--samples` fresh scenes (train-split scenes past the 50k
 training images: seen objects, unseen layouts) and scores them with `ditlab.eval.shapes.layout_iou`
 (per-class IoU between the requested mask and the generated image's segmentation). The concat arm gets the
-SPADE arm's extra Gflops as MLP width (mlp_ratio), so both cost the same per image.
+SPADE arm's extra Gflops as MLP width (mlp_ratio), so both cost the same per image. The spade-head arm
+adds the AdaGN pixel head (`pixel_head="adagn"`, ditlab.nn.pixel_head: the layout modulates the head per
+pixel); with `--match spade-head` every other arm is widened to its Gflops:
+
+    python benchmarks/spatial.py --variants spade spade-head concat --match spade-head --out runs/spatial3
 """
 
 from __future__ import annotations
@@ -31,17 +35,34 @@ from ditlab.train.trainer import Trainer
 K = 13  # background + 12 object classes
 
 
+VARIANTS = ("spade", "spade-head", "concat")
+
+
 def base_args(model: str, hidden: int) -> dict:
     return dict(input_size=32, in_channels=3, num_classes=0, learn_sigma=False, spatial_hidden=hidden)
 
 
-def matched_mlp_ratio(model: str, target: float, hidden: int) -> float:
-    """The concat arm's mlp_ratio whose Gflops come closest to `target` (the SPADE arm's)."""
+def variant_args(variant: str, hidden: int, head_width: int) -> dict:
+    """An arm's own model_args before the Gflops match: SPADE in the blocks (and, spade-head, the AdaGN pixel
+    head with the layout per pixel), or the mask concatenated to the input."""
+    if variant == "concat":
+        return dict(spatial_condition="concat", layout_channels=K)
+    spade = dict(spatial_condition="spade", layout_channels=K, spatial_hidden=hidden)
+    if variant == "spade-head":
+        spade.update(pixel_head="adagn", pixel_head_width=head_width)
+    return spade
+
+
+def arm_gflops(model: str, hidden: int, args: dict) -> float:
+    return flops(create_model(model, **{**base_args(model, hidden), **args}).config)
+
+
+def matched_mlp_ratio(model: str, target: float, hidden: int, args: dict) -> float:
+    """The mlp_ratio (≥ 4) whose Gflops for the arm `args` come closest to `target` (the costliest arm's)."""
     best = None
-    for step in range(0, 200):
+    for step in range(0, 400):
         ratio = 4.0 + step / 64
-        cfg = dict(base_args(model, hidden), spatial_condition="concat", layout_channels=K, mlp_ratio=ratio)
-        g = flops(create_model(model, **cfg).config)
+        g = arm_gflops(model, hidden, {**args, "mlp_ratio": ratio})
         if best is None or abs(g - target) < abs(best[1] - target):
             best = (ratio, g)
         if g > target:
@@ -49,14 +70,14 @@ def matched_mlp_ratio(model: str, target: float, hidden: int) -> float:
     return best[0]
 
 
-def arm_args(variant: str, model: str, hidden: int) -> dict:
-    spade = dict(spatial_condition="spade", layout_channels=K, spatial_hidden=hidden)
-    if variant == "spade":
-        return spade
-    target = flops(create_model(model, **{**base_args(model, hidden), **spade}).config)
-    return dict(
-        spatial_condition="concat", layout_channels=K, mlp_ratio=matched_mlp_ratio(model, target, hidden)
-    )
+def arm_args(variant: str, model: str, hidden: int, head_width: int, match: str) -> dict:
+    """The arm's model_args: its own, with the MLP widened until its Gflops equal the `match` arm's (the
+    costliest of the compared arms; that arm keeps mlp_ratio 4)."""
+    own = variant_args(variant, hidden, head_width)
+    if variant == match:
+        return own
+    target = arm_gflops(model, hidden, variant_args(match, hidden, head_width))
+    return {**own, "mlp_ratio": matched_mlp_ratio(model, target, hidden, own)}
 
 
 def eval_layouts(n: int) -> np.ndarray:
@@ -71,7 +92,7 @@ def run_arm(variant: str, args) -> dict:
         data="shapes",
         condition="layout",
         model=args.model,
-        model_args=arm_args(variant, args.model, args.hidden),
+        model_args=arm_args(variant, args.model, args.hidden, args.head_width, args.match),
         objective="flow",
         steps=args.train_steps,
         batch_size=args.batch_size,
@@ -135,7 +156,14 @@ def report(folder: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["spade", "concat"], choices=["spade", "concat"])
+    parser.add_argument("--variants", nargs="+", default=["spade", "concat"], choices=VARIANTS)
+    parser.add_argument(
+        "--match",
+        default="spade",
+        choices=VARIANTS,
+        help="the arm whose Gflops the others are widened to (their MLP); pick the costliest compared arm",
+    )
+    parser.add_argument("--head-width", type=int, default=32, help="spade-head: pixel_head_width")
     parser.add_argument("--model", default="DiT-Ti/4")
     parser.add_argument("--hidden", type=int, default=16, help="SPADE's shared conv width (spatial_hidden)")
     parser.add_argument("--train-steps", type=int, default=400)

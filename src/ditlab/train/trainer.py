@@ -251,6 +251,8 @@ class Trainer:
         )
         if self.layouts is not None:  # SPADE unless model_args say otherwise (spatial_condition=concat)
             model_args.update(spatial_condition="spade", layout_channels=NUM_LAYOUT_CLASSES)
+        if cfg.condition == "reference":
+            model_args.update(reference_condition="adain")
         model_args.update(cfg.model_args)
         model = create_model(cfg.model, variant=cfg.variant, **model_args)
         if self.text is not None and not takes_text(model.config):
@@ -496,7 +498,7 @@ class Trainer:
     def _example_inputs(self):
         x0, y, t, _, drop = self.batch_for_step(self.step)
         kwargs = self.conditioning(self.step, y, drop)
-        kwargs.update(self.layout_kwargs(self.step))
+        kwargs.update(self.layout_kwargs(self.step), **self.reference_kwargs(x0))
         return x0, self.objective.model_time(t) if hasattr(self.objective, "model_time") else t, kwargs
 
     # ------------------------------------------------------------------ one step
@@ -517,6 +519,13 @@ class Trainer:
         layout = layout * keep[:, None, None, None]
         r, W = self.dist.rank, self.dist.world_size
         return {"layout": layout[r * B // W : (r + 1) * B // W].to(self.device)}
+
+    def reference_kwargs(self, x0: torch.Tensor) -> dict:
+        """Reference runs: {"reference": the batch's own images} (their AdaIN statistics are the condition a
+        reference image gives at sampling time); {} for other runs."""
+        if self.cfg.condition != "reference":
+            return {}
+        return {"reference": x0}
 
     def batch_for_step(self, step: int):
         """(x0, y, t, noise, drop) of this rank for `step`, all derived from (seed, step): the images from the
@@ -561,7 +570,7 @@ class Trainer:
             group["lr"] = lr
         x0, y, t, noise, drop = self.batch_for_step(self.step)
         kwargs = self.conditioning(self.step, y, drop)
-        kwargs.update(self.layout_kwargs(self.step))
+        kwargs.update(self.layout_kwargs(self.step), **self.reference_kwargs(x0))
         with autocast(self.device, self.precision):
             terms = self.compute_loss(x0, kwargs, t, noise)
         loss = terms["loss"].float().mean()
@@ -596,10 +605,13 @@ class Trainer:
         classes = list(range(min(model.num_classes, 10))) or None
         per_class = 8 if classes or self.text is not None else 32
         layouts = None if self.layouts is None else self.layouts[:per_class].long()  # the first masks
+        # reference runs: the first step's images (this rank's) as the references of the grid's columns
+        references = self.batch_for_step(0)[0][:per_class] if self.cfg.condition == "reference" else None
         text = {"prompts": self.sample_prompts(), "text_encoder": self.text} if self.text is not None else {}
         images, _ = generate(
             model,
             layouts=layouts,
+            references=references,
             **text,
             classes=classes,
             per_class=per_class,
