@@ -18,52 +18,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ditlab.data.shapes import SPLIT_SIZES, render_scenes, scene_for
 from ditlab.eval.shapes import reference_agreement
-from ditlab.models.flops import flops
 from ditlab.sampling import generate
-from ditlab.train import TrainConfig
-from ditlab.train.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from spatial import eval_scenes, shapes_run, train_arm  # noqa: E402  (the shapes studies' shared setup)
 
 VARIANTS = ("adain", "none")
 
 
-def eval_references(n: int) -> np.ndarray:
-    """uint8 (n, 32, 32, 3) images of fresh scenes: train-split scene ids past the training set."""
-    start = SPLIT_SIZES["train"]
-    return render_scenes([scene_for("train", start + i) for i in range(n)]).images
-
-
 def run_arm(variant: str, args) -> dict:
     out = Path(args.out) / variant
-    cfg = TrainConfig(
-        data="shapes",
-        unconditional=True,
-        condition="reference" if variant == "adain" else "none",
-        model=args.model,
-        model_args=dict(learn_sigma=False),
-        objective="flow",
-        steps=args.train_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=min(100, args.train_steps // 10),
-        ema_decay=0.999,
-        ema_warmup=True,
-        threads=args.threads,
-        out=str(out),
-        ckpt_every=max(args.train_steps, 1),
-        sample_steps=args.sample_steps,
-        progress=False,
-        seed=args.seed,
-    )
-    trainer = Trainer(cfg, overwrite=True)
-    summary = trainer.run()
-    references = eval_references(args.samples)
+    condition = "reference" if variant == "adain" else "none"
+    cfg = shapes_run(args, out, unconditional=True, condition=condition, model_args=dict(learn_sigma=False))
+    trainer, result = train_arm(variant, cfg, args)
+    references = eval_scenes(args.samples).images
     as_input = torch.from_numpy(references).permute(0, 3, 1, 2).float() / 127.5 - 1  # [-1, 1], NCHW
     images, _ = generate(
         trainer.ema.model,
@@ -73,16 +48,7 @@ def run_arm(variant: str, args) -> dict:
         seed=args.seed + 1,
     )
     np.savez_compressed(out / "eval.npz", images=images, references=references)
-    result = {
-        "variant": variant,
-        "gflops": flops(trainer.model),
-        "params": trainer.model.num_parameters(),
-        "train_steps": args.train_steps,
-        "batch_size": args.batch_size,
-        "final_loss": summary.get("loss"),
-        "train_seconds": summary["seconds"],
-        "agreement": reference_agreement(images, references),
-    }
+    result["agreement"] = reference_agreement(images, references)
     (out / "reference.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

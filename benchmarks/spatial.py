@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ditlab.data.shapes import SPLIT_SIZES, render_scenes, scene_for
+from ditlab.data.shapes import SPLIT_SIZES, ShapesArrays, render_scenes, scene_for
 from ditlab.eval.shapes import layout_iou
 from ditlab.models.flops import flops
 from ditlab.models.zoo import create_model
@@ -38,8 +38,12 @@ K = 13  # background + 12 object classes
 VARIANTS = ("spade", "spade-head", "concat")
 
 
+DEPTH = None  # --depth: the model's blocks (None: the preset's), set by main()
+
+
 def base_args(model: str, hidden: int) -> dict:
-    return dict(input_size=32, in_channels=3, num_classes=0, learn_sigma=False, spatial_hidden=hidden)
+    args = dict(input_size=32, in_channels=3, num_classes=0, learn_sigma=False, spatial_hidden=hidden)
+    return args if DEPTH is None else {**args, "depth": DEPTH}
 
 
 def variant_args(variant: str, hidden: int, head_width: int) -> dict:
@@ -80,19 +84,19 @@ def arm_args(variant: str, model: str, hidden: int, head_width: int, match: str)
     return {**own, "mlp_ratio": matched_mlp_ratio(model, target, hidden, own)}
 
 
-def eval_layouts(n: int) -> np.ndarray:
-    """Masks (n, 32, 32) of fresh scenes: train-split scene ids past the training set (seen objects only)."""
+def eval_scenes(n: int) -> ShapesArrays:
+    """n fresh scenes (images and masks): train-split scene ids past the training set (seen objects only)."""
     start = SPLIT_SIZES["train"]
-    return render_scenes([scene_for("train", start + i) for i in range(n)]).masks
+    return render_scenes([scene_for("train", start + i) for i in range(n)])
 
 
-def run_arm(variant: str, args) -> dict:
-    out = Path(args.out) / variant
-    cfg = TrainConfig(
+def shapes_run(args, out: Path, **fields) -> TrainConfig:
+    """The training setup the shapes studies share (this one and benchmarks/reference.py): `args.model` with
+    flow matching, AdamW at `args.lr` with 10% warm-up (at most 100 steps), EMA 0.999 with warm-up, one
+    checkpoint at the end; `fields` add the study's own (condition, model_args, ...)."""
+    return TrainConfig(
         data="shapes",
-        condition="layout",
         model=args.model,
-        model_args=arm_args(variant, args.model, args.hidden, args.head_width, args.match),
         objective="flow",
         steps=args.train_steps,
         batch_size=args.batch_size,
@@ -104,14 +108,17 @@ def run_arm(variant: str, args) -> dict:
         out=str(out),
         ckpt_every=max(args.train_steps, 1),
         sample_steps=args.sample_steps,
-        guidance_scale=args.guidance[0],
         progress=False,
         seed=args.seed,
+        **fields,
     )
+
+
+def train_arm(variant: str, cfg: TrainConfig, args) -> tuple[Trainer, dict]:
+    """Train one arm; -> the trainer and its record's common fields (Gflops, parameters, loss, time)."""
     trainer = Trainer(cfg, overwrite=True)
     summary = trainer.run()
-    layouts = eval_layouts(args.samples)
-    result = {
+    return trainer, {
         "variant": variant,
         "gflops": flops(trainer.model),
         "params": trainer.model.num_parameters(),
@@ -120,8 +127,18 @@ def run_arm(variant: str, args) -> dict:
         "batch_size": args.batch_size,
         "final_loss": summary.get("loss"),
         "train_seconds": summary["seconds"],
-        "by_guidance": {},
     }
+
+
+def run_arm(variant: str, args) -> dict:
+    out = Path(args.out) / variant
+    model_args = arm_args(variant, args.model, args.hidden, args.head_width, args.match)
+    if DEPTH is not None:
+        model_args["depth"] = DEPTH
+    cfg = shapes_run(args, out, condition="layout", model_args=model_args, guidance_scale=args.guidance[0])
+    trainer, result = train_arm(variant, cfg, args)
+    layouts = eval_scenes(args.samples).masks
+    result["by_guidance"] = {}
     for scale in args.guidance:
         images, _ = generate(
             trainer.ema.model,
@@ -164,6 +181,7 @@ def main() -> None:
         help="the arm whose Gflops the others are widened to (their MLP); pick the costliest compared arm",
     )
     parser.add_argument("--head-width", type=int, default=32, help="spade-head: pixel_head_width")
+    parser.add_argument("--depth", type=int, help="blocks of the model (default: the preset's)")
     parser.add_argument("--model", default="DiT-Ti/4")
     parser.add_argument("--hidden", type=int, default=16, help="SPADE's shared conv width (spatial_hidden)")
     parser.add_argument("--train-steps", type=int, default=400)
@@ -180,6 +198,8 @@ def main() -> None:
     if args.report:
         print(report(Path(args.report)))
         return
+    global DEPTH
+    DEPTH = args.depth
     for variant in args.variants:
         print(json.dumps(run_arm(variant, args)))
     print(report(Path(args.out)))

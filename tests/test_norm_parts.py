@@ -1,12 +1,14 @@
 """The classical conditional norms as model parts (issue 21, item 3): the AdaGN pixel head after the
 unpatchify (per pixel from the layout in SPADE layout models) and AdaIN reference-style conditioning."""
 
+import numpy as np
 import pytest
 import torch
 from torch.utils import flop_counter
 
 from ditlab.models.dit import DiT, DiTConfig
 from ditlab.models.flops import flop_breakdown
+from ditlab.models.formats import load_model
 from ditlab.nn.conditional_norms import AdaGN
 from ditlab.nn.reference import token_statistics
 from ditlab.sampling import generate
@@ -216,3 +218,7 @@ def test_a_reference_run_trains_and_samples_with_references(tmp_path):
     x0 = trainer.batch_for_step(0)[0][:2]
     images, _ = generate(trainer.ema.model, num_samples=2, references=x0, steps=2)
     assert images.shape == (2, 32, 32, 3)
+    loaded = load_model(tmp_path / "run" / "model.safetensors")  # the parts' weights load back
+    again, _ = generate(loaded, num_samples=2, references=x0, steps=2)
+    assert (loaded.config.pixel_head, loaded.config.reference_condition) == ("adagn", "adain")
+    assert np.array_equal(again, images)
