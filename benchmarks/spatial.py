@@ -62,16 +62,17 @@ def arm_gflops(model: str, hidden: int, args: dict) -> float:
 
 
 def matched_mlp_ratio(model: str, target: float, hidden: int, args: dict) -> float:
-    """The mlp_ratio (≥ 4) whose Gflops for the arm `args` come closest to `target` (the costliest arm's)."""
+    """The mlp_ratio (≥ 4, in steps of 1/64) whose Gflops for the arm `args` come closest to `target` (the
+    costliest arm's); a ValueError if even a 64× MLP stays below it."""
     best = None
-    for step in range(0, 400):
+    for step in range(0, 60 * 64 + 1):
         ratio = 4.0 + step / 64
         g = arm_gflops(model, hidden, {**args, "mlp_ratio": ratio})
         if best is None or abs(g - target) < abs(best[1] - target):
             best = (ratio, g)
         if g > target:
-            break
-    return best[0]
+            return best[0]
+    raise ValueError(f"no mlp_ratio up to 64 reaches {target:.4f} Gflops for {args}; match a cheaper arm")
 
 
 def arm_args(variant: str, model: str, hidden: int, head_width: int, match: str) -> dict:
