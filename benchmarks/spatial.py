@@ -9,7 +9,11 @@ Each arm trains `--model` (default DiT-Ti/4, 32 px) with `ditlab train --data sh
 code path, then samples one image per layout of `--samples` fresh scenes (train-split scenes past the 50k
 training images: seen objects, unseen layouts) and scores them with `ditlab.eval.shapes.layout_iou`
 (per-class IoU between the requested mask and the generated image's segmentation). The concat arm gets the
-SPADE arm's extra Gflops as MLP width (mlp_ratio), so both cost the same per image.
+SPADE arm's extra Gflops as MLP width (mlp_ratio), so both cost the same per image. The spade-head arm
+adds the AdaGN pixel head (`pixel_head="adagn"`, ditlab.nn.pixel_head: the layout modulates the head per
+pixel); with `--match spade-head` every other arm is widened to its Gflops:
+
+    python benchmarks/spatial.py --variants spade spade-head concat --match spade-head --out runs/spatial3
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ditlab.data.shapes import SPLIT_SIZES, render_scenes, scene_for
+from ditlab.data.shapes import SPLIT_SIZES, ShapesArrays, render_scenes, scene_for
 from ditlab.eval.shapes import layout_iou
 from ditlab.models.flops import flops
 from ditlab.models.zoo import create_model
@@ -31,47 +35,69 @@ from ditlab.train.trainer import Trainer
 K = 13  # background + 12 object classes
 
 
+VARIANTS = ("spade", "spade-head", "concat")
+
+
+DEPTH = None  # --depth: the model's blocks (None: the preset's), set by main()
+
+
 def base_args(model: str, hidden: int) -> dict:
-    return dict(input_size=32, in_channels=3, num_classes=0, learn_sigma=False, spatial_hidden=hidden)
+    args = dict(input_size=32, in_channels=3, num_classes=0, learn_sigma=False, spatial_hidden=hidden)
+    return args if DEPTH is None else {**args, "depth": DEPTH}
 
 
-def matched_mlp_ratio(model: str, target: float, hidden: int) -> float:
-    """The concat arm's mlp_ratio whose Gflops come closest to `target` (the SPADE arm's)."""
+def variant_args(variant: str, hidden: int, head_width: int) -> dict:
+    """An arm's own model_args before the Gflops match: SPADE in the blocks (and, spade-head, the AdaGN pixel
+    head with the layout per pixel), or the mask concatenated to the input."""
+    if variant == "concat":
+        return dict(spatial_condition="concat", layout_channels=K)
+    spade = dict(spatial_condition="spade", layout_channels=K, spatial_hidden=hidden)
+    if variant == "spade-head":
+        spade.update(pixel_head="adagn", pixel_head_width=head_width)
+    return spade
+
+
+def arm_gflops(model: str, hidden: int, args: dict) -> float:
+    return flops(create_model(model, **{**base_args(model, hidden), **args}).config)
+
+
+def matched_mlp_ratio(model: str, target: float, hidden: int, args: dict) -> float:
+    """The mlp_ratio (≥ 4, in steps of 1/64) whose Gflops for the arm `args` come closest to `target` (the
+    costliest arm's); a ValueError if even a 64× MLP stays below it."""
     best = None
-    for step in range(0, 200):
+    for step in range(0, 60 * 64 + 1):
         ratio = 4.0 + step / 64
-        cfg = dict(base_args(model, hidden), spatial_condition="concat", layout_channels=K, mlp_ratio=ratio)
-        g = flops(create_model(model, **cfg).config)
+        g = arm_gflops(model, hidden, {**args, "mlp_ratio": ratio})
         if best is None or abs(g - target) < abs(best[1] - target):
             best = (ratio, g)
         if g > target:
-            break
-    return best[0]
+            return best[0]
+    raise ValueError(f"no mlp_ratio up to 64 reaches {target:.4f} Gflops for {args}; match a cheaper arm")
 
 
-def arm_args(variant: str, model: str, hidden: int) -> dict:
-    spade = dict(spatial_condition="spade", layout_channels=K, spatial_hidden=hidden)
-    if variant == "spade":
-        return spade
-    target = flops(create_model(model, **{**base_args(model, hidden), **spade}).config)
-    return dict(
-        spatial_condition="concat", layout_channels=K, mlp_ratio=matched_mlp_ratio(model, target, hidden)
-    )
+def arm_args(variant: str, model: str, hidden: int, head_width: int, match: str) -> dict:
+    """The arm's model_args: its own, with the MLP widened until its Gflops equal the `match` arm's (the
+    costliest of the compared arms; that arm keeps mlp_ratio 4)."""
+    own = variant_args(variant, hidden, head_width)
+    if variant == match:
+        return own
+    target = arm_gflops(model, hidden, variant_args(match, hidden, head_width))
+    return {**own, "mlp_ratio": matched_mlp_ratio(model, target, hidden, own)}
 
 
-def eval_layouts(n: int) -> np.ndarray:
-    """Masks (n, 32, 32) of fresh scenes: train-split scene ids past the training set (seen objects only)."""
+def eval_scenes(n: int) -> ShapesArrays:
+    """n fresh scenes (images and masks): train-split scene ids past the training set (seen objects only)."""
     start = SPLIT_SIZES["train"]
-    return render_scenes([scene_for("train", start + i) for i in range(n)]).masks
+    return render_scenes([scene_for("train", start + i) for i in range(n)])
 
 
-def run_arm(variant: str, args) -> dict:
-    out = Path(args.out) / variant
-    cfg = TrainConfig(
+def shapes_run(args, out: Path, **fields) -> TrainConfig:
+    """The training setup the shapes studies share (this one and benchmarks/reference.py): `args.model` with
+    flow matching, AdamW at `args.lr` with 10% warm-up (at most 100 steps), EMA 0.999 with warm-up, one
+    checkpoint at the end; `fields` add the study's own (condition, model_args, ...)."""
+    return TrainConfig(
         data="shapes",
-        condition="layout",
         model=args.model,
-        model_args=arm_args(variant, args.model, args.hidden),
         objective="flow",
         steps=args.train_steps,
         batch_size=args.batch_size,
@@ -83,14 +109,17 @@ def run_arm(variant: str, args) -> dict:
         out=str(out),
         ckpt_every=max(args.train_steps, 1),
         sample_steps=args.sample_steps,
-        guidance_scale=args.guidance[0],
         progress=False,
         seed=args.seed,
+        **fields,
     )
+
+
+def train_arm(variant: str, cfg: TrainConfig, args) -> tuple[Trainer, dict]:
+    """Train one arm; -> the trainer and its record's common fields (Gflops, parameters, loss, time)."""
     trainer = Trainer(cfg, overwrite=True)
     summary = trainer.run()
-    layouts = eval_layouts(args.samples)
-    result = {
+    return trainer, {
         "variant": variant,
         "gflops": flops(trainer.model),
         "params": trainer.model.num_parameters(),
@@ -99,8 +128,18 @@ def run_arm(variant: str, args) -> dict:
         "batch_size": args.batch_size,
         "final_loss": summary.get("loss"),
         "train_seconds": summary["seconds"],
-        "by_guidance": {},
     }
+
+
+def run_arm(variant: str, args) -> dict:
+    out = Path(args.out) / variant
+    model_args = arm_args(variant, args.model, args.hidden, args.head_width, args.match)
+    if DEPTH is not None:
+        model_args["depth"] = DEPTH
+    cfg = shapes_run(args, out, condition="layout", model_args=model_args, guidance_scale=args.guidance[0])
+    trainer, result = train_arm(variant, cfg, args)
+    layouts = eval_scenes(args.samples).masks
+    result["by_guidance"] = {}
     for scale in args.guidance:
         images, _ = generate(
             trainer.ema.model,
@@ -135,7 +174,15 @@ def report(folder: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["spade", "concat"], choices=["spade", "concat"])
+    parser.add_argument("--variants", nargs="+", default=["spade", "concat"], choices=VARIANTS)
+    parser.add_argument(
+        "--match",
+        default="spade",
+        choices=VARIANTS,
+        help="the arm whose Gflops the others are widened to (their MLP); pick the costliest compared arm",
+    )
+    parser.add_argument("--head-width", type=int, default=32, help="spade-head: pixel_head_width")
+    parser.add_argument("--depth", type=int, help="blocks of the model (default: the preset's)")
     parser.add_argument("--model", default="DiT-Ti/4")
     parser.add_argument("--hidden", type=int, default=16, help="SPADE's shared conv width (spatial_hidden)")
     parser.add_argument("--train-steps", type=int, default=400)
@@ -152,6 +199,8 @@ def main() -> None:
     if args.report:
         print(report(Path(args.report)))
         return
+    global DEPTH
+    DEPTH = args.depth
     for variant in args.variants:
         print(json.dumps(run_arm(variant, args)))
     print(report(Path(args.out)))

@@ -163,6 +163,25 @@ def check_decodable(model, vae=None, return_tensors: bool = False) -> None:
         )
 
 
+def sample_references(model, references, count: int) -> torch.Tensor | None:
+    """References for `count` samples as float images (count, C, H, W): sample i gets reference i mod M."""
+    if references is None:
+        return None
+    if model.config.reference_condition == "none":
+        raise ValueError(
+            "this model takes no reference image (it was not trained with --condition reference)"
+        )
+    references = torch.as_tensor(references)
+    shape = (model.in_channels, *model.config.image_hw)
+    if references.dim() != 4 or not len(references) or tuple(references.shape[1:]) != shape:
+        raise ValueError(
+            f"references must be (M, {', '.join(map(str, shape))}) images, got {tuple(references.shape)}"
+        )
+    if not references.is_floating_point():
+        raise ValueError("references must be float images in [-1, 1] (x / 127.5 - 1 for uint8 pixels)")
+    return references.float()[torch.arange(count) % len(references)]
+
+
 def sample_layouts(model, layouts, count: int) -> torch.Tensor | None:
     """Layouts for `count` samples as float maps (count, K, H, W): sample i gets layout i mod M."""
     if layouts is None:
@@ -220,6 +239,7 @@ def generate(
     layouts=None,
     prompts=None,
     text_encoder=None,
+    references=None,
 ) -> Samples:
     """Sample images; see the module docstring. `steps` may be an int or a DDPM respacing string ("250").
 
@@ -232,6 +252,8 @@ def generate(
     A ditlab latent model decodes through the autoencoder it records unless `vae` or `return_tensors`.
     `layouts` (layout models): label maps (M, H, W) or maps (M, K, H, W); sample i follows layout i mod M,
     guidance (guidance_scale != 1) contrasts it with the empty layout.
+    `references` (reference models): images (M, C, H, W) in [-1, 1]; sample i gets reference i mod M, in both
+    branches of guidance (guidance is on the labels or the layout, the reference stays).
     """
     objective = objective_of(model).build()
     sampler = sampler or objective.default_sampler
@@ -260,6 +282,7 @@ def generate(
         guide_was_training = guide_model.training
         guide_model.eval()
     layouts = sample_layouts(model, layouts, len(labels))
+    references = sample_references(model, references, len(labels))
     guided = guidance_scale != 1.0 and guide_model is None  # classifier-free: the null-label branch
     if text:  # the null caption is the unconditional branch
         text_cond, text_null = _text_conditions(model, prompts, text_encoder, guided)
@@ -285,6 +308,9 @@ def generate(
                 cond["layout"] = layouts[start : start + batch_size].to(device)
                 uncond["layout"] = torch.zeros_like(cond["layout"])
             uncond = uncond if guided else None
+        if references is not None:
+            for kwargs in (cond, uncond) if uncond is not None else (cond,):
+                kwargs["reference"] = references[start : start + batch_size].to(device)
         gen = torch.Generator(device).manual_seed(seed * 1_000_003 + b + 1)
         guided_model = GuidedModel(
             model,

@@ -171,6 +171,33 @@ def layout_iou(images, layouts) -> dict:
     }
 
 
+def reference_agreement(images, references) -> dict:
+    """How closely generated uint8 images (N, H, W, 3) follow the colours of their reference images (N, H, W, 3):
+    the Pearson correlation over the images between each image's mean RGB and its reference's (per channel and
+    their mean), and the share of images whose set of object colours (`read_objects`) equals the reference's.
+    A model that ignores its reference scores a correlation near 0 and the chance rate of colour sets."""
+    images = check_images(images, what="images")
+    references = check_images(references, what="references")
+    if images.shape != references.shape or len(images) < 2:
+        raise ValueError(
+            f"one reference per image, at least two: images {images.shape}, references {references.shape}"
+        )
+    means = images.reshape(len(images), -1, 3).mean(1)  # (N, 3)
+    ref_means = references.reshape(len(images), -1, 3).mean(1)
+    per_channel = [float(np.corrcoef(means[:, c], ref_means[:, c])[0, 1]) for c in range(3)]
+    same = [
+        {o.colour for o in read_objects(a)} == {o.colour for o in read_objects(b)}
+        for a, b in zip(images, references)
+    ]
+    return {
+        "n": len(images),
+        "mean_colour_correlation": float(np.mean(per_channel)),
+        "per_channel_correlation": dict(zip("RGB", per_channel)),
+        "colour_set_match": float(np.mean(same)),
+        "mean_colour_abs_error": float(np.abs(means - ref_means).mean()),
+    }
+
+
 def _crop(piece: np.ndarray) -> np.ndarray:
     rows, cols = np.nonzero(piece)
     return piece[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 
 from ditlab.configs import DictConfig
 from ditlab.nn.norms import NORMS
+from ditlab.nn.pixel_head import PIXEL_HEADS
+from ditlab.nn.reference import REFERENCE_CONDITIONS
 from ditlab.nn.spatial import SPATIAL_CONDITIONS
 
 # How the timestep/label condition enters the blocks (the DiT paper's Figure 3, plus PixArt-α's adaLN-single).
@@ -109,6 +111,13 @@ class DiTConfig(DictConfig):
     spatial_condition: str = "none"  # one of SPATIAL_CONDITIONS: "spade" per-token modulation, "concat" input
     layout_channels: int = 0  # K: channels of the layout map (shapes: background + 12 classes = 13)
     spatial_hidden: int = 64  # width of SPADE's shared conv
+    # --- the classical conditional norms in the model (ditlab.nn.pixel_head, ditlab.nn.reference) ---
+    pixel_head: str = "none"  # one of PIXEL_HEADS: "adagn" a conv head after the unpatchify (AdaGN; per pixel
+    # from the layout in SPADE layout models)
+    pixel_head_width: int = 32  # channels of that head (and of its pixel-resolution layout conv)
+    reference_condition: str = (
+        "none"  # one of REFERENCE_CONDITIONS: "adain" a reference image's statistics join c
+    )
 
     def __post_init__(self):
         if isinstance(self.input_size, list):
@@ -171,6 +180,9 @@ class DiTConfig(DictConfig):
             raise ValueError("mlp_two_thirds sizes a SwiGLU MLP's hidden width; set mlp='swiglu' or drop it")
         choose("spatial_condition", self.spatial_condition, SPATIAL_CONDITIONS)
         self.validate_spatial()
+        choose("pixel_head", self.pixel_head, PIXEL_HEADS)
+        choose("reference_condition", self.reference_condition, REFERENCE_CONDITIONS)
+        self.validate_norm_parts()
         if self.final_norm:
             choose("final_norm", self.final_norm, NORMS)
         self.validate_text()
@@ -222,6 +234,15 @@ class DiTConfig(DictConfig):
             )
         if self.spatial_hidden < 1:
             raise ValueError(f"spatial_hidden must be a positive integer, got {self.spatial_hidden}")
+
+    def validate_norm_parts(self) -> None:
+        if self.pixel_head != "none" and self.pixel_head_width < 1:
+            raise ValueError(f"pixel_head_width must be a positive integer, got {self.pixel_head_width}")
+        if self.reference_condition != "none" and self.conditioning not in MODULATED:
+            raise ValueError(
+                f"reference_condition={self.reference_condition!r} adds the reference's statistics to the "
+                f"condition that drives adaLN; use conditioning in {', '.join(MODULATED)} (not {self.conditioning!r})"
+            )
 
     def validate_text(self) -> None:
         if (self.text_dim > 0) != (self.text_mixing != "none"):
@@ -294,6 +315,8 @@ class DiTConfig(DictConfig):
             cond_dim=0,
             spatial_condition="none",
             layout_channels=0,
+            pixel_head="none",
+            reference_condition="none",
         )
 
     @property

@@ -82,6 +82,8 @@ from ditlab.nn import (
 )
 from ditlab.nn.attention import AttentionSlice, MlpSlice, make_mlp
 from ditlab.nn.modulation import params_per_branch
+from ditlab.nn.pixel_head import PixelHead
+from ditlab.nn.reference import ReferenceStyle, check_reference
 from ditlab.nn.spatial import SpatialEmbedder, SpatialModulation, layout_channels_for
 
 NO_MODULATION = Modulation(None, None, None)
@@ -409,6 +411,8 @@ class Condition(NamedTuple):
     context_mask: torch.Tensor | None = None  # (N, S): which context tokens exist
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary (cos, sin) tables of the attended tokens
     spatial: torch.Tensor | None = None  # (N, hidden, gh, gw): the layout's shared SPADE features
+    pixels: torch.Tensor | None = None  # (N, C, H, W): the noisy input, for the pixel head (None: no head)
+    pixel_layout: torch.Tensor | None = None  # (N, width, H, W): the pixel head's layout features
 
 
 class DiT(nn.Module):
@@ -495,6 +499,20 @@ class DiT(nn.Module):
             if cfg.spatial_condition == "spade"
             else None
         )
+        # The classical norms as parts, made last for the same reason (their output convs/projections start at
+        # zero): an AdaGN conv head at pixel resolution, and a reference image's AdaIN statistics joining c
+        self.pixel_head = (
+            PixelHead(
+                cfg.in_channels,
+                cfg.out_channels,
+                cfg.pixel_head_width,
+                E,
+                cfg.layout_channels if cfg.spatial_condition == "spade" else 0,
+            )
+            if cfg.pixel_head == "adagn"
+            else None
+        )
+        self.reference_style = ReferenceStyle(D, E) if cfg.reference_condition == "adain" else None
 
     # ------------------------------------------------------------------ init
     def initialize_weights(self) -> None:
@@ -646,21 +664,33 @@ class DiT(nn.Module):
         return c, parts
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, t, y=None, pooled=None, force_drop_ids=None, text=None, text_mask=None, layout=None):
+    def forward(self, x, t, y=None, pooled=None, force_drop_ids=None, **conditions):
         """x: (N, C, H, W) noisy input, t: (N,) timesteps (original 0…T-1 scale), y: (N,) labels, pooled: (N, P);
-        text models: text (N, L, text_dim) tokens, text_mask (N, L) True where a token exists (None: all);
-        layout models: layout (N, K, H', W') map or (N, H', W') labels (None: the empty layout)."""
-        tokens, cond = self.embed(x, t, y, pooled, force_drop_ids, text, text_mask, layout)
+        `conditions`, by keyword (see `embed`): text models: text (N, L, text_dim) tokens, text_mask (N, L) True
+        where a token exists (None: all); layout models: layout (N, K, H', W') map or (N, H', W') labels (None:
+        the empty layout); reference models: reference (N, C, H, W) images in [-1, 1] (None: no reference)."""
+        tokens, cond = self.embed(x, t, y, pooled, force_drop_ids, **conditions)
         return self.unembed(self.run_blocks(tokens, cond), cond)
 
     def embed(
-        self, x, t, y=None, pooled=None, force_drop_ids=None, text=None, text_mask=None, layout=None
+        self,
+        x,
+        t,
+        y=None,
+        pooled=None,
+        force_drop_ids=None,
+        text=None,
+        text_mask=None,
+        layout=None,
+        reference=None,
     ) -> tuple[torch.Tensor, Condition]:
         """-> tokens (N, T, D) (plus the condition tokens for in-context conditioning, or the text tokens of a
         single-stream model) and the Condition."""
         self._check_input(x)
         N, _, H, W = x.shape
         grid = (H // self.patch_size, W // self.patch_size)
+        pixels = x if self.pixel_head is not None else None
+        pixel_layout = None if self.pixel_head is None else self.pixel_head.embed_layout(layout, (H, W), N)
         if self.config.spatial_condition == "concat":  # the baseline: the layout joins the input channels
             x = torch.cat([x, layout_channels_for(layout, N, self.config.layout_channels, (H, W), x)], dim=1)
             layout = None  # consumed
@@ -668,6 +698,9 @@ class DiT(nn.Module):
         if self.pos_embed is not None:
             tokens = tokens + self.positions(*grid, x)
         c, parts = self.embed_condition(t, y, pooled, force_drop_ids, batch=N)  # (N, D)
+        style = self.embed_reference(reference, x, N)
+        if style is not None:  # reference models: the reference's AdaIN statistics join the condition
+            c = c + style
         shared = self.adaLN_single(c) if self.adaLN_single is not None else None  # (N, 6D)
         conditioning = self.config.conditioning
         context = None
@@ -707,7 +740,27 @@ class DiT(nn.Module):
                 context_mask = None if text_mask is None else torch.cat([ones, text_mask], dim=1)
                 context = torch.cat([context, words], dim=1)
         spatial = self.embed_layout(layout, grid, N)
-        return tokens, Condition(c, parts[0], shared, context, grid, mask, context_mask, rope, spatial)
+        return tokens, Condition(
+            c, parts[0], shared, context, grid, mask, context_mask, rope, spatial, pixels, pixel_layout
+        )
+
+    def embed_reference(self, reference, x, batch: int):
+        """The reference's AdaIN term of c (N, D), or None (a model without references, or no reference).
+        The reference goes through the model's own patch embedding (with an empty layout in a concat model)."""
+        if self.reference_style is None:
+            if reference is not None:
+                raise ValueError(
+                    "this model takes no reference image (reference_condition='none'); build it with "
+                    "reference_condition='adain', or call it without reference"
+                )
+            return None
+        if reference is None:
+            return None
+        C = self.in_channels
+        reference = check_reference(reference, batch, C, tuple(x.shape[2:])).to(x.device, x.dtype)
+        if x.shape[1] > C:  # the concat baseline's layout channels: empty for the reference
+            reference = torch.cat([reference, torch.zeros_like(x[:, C:])], dim=1)
+        return self.reference_style(self.x_embedder(reference))
 
     def embed_layout(self, layout, grid, batch: int) -> torch.Tensor | None:
         """The layout's shared SPADE features (N, hidden, gh, gw) (None: a model without layouts)."""
@@ -794,7 +847,10 @@ class DiT(nn.Module):
         if x.shape[1] != gh * gw:
             x = x[:, : gh * gw]  # drop the in-context condition tokens
         x = self.final_layer(x, cond.c, cond.spatial)  # (N, T, p·p·C_out)
-        return self.unpatchify(x, gh, gw)
+        x = self.unpatchify(x, gh, gw)
+        if self.pixel_head is not None:  # the AdaGN conv head on pixels (ditlab.nn.pixel_head)
+            x = self.pixel_head(x, cond.pixels, cond.c, cond.pixel_layout)
+        return x
 
     def _checkpoint_options(self) -> dict:
         if self.checkpoint_policy not in CHECKPOINT_POLICIES:

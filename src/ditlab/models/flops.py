@@ -104,6 +104,14 @@ def flop_breakdown(model_or_config, input=None, text_len: int | None = None) -> 
     hidden = cfg.spatial_hidden if cfg.spatial_condition == "spade" else 0
     per_token = cfg.depth * cfg.branches * k * D + params_per_branch(cfg.shift, False) * D
     out["spatial_modulation"] = T * hidden * (9 * K * p * p + per_token)
+    # the AdaGN pixel head: Conv3×3 in (output + input channels), Conv3×3 out, AdaGN's projection of c and, in
+    # SPADE layout models, the layout's pixel-resolution Conv3×3 and Conv1×1 to (scale, shift)
+    Wh, P, Co = cfg.pixel_head_width, H * W, cfg.out_channels
+    head = P * 9 * Wh * (2 * Co + C) + E * 2 * Wh
+    head += P * Wh * (9 * K + 2 * Wh) if cfg.spatial_condition == "spade" else 0
+    out["pixel_head"] = head if cfg.pixel_head == "adagn" else 0
+    # AdaIN reference: the reference's patch embedding, then Linear(2D -> E)
+    out["reference"] = T * C_in * p * p * D + 2 * D * E if cfg.reference_condition == "adain" else 0
     out["pooled_embed"] = (cfg.pooled_dim * E + E * E) if cfg.pooled_dim else 0
     out["text_embed"] = L * cfg.text_dim * D + (L * D * D if cfg.text_embedder == "mlp" else 0)
     out["shared_modulation"] = E * cfg.branches * k * D if cfg.conditioning == "adaln-single" else 0

@@ -391,10 +391,20 @@ class AdaGN(nn.Module):
             nn.init.zeros_(self.proj[1].weight)
             nn.init.zeros_(self.proj[1].bias)
 
-    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, h: Tensor, emb: Tensor, pixel: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """h (N, C, H, W), emb (N, emb_dim); `pixel` = (scale, shift) maps (N, C, H, W) added to the per-channel
+        ones (SPADE's spatially varying form, e.g. from a layout), or None."""
         _check_feature_map(h, self.num_features, "AdaGN", "h")
         _check_condition(emb, h.shape[0], self.emb_dim, "AdaGN", "emb")
         scale, shift = _per_channel(self.proj(emb))  # (N, C, 1, 1) each
+        if pixel is not None:
+            for name, part in zip(("scale", "shift"), pixel):
+                if not isinstance(part, Tensor) or part.shape != h.shape:
+                    got = tuple(part.shape) if isinstance(part, Tensor) else type(part).__name__
+                    raise ValueError(
+                        f"AdaGN: the pixel {name} must have h's shape {tuple(h.shape)}, got {got}"
+                    )
+            scale, shift = scale + pixel[0], shift + pixel[1]  # (N, C, H, W) each
         gn = self.norm  # float32 statistics as in ADM, whatever the dtype of h and of the module
         weight = None if gn.weight is None else gn.weight.float()
         bias = None if gn.bias is None else gn.bias.float()

