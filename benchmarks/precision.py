@@ -94,7 +94,7 @@ def measure(args, precision: str) -> dict:
         ref=cfg.eval_ref or f"{cfg.data}:test",
         features=parse_features(cfg.eval_features),
         sampler=cfg.sampler,
-        sample_steps=cfg.sample_steps,
+        steps=cfg.sample_steps,
         guidance_scale=cfg.guidance_scale,
         seed=cfg.seed + 12345,
         device=trainer.device,

@@ -209,7 +209,7 @@ def test_evaluate_model_scores_the_samples_the_model_draws(eval_cache):
     torch.manual_seed(0)
     model = create_model("DiT-Nano/2", input_size=8, in_channels=1, num_classes=10, learn_sigma=False)
     model.objective_spec = {"kind": "flow", "schedule": "linear", "steps": 1000, "learn_sigma": False}
-    options = dict(sampler="euler", sample_steps=2, seed=3, floor=False, cache_dir=eval_cache)
+    options = dict(sampler="euler", steps=2, seed=3, floor=False, cache_dir=eval_cache)
     result = evaluate_model(model, 20, ref="digits:test", features=[CLF], **options)
     images, labels = generate(model, num_samples=20, sampler="euler", steps=2, seed=3, batch_size=250)
     direct = evaluate(images, labels, ref="digits:test", features=[CLF], floor=False, cache_dir=eval_cache)

@@ -147,7 +147,7 @@ def final_scores(model, cfg: TrainConfig, abl: AblationConfig) -> dict:
             ref=abl.ref,
             features=default_features(abl.ref),
             sampler=cfg.sampler,
-            sample_steps=cfg.sample_steps,
+            steps=cfg.sample_steps,
             guidance_scale=cfg.guidance_scale,
             seed=cfg.seed,  # the same noise for every variant of a seed
         )

@@ -4,7 +4,7 @@ model, then evaluate), against a reference, with the settings that produced the 
     from ditlab.eval import evaluate, evaluate_model
     result = evaluate(to_uint8(samples), labels, ref="digits:test", features=("effnet-lite0", "classifier:digits"))
     result["metrics"]["classifier:digits"]["fd"], result["metrics"]["effnet-lite0:64"]["floor"]["fd"]
-    result = evaluate_model(model, 500, ref="digits:test", sample_steps=16)  # `ditlab train --eval-every`
+    result = evaluate_model(model, 500, ref="digits:test", steps=16)  # `ditlab train --eval-every`
 
 Extractors, reference statistics and floors are cached in memory and on disk, so a trainer can call this
 every N steps (`ditlab train --eval-every`, `ditlab ablate`) and pay only for the samples' own features.
@@ -187,31 +187,17 @@ def evaluate_model(
     *,
     ref: str | os.PathLike,
     features: Sequence[str] | None = None,
-    sampler: str | None = None,
-    sample_steps: int | str | None = 50,
-    guidance_scale: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 250,
-    device=None,
     floor: bool = True,
     cache_dir: str | os.PathLike | None = None,
     resize_ref: bool | None = None,
-    vae=None,
+    **generate_options,
 ) -> dict:
     """Sample `num_samples` images of `model` (classes cycled; the noise fixed by `seed`) and `evaluate`
-    them against `ref` with `features`. The sampler settings are `ditlab.generate`'s; `device` is where the
-    model samples (the feature extractors pick their own). Returns `evaluate`'s dict."""
-    images, labels = generate(
-        model,
-        num_samples=num_samples,
-        sampler=sampler,
-        steps=sample_steps,
-        guidance_scale=guidance_scale,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        vae=vae,  # latent models: scored on decoded images
-    )
+    them against `ref` with `features`. `generate_options` are `ditlab.generate`'s (sampler, steps (default
+    50), guidance_scale, seed, batch_size (default 250), device: where the model samples, the feature extractors
+    pick their own; vae: a latent model is scored on decoded images). Returns `evaluate`'s dict."""
+    options = {"steps": 50, "batch_size": 250, **generate_options}
+    images, labels = generate(model, num_samples=num_samples, **options)
     labels = labels if model.num_classes else None
     return evaluate(
         images, labels, ref=ref, features=features, floor=floor, cache_dir=cache_dir, resize_ref=resize_ref

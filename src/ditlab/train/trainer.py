@@ -218,14 +218,13 @@ class Trainer:
         """The training split of `cfg.data` (`data_options`: `open_dataset`'s loader and unconditional)."""
         cfg = self.cfg
         return open_dataset(
-            cfg.data,
-            split="train",
-            image_size=cfg.image_size,
-            channels=cfg.channels,
-            flip=cfg.flip,
-            bad_images=cfg.bad_images,
-            **data_options,
+            cfg.data, split="train", bad_images=cfg.bad_images, **self.image_options(), **data_options
         )
+
+    def image_options(self) -> dict:
+        """How the training images are read: size, channels and horizontal flips."""
+        cfg = self.cfg
+        return {"image_size": cfg.image_size, "channels": cfg.channels, "flip": cfg.flip}
 
     def size_run(self) -> None:
         """The run's length once the data is final: batches per epoch (drop_last, as the official loader) and
@@ -275,13 +274,7 @@ class Trainer:
                     "a latent cache is read into memory, not streamed: drop --data-loader stream"
                 )
             return folder_inputs(
-                cfg.data,
-                self.device,
-                vae=cfg.vae,
-                flip=cfg.flip,
-                unconditional=cfg.unconditional,
-                image_size=cfg.image_size,
-                channels=cfg.channels,
+                cfg.data, self.device, vae=cfg.vae, unconditional=cfg.unconditional, **self.image_options()
             )
         data = self.training_images(**data_options)
         if cfg.vae:
@@ -820,9 +813,7 @@ class Trainer:
                 cfg.eval_samples,
                 ref=self.eval_reference(),
                 features=parse_features(cfg.eval_features),
-                sampler=cfg.sampler,
-                sample_steps=cfg.sample_steps,
-                guidance_scale=cfg.guidance_scale,
+                **self.generate_settings(),
                 seed=cfg.seed + 12345,  # fixed noise across evaluations: the curve shows the model
                 device=self.device,
                 floor=False,
