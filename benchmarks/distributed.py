@@ -1,11 +1,15 @@
 """Beyond one process (issue 20): per-rank memory of FSDP vs DDP, step-time overhead, communication volume
-projected to 8 and 64 GPUs, and resume equality across world sizes.
+projected to 8 and 64 GPUs, resume equality across world sizes, and `ditlab eval` on 1 vs 2 processes.
 
     python benchmarks/distributed.py memory --model DiT-B/2     # 2 gloo processes per mode: states, RSS, step time
     python benchmarks/distributed.py count --model DiT-L/2      # per-rank state bytes counted from the shapes
     python benchmarks/distributed.py comm --model DiT-XL/2      # analytic bytes per step per rank, W = 8 and 64
     python benchmarks/distributed.py resume                     # 2 -> 1 and 1 -> 2 resumes vs uninterrupted runs
-    python benchmarks/distributed.py --quick                    # smoke test of all four with a tiny model
+    python benchmarks/distributed.py eval                       # `ditlab eval` on 1 process vs torchrun on 2
+    python benchmarks/distributed.py --quick                    # smoke test of all five with a tiny model
+    # DiT-L/2, memory-lean (1 image per rank, DDP gradients in its buckets); DDP needs ~2 x 10 GiB of RAM:
+    python benchmarks/distributed.py memory --model DiT-L/2 --batch-size 2 --steps 3 --ddp-bucket-view
+    python benchmarks/distributed.py memory --model DiT-L/2 --batch-size 2 --steps 3 --modes fsdp  # ~2 x 5 GiB
 
 memory: for each of ddp and fsdp, `torchrun --standalone --nproc_per_node 2` runs this file as a worker that
 builds the real Trainer (digits data, 8×8 inputs: states do not depend on the image size but for the position
@@ -14,7 +18,9 @@ the EMA that the rank holds (a DTensor counts its local shard: `ditlab.train.par
 resident set after set-up (VmRSS), its high-water mark over the steps (VmHWM after resetting it through
 /proc/self/clear_refs) and the mean step time after the first step. glibc returns freed blocks at once
 (MALLOC_MMAP_THRESHOLD_ as benchmarks/_timing.py), so RSS follows the tensors. DDP's gradient buckets (another
-copy of the gradients) are in its RSS, not in its counted states.
+copy of the gradients) are in its RSS, not in its counted states, unless --ddp-bucket-view (DDP's
+gradient_as_bucket_view) makes the gradients views into the buckets. --modes runs one mode alone (the
+FSDP / DDP ratios need both).
 
 count: the same per-rank state bytes, without running anything: FSDP2 splits every parameter on dim 0 into W
 chunks (torch.chunk; the last ranks may get fewer rows), and DDP holds everything on every rank.
@@ -28,6 +34,11 @@ gather 2-byte parameters and reduce fp32 gradients. A projection, not a measurem
 resume: DiT-Nano/2 on digits through the CLI: an uninterrupted run of 2·K steps on 1 process and on 2 (fsdp);
 a 2-process fsdp run stopped at K, resumed on 1 process; a 1-process run stopped at K, resumed on 2 (fsdp).
 Prints the largest loss difference of each resumed run against the uninterrupted ones.
+
+eval: N digits training images scored against digits:test (classifier:digits and effnet-lite0, floor
+included) by `ditlab eval` on one process and by `torchrun --nproc_per_node 2 -m ditlab eval`, each with a
+fresh cache (the classifier copied, so it is not trained twice): the reference and floor statistics are
+computed across the 2 ranks too. Prints every metric of both and their largest relative difference.
 """
 
 from __future__ import annotations
@@ -58,6 +69,13 @@ def parse_args(argv=None):
     )
     p.add_argument("--steps", type=int, default=4, help="memory: optimizer steps per mode")
     p.add_argument("--batch-size", type=int, default=8, help="memory: global batch")
+    p.add_argument(
+        "--modes", nargs="+", default=["ddp", "fsdp"], choices=["ddp", "fsdp"], help="memory: modes to run"
+    )
+    p.add_argument(
+        "--ddp-bucket-view", action="store_true", help="memory: DDP gradients as views into its buckets"
+    )
+    p.add_argument("--eval-images", type=int, default=1000, help="eval: samples scored (digits train)")
     p.add_argument("--world", type=int, nargs="+", default=None, help="comm: world sizes (default 8 64)")
     p.add_argument("--gpus-per-node", type=int, default=8, help="comm: HSDP shard group size")
     p.add_argument("--write", default=None, help="also write the Markdown summary to this file")
@@ -86,6 +104,7 @@ def worker(payload: dict) -> None:
         batch_size=payload["batch_size"],
         steps=payload["steps"],
         parallel=payload["mode"],
+        ddp_bucket_view=payload.get("bucket_view", False),
         threads=1,
         progress=False,
         out=payload["out"],
@@ -115,18 +134,23 @@ def worker(payload: dict) -> None:
     rows = [None] * trainer.dist.world_size
     dist.all_gather_object(rows, row)
     if trainer.dist.is_main:
-        print("RESULT " + json.dumps({"mode": payload["mode"], "model": payload["model"], "ranks": rows}))
+        result = {"mode": payload["mode"], "model": payload["model"], "batch_size": payload["batch_size"]}
+        result.update(bucket_view=cfg.ddp_bucket_view, ranks=rows)
+        print("RESULT " + json.dumps(result))
     dist.destroy_process_group()
 
 
-def measure_memory(model: str, steps: int, batch_size: int) -> list[dict]:
+def measure_memory(
+    model: str, steps: int, batch_size: int, modes=("ddp", "fsdp"), bucket_view: bool = False
+) -> list[dict]:
     results = []
     env = {**os.environ, **MEMORY_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    for mode in ("ddp", "fsdp"):
+    for mode in modes:
         with tempfile.TemporaryDirectory() as tmp:
             payload = dict(
                 model=model, steps=steps, batch_size=batch_size, mode=mode, out=str(Path(tmp) / "r")
             )
+            payload["bucket_view"] = bucket_view
             cmd = [
                 TORCHRUN,
                 "--standalone",
@@ -159,12 +183,16 @@ def memory_table(results: list[dict]) -> str:
                 f"{x['rss_setup'] / gib:.2f} | {x['hwm_steps'] / gib:.2f} | {x['step_s']:.2f} |"
             )
     by = {r["mode"]: r["ranks"] for r in results}
+    out.append("")
+    settings = f"global batch {results[0]['batch_size']}, DDP bucket view {results[0]['bucket_view']}"
+    if not {"ddp", "fsdp"} <= set(by):
+        out.append(f"GiB per rank ({settings}); one mode only, no FSDP / DDP ratio.")
+        return "\n".join(out)
     ratio = max(x["states"] for x in by["fsdp"]) / max(x["states"] for x in by["ddp"])
     peak = max(x["hwm_steps"] for x in by["fsdp"]) / max(x["hwm_steps"] for x in by["ddp"])
     step = max(x["step_s"] for x in by["fsdp"]) / max(x["step_s"] for x in by["ddp"])
-    out.append("")
     out.append(
-        f"GiB per rank. FSDP / DDP: states {ratio:.3f}x (largest rank), peak RSS in steps {peak:.3f}x, "
+        f"GiB per rank ({settings}). FSDP / DDP: states {ratio:.3f}x (largest rank), peak RSS in steps {peak:.3f}x, "
         f"step time {step:.2f}x (under load: other work shared the 2 cores)."
     )
     return "\n".join(out)
@@ -311,16 +339,72 @@ def resume_equality(k: int) -> str:
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------------------------------------- eval
+EVAL_FEATURES = ("classifier:digits", "effnet-lite0")
+EVAL_KEYS = ("fd", "floor_fd", "precision", "recall", "inception_score", "class_accuracy")
+
+
+def _eval(samples: Path, cache: Path, out: Path, world: int) -> dict:
+    flags = ["-m", "ditlab", "eval", "--samples", str(samples), "--ref", "digits:test"]
+    flags += ["--features", *EVAL_FEATURES, "--cache-dir", str(cache), "--out", str(out)]
+    launcher = [sys.executable] if world == 1 else [TORCHRUN, "--standalone", "--nproc_per_node", str(world)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([*launcher, *flags], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(flags)} failed:\n{done.stderr[-3000:]}")
+    metrics = json.loads(out.read_text())["metrics"]
+    return {
+        name: {k: (m["floor"]["fd"] if k == "floor_fd" else m.get(k)) for k in EVAL_KEYS}
+        for name, m in metrics.items()
+    }
+
+
+def eval_equality(n: int) -> str:
+    import shutil
+
+    import numpy as np
+
+    from ditlab.data import load_dataset, save_npz
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        train = load_dataset("digits:train")
+        save_npz(root / "s.npz", train.numpy_images()[:n], train.labels.numpy()[:n])
+        one = _eval(root / "s.npz", root / "c1", root / "one.json", 1)
+        (root / "c2").mkdir()
+        shutil.copytree(root / "c1" / "classifiers", root / "c2" / "classifiers")
+        two = _eval(root / "s.npz", root / "c2", root / "two.json", 2)
+    out = [
+        f"{n} digits training images against digits:test; `ditlab eval` on 1 process vs 2 (torchrun, gloo).",
+        "",
+        "| extractor | metric | 1 process | 2 processes | relative difference |",
+        "|---|---|---|---|---|",
+    ]
+    worst = {}
+    for name, a in one.items():
+        for key in EVAL_KEYS:
+            x, y = a[key], two[name][key]
+            if x is None and y is None:
+                continue
+            rel = abs(x - y) / max(abs(x), np.finfo(float).tiny)
+            worst[key] = max(worst.get(key, 0.0), rel)
+            out.append(f"| {name} | {key} | {x!r} | {y!r} | {rel:.1e} |")
+    out.append("")
+    out.append("largest relative difference: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         worker(json.loads(args.worker))
         return 0
-    what = args.what or ["memory", "count", "comm", "resume"]
+    what = args.what or ["memory", "count", "comm", "resume", "eval"]
     parts = []
     if "memory" in what:
         model = "DiT-Nano/2" if args.quick else args.model or "DiT-B/2"
-        results = measure_memory(model, 2 if args.quick else args.steps, args.batch_size)
+        steps = 2 if args.quick else args.steps
+        results = measure_memory(model, steps, args.batch_size, args.modes, args.ddp_bucket_view)
         parts.append(f"### Memory per rank, {model}, 2 processes (gloo, CPU)\n\n" + memory_table(results))
     if "count" in what:
         models = (
@@ -338,6 +422,9 @@ def main(argv=None) -> int:
         )
     if "resume" in what:
         parts.append("### Resume across world sizes\n\n" + resume_equality(1 if args.quick else 4))
+    if "eval" in what:
+        n = 600 if args.quick else args.eval_images
+        parts.append("### Evaluation on 1 vs 2 processes\n\n" + eval_equality(n))
     text = "\n\n".join(parts)
     print(text)
     if args.write:

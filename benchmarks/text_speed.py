@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import emit, interleaved, machine, markdown_table, setup  # noqa: E402
 
-from ditlab.cli_args import ListAction
+from ditlab.cli_args import add_list_argument
 from ditlab.models.interop_text import (
     FLUX,
     PIXART,
@@ -152,9 +152,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 blocks and 3 rounds: a smoke run")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds (min over rounds is kept)")
     every = list(configs(False))
-    parser.add_argument(
+    add_list_argument(
+        parser,
         "--classes",
-        action=ListAction,
         default=every,
         help=f"the diffusers classes to time (default: all of {every})",
     )

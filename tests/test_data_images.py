@@ -43,6 +43,23 @@ def test_npz_round_trip_and_layout(tmp_path):
     assert load_npz(tmp_path / "nolabels.npz")[1] is None
 
 
+def test_npz_memory_map_reads_the_same_arrays_and_falls_back_for_compressed_files(tmp_path):
+    """`load_npz(mmap=True)` (torchrun eval): arr_0 of an uncompressed file is mapped, not read, and equal
+    to what a read gives; a compressed file (np.savez_compressed) is read as before."""
+    images = np.random.default_rng(0).integers(0, 256, size=(7, 5, 6, 3), dtype=np.uint8)
+    labels = np.arange(7)
+    save_npz(tmp_path / "s.npz", images, labels)
+    mapped, mapped_labels = load_npz(tmp_path / "s.npz", mmap=True)
+    assert isinstance(mapped, np.memmap) and mapped.shape == (7, 5, 6, 3)
+    np.testing.assert_array_equal(mapped, images)
+    np.testing.assert_array_equal(mapped[3:5], images[3:5])
+    np.testing.assert_array_equal(mapped_labels, labels)
+    np.savez_compressed(tmp_path / "c.npz", arr_0=images[..., 0])  # grey (N, H, W), compressed
+    read, none = load_npz(tmp_path / "c.npz", mmap=True)
+    assert not isinstance(read, np.memmap) and read.shape == (7, 5, 6, 1) and none is None
+    np.testing.assert_array_equal(read[..., 0], images[..., 0])
+
+
 def test_npz_bad_input_messages(tmp_path):
     np.savez(tmp_path / "noarr.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match=r"no 'arr_0' array \(it has: images\)"):

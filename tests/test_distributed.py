@@ -1,7 +1,9 @@
 """Beyond one process: FSDP2 steps equal one process's, distributed checkpoints resume on another world size,
-incomplete sets are refused, torchrun sampling gives the images of one process, and a SIGTERM (or --max-time)
-stops a run into a checkpoint that resumes with the same losses. Two gloo processes on the CPU, tiny models."""
+incomplete sets are refused, torchrun sampling gives the images of one process, torchrun evaluation its
+result, and a SIGTERM (or --max-time) stops a run into a checkpoint that resumes with the same losses. Two gloo
+processes on the CPU, tiny models."""
 
+import json
 import os
 import shutil
 import signal
@@ -13,13 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import ditlab
 from ditlab.cli import main as cli
+from ditlab.data import load_dataset, save_npz
+from ditlab.eval import feature_statistics
+from ditlab.eval.distributed import Moments, merge_moments, share, statistics_of
 from ditlab.train import TrainConfig, Trainer, list_checkpoints
 from ditlab.train.dcp import IncompleteCheckpointError
 from ditlab.train.metrics import read_metrics
 from ditlab.train.parallel import hsdp_shape, resolve_parallel
+from ditlab.train.posthoc_ema import list_snapshots, snapshot_dir
 from ditlab.train.preempt import EXIT_PREEMPTED, parse_duration
 
 TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
@@ -72,6 +79,16 @@ def test_fsdp_on_two_processes_equals_one_process(runs):
     b = ditlab.load_model(runs / "fsdp" / "model.safetensors").state_dict()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_with_gradients_in_its_buckets_trains_as_one_process(runs, tmp_path):
+    """--ddp-bucket-view (one copy of the gradients, not two) changes memory, not the steps."""
+    _torchrun(_flags(tmp_path / "bv", 4, ["--parallel", "ddp", "--ddp-bucket-view"]))
+    assert losses(tmp_path / "bv") == pytest.approx(losses(runs / "one"), rel=1e-5)
+    grad_norms = [r["grad_norm"] for r in read_metrics(tmp_path / "bv" / "metrics.jsonl")]
+    ref = [r["grad_norm"] for r in read_metrics(runs / "one" / "metrics.jsonl")]
+    assert grad_norms == pytest.approx(ref, rel=1e-5)
 
 
 @pytest.mark.slow
@@ -195,3 +212,94 @@ def test_layouts_and_unfinished_sets(tmp_path):
     (tmp_path / "checkpoints" / ".0000002.dcp.tmp").mkdir(parents=True)
     (tmp_path / "checkpoints" / "0000004.dcp").mkdir()
     assert list_checkpoints(tmp_path) == []
+
+
+def test_merged_moments_of_any_split_are_the_covariance_of_all_rows():
+    """What ranks gather for FD: per-share (n, mean, centred scatter), merged, equals numpy.cov of all rows
+    (float64 rounding only), with empty shares, and the shares are whole batches covering every image once."""
+    rng = np.random.default_rng(0)
+    feats = rng.normal(5.0, 2.0, size=(250, 6)) @ rng.normal(size=(6, 6))  # far from zero mean, correlated
+    mu, sigma = feature_statistics(feats)
+    for world in (1, 2, 3, 8):
+        bounds = [share(len(feats), 100, rank, world) for rank in range(world)]
+        assert bounds[0][0] == 0 and bounds[-1][1] == 250
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))  # contiguous, in order
+        assert all(start % 100 == 0 for start, stop in bounds if stop > start)  # whole batches
+        merged = merge_moments([Moments.of(feats[a:b], 6) for a, b in bounds])
+        got_mu, got_sigma = statistics_of(merged, "samples")
+        assert merged.n == 250
+        np.testing.assert_allclose(got_mu, mu, rtol=1e-13, atol=0)
+        np.testing.assert_allclose(got_sigma, sigma, rtol=1e-11, atol=1e-12)
+    assert share(250, 100, 3, 8) == (250, 250)  # past the last batch: nothing to do
+    with pytest.raises(ValueError, match="at least 2 feature vectors"):
+        statistics_of(Moments.of(feats[:1], 6), "samples")
+
+
+def _eval_args(samples, cache, out, features=("classifier:digits", "effnet-lite0:32")):
+    return [
+        "eval", "--samples", str(samples), "--ref", "digits:test", "--features", *features,
+        "--cache-dir", str(cache), "--out", str(out),
+    ]  # fmt: skip
+
+
+def _assert_same_result(one: dict, two: dict, fd_rel: float) -> None:
+    assert one.keys() == two.keys() and one["metrics"].keys() == two["metrics"].keys()
+    for name, a in one["metrics"].items():
+        b = two["metrics"][name]
+        for key in ("precision", "recall", "inception_score", "class_accuracy", "n_ref"):
+            assert a.get(key) == b.get(key), (name, key)  # the same feature bits as one process
+        assert b["fd"] == pytest.approx(a["fd"], rel=fd_rel), name
+        assert b["floor"]["n"] == a["floor"]["n"]
+        assert b["floor"]["fd"] == pytest.approx(a["floor"]["fd"], rel=fd_rel), name
+
+
+@pytest.mark.slow
+def test_torchrun_eval_gives_the_result_of_one_process(tmp_path):
+    """`torchrun -m ditlab eval`: 2 ranks extract their shares of the samples (600: 500 + 100 for the
+    classifier, 300 + 300 for EffNet), of the reference and of the floor; the result is one process's."""
+    train = load_dataset("digits:train")
+    samples = tmp_path / "samples.npz"
+    save_npz(samples, train.numpy_images()[:600], train.labels.numpy()[:600])
+    assert cli(_eval_args(samples, tmp_path / "cache1", tmp_path / "one.json")) == 0
+    (tmp_path / "cache2").mkdir()  # the classifier of the first run; reference and floor computed again
+    shutil.copytree(tmp_path / "cache1" / "classifiers", tmp_path / "cache2" / "classifiers")
+    _torchrun(["-m", "ditlab", *_eval_args(samples, tmp_path / "cache2", tmp_path / "two.json")])
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one["metrics"]["classifier:digits"]["class_accuracy"] > 0.9  # real digits, recognised
+    _assert_same_result(one, two, fd_rel=1e-7)  # float64 rounding, amplified by singular covariances
+    # again on 2 ranks, the reference and floor now read by rank 0 from its cache and shared
+    _torchrun(["-m", "ditlab", *_eval_args(samples, tmp_path / "cache2", tmp_path / "again.json")])
+    again = json.loads((tmp_path / "again.json").read_text())
+    _assert_same_result(two, again, fd_rel=0)  # the same merged statistics, read back from the cache
+
+
+def _snapshots(out) -> dict:
+    return {step: load_file(str(path)) for path, step, _ in list_snapshots(snapshot_dir(out))}
+
+
+def _assert_close_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_posthoc_ema_under_fsdp_and_hsdp_snapshots_and_resumes_as_one_process(tmp_path):
+    """Sharded profiles (updated shard by shard) write the snapshots of one process; a 2-rank set resumes on
+    one process and a one-process .pt on 2 HSDP ranks, each with the profiles of the run that never stopped."""
+    posthoc = ["--posthoc-ema", "0.05", "0.1", "--posthoc-ema-every", "2"]
+    cfg = {**TINY, "posthoc_ema": "0.05,0.1", "posthoc_ema_every": 2, "steps": 4}
+    Trainer(TrainConfig(**{**cfg, "out": str(tmp_path / "one")})).run()
+    _torchrun(_flags(tmp_path / "fsdp", 4, ["--parallel", "fsdp", *posthoc]))
+    one, fsdp = _snapshots(tmp_path / "one"), _snapshots(tmp_path / "fsdp")
+    assert sorted(one) == sorted(fsdp) == [2, 4] and "p1.blocks.0.attn.qkv.weight" in one[4]
+    for step in one:
+        _assert_close_tensors(one[step], fsdp[step])
+    _copy_checkpoint(tmp_path / "fsdp" / "checkpoints" / "0000002.dcp", tmp_path / "on1")
+    Trainer(TrainConfig(**{**cfg, "out": str(tmp_path / "on1")}), resume="auto").run()
+    _assert_close_tensors(one[4], _snapshots(tmp_path / "on1")[4])
+    _copy_checkpoint(tmp_path / "one" / "checkpoints" / "0000002.pt", tmp_path / "on2")
+    hsdp = ["--parallel", "hsdp", "--hsdp-shard-size", "1", *posthoc, "--resume", "auto"]
+    _torchrun(_flags(tmp_path / "on2", 4, hsdp))
+    _assert_close_tensors(one[4], _snapshots(tmp_path / "on2")[4])
+    assert losses(tmp_path / "on2") == pytest.approx(losses(tmp_path / "one")[2:], rel=1e-5)

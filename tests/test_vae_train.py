@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from ditlab import cli
 from ditlab.autoencoders import load_autoencoder
-from ditlab.autoencoders.losses import PatchDiscriminator, PerceptualLoss
-from ditlab.autoencoders.training import VAETrainConfig, reconstruction_quality, ssim, train_autoencoder
+from ditlab.train.vae import VAETrainConfig, reconstruction_quality, ssim, train_autoencoder
+from ditlab.train.vae_losses import PatchDiscriminator, PerceptualLoss
 
 TINY = dict(
     data="digits",

@@ -89,13 +89,13 @@ COMMANDS: dict[str, Command] = {
         "ditlab ablate --quick",
     ),
     "vae": Command(
-        "ditlab.autoencoders.cli",
+        "ditlab.train.vae_cli",
         "train a KL-VAE or VQ-VAE; export to or import from diffusers",
         "ditlab vae train --data fashion-mnist --image-size 32 --kind kl --downsample 4 --latent-channels 4 "
         "--train-steps 2000 --out runs/vae",
     ),
     "latents": Command(
-        "ditlab.autoencoders.latents_cli",
+        "ditlab.train.latents_cli",
         "encode a data set once into a sharded latent cache",
         "ditlab latents --vae runs/vae --data fashion-mnist --image-size 32 --flip --out latents/fm",
     ),

@@ -126,6 +126,11 @@ class ListAction(argparse.Action):
         setattr(namespace, self.dest, start + items)
 
 
+def add_list_argument(parser, *flags: str, item=str, **kwargs) -> None:
+    """A list flag (`ListAction`, the one style every command's list flags share); `item` converts each value."""
+    parser.add_argument(*flags, action=ListAction, item=item, **kwargs)
+
+
 def add_resume_argument(parser: argparse.ArgumentParser, where: str = "--out") -> None:
     parser.add_argument(
         "--resume",
@@ -135,6 +140,43 @@ def add_resume_argument(parser: argparse.ArgumentParser, where: str = "--out") -
         help=f"continue a run: a checkpoint PATH, or auto (bare --resume) = the newest checkpoint in {where} "
         "(starts fresh when there is none)",
     )
+
+
+DEVICE_CHOICES_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N"
+
+
+def add_device_argument(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """`--device`, resolved by `ditlab.runtime.resolve_device` (`what`: whose device, as a help prefix)."""
+    parser.add_argument("--device", default="auto", help=f"{what}{DEVICE_CHOICES_HELP}")
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, what: str = "CPU threads") -> None:
+    parser.add_argument(
+        "--threads", type=non_negative_int, default=0, metavar="N", help=f"{what} (0 = all cores)"
+    )
+
+
+def add_sampling_arguments(
+    parser: argparse.ArgumentParser,
+    samplers,
+    helps: tuple[str, str, str],
+    *,
+    sampler: str | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    steps_type=sample_steps,
+    steps_aliases: tuple[str, ...] = (),
+) -> None:
+    """`--sampler`, `--sample-steps` and `--guidance-scale` (with their official aliases): how a command
+    samples. `helps`: the three flags' help texts; the defaults None mean "decided later" (a run's record)."""
+    sampler_help, steps_help, guidance_help = helps
+    parser.add_argument("--sampler", choices=list(samplers), default=sampler, help=sampler_help)
+    numbers = (
+        (names("--sample-steps", *steps_aliases), steps_type, steps, "N", steps_help),
+        (names("--guidance-scale"), non_negative_float, guidance_scale, "SCALE", guidance_help),
+    )
+    for flags, kind, default, metavar, text in numbers:  # dest: from the first flag, sample_steps, ...
+        parser.add_argument(*flags, type=kind, default=default, metavar=metavar, help=text)
 
 
 def vae_folder(value: str) -> Path:
@@ -200,7 +242,12 @@ __all__ = [
     "HelpFormatter",
     "ListAction",
     "UsageError",
+    "DEVICE_CHOICES_HELP",
+    "add_device_argument",
+    "add_list_argument",
     "add_resume_argument",
+    "add_sampling_arguments",
+    "add_threads_argument",
     "names",
     "non_negative_float",
     "non_negative_int",

@@ -24,7 +24,13 @@ import json
 import time
 from pathlib import Path
 
-from ditlab.cli_args import add_resume_argument, names, non_negative_float, non_negative_int, positive_int
+from ditlab.cli_args import (
+    add_resume_argument,
+    add_sampling_arguments,
+    add_threads_argument,
+    names,
+    positive_int,
+)
 from ditlab.diffusion.samplers import SAMPLERS
 from ditlab.train.config import TrainConfig
 
@@ -61,29 +67,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--per-class", type=positive_int, default=50, metavar="N", help="samples per class (10 classes)"
     )
-    parser.add_argument(
-        "--sampler", choices=list(SAMPLERS), default="dpmpp_2m", help="sampler of the final samples"
-    )
-    parser.add_argument(
-        *names("--sample-steps"),
-        dest="sample_steps",
-        type=positive_int,
-        default=25,
-        metavar="N",
-        help="sampler steps of the final samples",
-    )
-    parser.add_argument(
-        *names("--guidance-scale"),
-        dest="guidance_scale",
-        type=non_negative_float,
-        default=1.5,
-        metavar="SCALE",
-        help="classifier-free guidance scale (1 = off; 1.5 is DiT's FID setting)",
+    add_sampling_arguments(
+        parser,
+        SAMPLERS,
+        (
+            "sampler of the final samples",
+            "sampler steps of the final samples",
+            "classifier-free guidance scale (1 = off; 1.5 is DiT's FID setting)",
+        ),
+        sampler="dpmpp_2m",
+        steps=25,
+        guidance_scale=1.5,
+        steps_type=positive_int,
     )
     add_resume_argument(parser)
-    parser.add_argument(
-        "--threads", type=non_negative_int, default=0, metavar="N", help="CPU threads (0 = all cores)"
-    )
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

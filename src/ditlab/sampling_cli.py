@@ -22,13 +22,14 @@ from pathlib import Path
 
 from ditlab.cli_args import (
     VAE_HELP,
-    ListAction,
     UsageError,
+    add_device_argument,
+    add_list_argument,
+    add_sampling_arguments,
     names,
     non_negative_float,
     non_negative_int,
     positive_int,
-    sample_steps,
     vae_folder,
 )
 from ditlab.diffusion.samplers import SAMPLERS
@@ -48,9 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", metavar="NAME", help="zoo name for official checkpoints whose head count is not standard"
     )
-    parser.add_argument(
+    add_list_argument(
+        parser,
         "--classes",
-        action=ListAction,
         item=non_negative_int,
         metavar="ID",
         help="class ids to sample, e.g. --classes 207 360 or 207,360 (default: every class)",
@@ -85,26 +86,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="total samples (unconditional models, or cycling through the classes) (default: --per-class "
         "per class)",
     )
-    parser.add_argument(
-        "--sampler",
-        choices=list(SAMPLERS),
-        help="sampler (default: the run's recorded one, else ddim for DDPM models, euler for flow)",
-    )
-    parser.add_argument(
-        *names("--sample-steps", "--steps"),
-        dest="sample_steps",
-        type=sample_steps,
-        metavar="N",
-        help="sampler steps, or a DDPM respacing such as 250, ddim25 or 10,20,30 (default: the run's "
-        f"recorded steps, else {DEFAULT_STEPS})",
-    )
-    parser.add_argument(
-        *names("--guidance-scale"),
-        dest="guidance_scale",
-        type=non_negative_float,
-        metavar="SCALE",
-        help="guidance scale, classifier-free or with --guide (1 = off) (default: the run's recorded scale, "
-        "else 1)",
+    add_sampling_arguments(
+        parser,
+        SAMPLERS,
+        (
+            "sampler (default: the run's recorded one, else ddim for DDPM models, euler for flow)",
+            "sampler steps, or a DDPM respacing such as 250, ddim25 or 10,20,30 (default: the run's "
+            f"recorded steps, else {DEFAULT_STEPS})",
+            "guidance scale, classifier-free or with --guide (1 = off) (default: the run's recorded scale, "
+            "else 1)",
+        ),
+        steps_aliases=("--steps",),
     )
     parser.add_argument(
         "--guidance-rescale",
@@ -144,9 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=positive_int, default=64, metavar="N", help="images per forward pass"
     )
     parser.add_argument("--vae", type=vae_folder, metavar="ema|mse|DIR", help=VAE_HELP)
-    parser.add_argument(
-        "--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N"
-    )
+    add_device_argument(parser)
     parser.add_argument(
         "--out", default="samples", metavar="PREFIX", help="output prefix: writes PREFIX.png and PREFIX.npz"
     )

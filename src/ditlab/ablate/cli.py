@@ -20,19 +20,9 @@ from ditlab.ablate.estimate import estimate, estimate_table
 from ditlab.ablate.report import markdown
 from ditlab.ablate.runner import run_ablation
 from ditlab.ablate.variants import DEFAULT_MODEL, STUDIES, AblationConfig, default_model_args, study_defaults
+from ditlab.cli_args import add_list_argument
 from ditlab.models.zoo import VARIANTS
 from ditlab.train.cli import _parse_kv  # KEY=VALUE flags, as `ditlab train --model-args`
-
-
-class ListAction(argparse.Action):
-    """A list flag: values space-separated after the flag, the flag repeatable to extend, commas accepted.
-    (A local copy of the shared CLI helper's list flag, until the two are unified.)"""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        items = list(getattr(namespace, self.dest, None) or [])
-        for value in values:
-            items += [part.strip() for part in value.split(",") if part.strip()]
-        setattr(namespace, self.dest, items)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,10 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train nothing: time a few steps per variant, project the total",
     )
-    a(
+    add_list_argument(
+        parser,
         "--variants",
-        nargs="+",
-        action=ListAction,
         metavar="NAME",
         help=f"variants to train, 'all' or 'paper' (default: all = {' '.join(VARIANTS)})",
     )
@@ -76,17 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--batch-size", type=int, help="images per optimizer step of every run (default 64)")
     a("--lr", type=float, help="AdamW learning rate (default 1e-3)")
     a("--warmup-steps", type=int, help="optimizer steps of linear lr warm-up (default: train steps // 10)")
-    a(
+    add_list_argument(
+        parser,
         "--seeds",
-        nargs="+",
-        action=ListAction,
         metavar="SEED",
         help="seeds of the paper's four variants (and of all with --extra-seeds same) (default 0 1)",
     )
-    a(
+    add_list_argument(
+        parser,
         "--extra-seeds",
-        nargs="+",
-        action=ListAction,
         metavar="SEED",
         help="seeds of the variants beyond the paper's four, or 'same' as --seeds (default 0)",
     )

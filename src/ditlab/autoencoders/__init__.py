@@ -3,7 +3,7 @@
     ae = load_autoencoder(path)    # a ditlab autoencoder file / run folder, a diffusers AutoencoderKL or VQModel
     z = ae.encode(images)          # scaled latents; ae.decode(z) -> images
 
-ditlab's own KL-VAE and VQ-VAE live in ``ldm`` (trained by ``ditlab vae train``, see ``training``), diffusers
+ditlab's own KL-VAE and VQ-VAE live in ``ldm`` (trained by ``ditlab vae train``, see ``ditlab.train.vae``), diffusers
 conversions in ``interop``, the sharded latent cache in ``latent_cache``. diffusers is imported only when a
 diffusers ``AutoencoderKL`` is actually loaded, so importing this package stays cheap.
 """

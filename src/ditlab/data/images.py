@@ -7,6 +7,8 @@ arrays: `arr_0` in an `.npz`, with optional `labels` (N,) holding the class each
 from __future__ import annotations
 
 import os
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -91,14 +93,49 @@ class SamplesTypeError(ValueError, TypeError):
     `ditlab` reports in one line) and the TypeError `check_images` raises for such arrays given in code."""
 
 
-def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read an ADM-style samples `.npz` -> (images uint8 (N, H, W, C), labels int64 (N,) or None)."""
+def _mapped_member(path: Path, member: str) -> np.ndarray | None:
+    """A read-only memory map of array `member` ("arr_0.npy") of an uncompressed `.npz` (np.savez, ADM's
+    batches), or None where it cannot be mapped (compressed, absent, Fortran order, objects)."""
+    with zipfile.ZipFile(path) as archive:
+        try:
+            info = archive.getinfo(member)
+        except KeyError:
+            return None
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with archive.open(info) as f:  # the .npy header, read through the zip
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                version, np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            header_size = f.tell()
+    with open(path, "rb") as raw:  # the member's data starts after its local file header
+        raw.seek(info.header_offset)
+        local = raw.read(30)
+    if local[:4] != b"PK\x03\x04" or fortran or dtype.hasobject:
+        return None
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    offset = info.header_offset + 30 + name_len + extra_len + header_size
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def load_npz(path: str | os.PathLike, mmap: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read an ADM-style samples `.npz` -> (images uint8 (N, H, W, C), labels int64 (N,) or None).
+
+    `mmap`: memory-map `arr_0` of an uncompressed file instead of reading it (pages are read when used:
+    a torchrun rank that scores its share of 50k images reads only that share); a compressed file is read.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"samples file not found: {path}")
     try:  # the arrays are read lazily: a corrupt member fails only here, with numpy's or zipfile's errors
+        mapped = _mapped_member(path, "arr_0.npy") if mmap else None
         with np.load(path, allow_pickle=False) as data:
-            arrays = {name: np.asarray(data[name]) for name in ("arr_0", "labels") if name in data.files}
+            wanted = ("labels",) if mapped is not None else ("arr_0", "labels")
+            arrays = {name: np.asarray(data[name]) for name in wanted if name in data.files}
+            if mapped is not None:
+                arrays["arr_0"] = mapped
             names = list(data.files)
     except Exception as e:  # numpy raises several types for a corrupt or foreign file
         raise ValueError(f"cannot read {path} as .npz ({e}); write samples with ditlab.data.save_npz") from e

@@ -232,22 +232,15 @@ def open_image_folder(
 
 
 def open_dataset(
-    spec,
-    split: str | None = None,
-    *,
-    loader: str = "auto",
-    image_size: int | tuple[int, int] | None = None,
-    channels: int | None = None,
-    center_crop: bool = True,
-    flip: bool = False,
-    unconditional: bool | None = None,
-    bad_images: str = "skip",
+    spec, split: str | None = None, *, loader: str = "auto", bad_images: str = "skip", **image_options
 ) -> ImageDataset | ImageFolderStream:
     """A data set for training: an `ImageFolderStream` for image folders, an in-memory `ImageDataset` for
     the named sets (digits, fashion-mnist, emoji: small enough that a batch is an index lookup).
 
     loader: "auto" (the above), "memory" (load a folder whole, `load_dataset`'s way: fastest for small
-    folders) or "stream" (image folders only). The other arguments are `load_dataset`'s.
+    folders) or "stream" (image folders only). `image_options` (image_size, channels, center_crop, flip,
+    unconditional) are `load_dataset`'s, which the two loaders take alike; unreadable images are skipped
+    unless `bad_images="raise"`.
     """
     if loader not in DATA_LOADERS:
         raise ValueError(f"unknown data loader {loader!r}; choose one of: {', '.join(DATA_LOADERS)}")
@@ -256,15 +249,7 @@ def open_dataset(
         raise ValueError(
             f"{parsed} is held in memory (it is small); streaming is for image folders: use --data-loader auto"
         )
-    # the two loaders take the same image options
-    options = dict(
-        image_size=image_size,
-        channels=channels,
-        center_crop=center_crop,
-        flip=flip,
-        unconditional=unconditional,
-        bad_images=bad_images,
-    )
+    options = dict(image_options, bad_images=bad_images)
     if parsed.kind != "folder" or loader == "memory":
         return load_dataset(parsed, **options)
     return open_image_folder(

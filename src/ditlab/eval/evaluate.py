@@ -19,8 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ditlab.data import RESIZE_FILTER, check_images, describe_shape
+from ditlab.eval.distributed import rank_zero_first, summarize
 from ditlab.eval.features import get_feature_extractor
-from ditlab.eval.frechet import feature_statistics, frechet_distance, warn_if_singular
+from ditlab.eval.frechet import frechet_distance, warn_if_singular
 from ditlab.eval.label_scores import class_accuracy, inception_score
 from ditlab.eval.precision_recall import precision_recall
 from ditlab.eval.reference import (
@@ -92,6 +93,7 @@ def evaluate(
     cache_dir: str | os.PathLike | None = None,
     resize_ref: bool | None = None,
     vae=None,
+    dist=None,
 ) -> dict:
     """Score uint8 samples (N, H, W, C) against `ref` with each feature extractor.
 
@@ -106,6 +108,10 @@ def evaluate(
         floor: also report the FD of real held-out data against the reference, with as many images.
         resize_ref: when the reference's images have another size or channel count than the samples:
             None warns and resizes, True resizes silently, False refuses (`ditlab eval` without --resize-ref).
+        dist: under torchrun, the process group (`ditlab.train.distributed.DistInfo`): every rank calls
+            this with the same arguments, extracts the features of its share of the samples, the reference
+            and the floor, and returns the same result (`ditlab.eval.distributed`; `ditlab eval` under
+            torchrun does this).
 
     Returns:
         a JSON-ready dict: `n_samples`, `image_size`, `ref`, `ref_shape` (its stored H, W, C or None), `k`,
@@ -139,26 +145,34 @@ def evaluate(
         ref_shape = check_reference_shape((height, width, channels), spec, resize_ref)  # before any work
         result["ref_shape"] = list(ref_shape) if ref_shape is not None else None
         for name in names:
-            extractor = get_feature_extractor(name, device=device, cache_dir=cache_dir)
-            feats, logits = extractor.run(images, want_logits=extractor.has_logits)
-            reference = reference_stats(spec, extractor, image_size=(height, width), cache_dir=cache_dir)
+            # the in-domain classifier trains on first use: once, on rank 0, the others then load it
+            extractor = rank_zero_first(
+                lambda name=name: get_feature_extractor(name, device=device, cache_dir=cache_dir), dist
+            )
+            keep = np.arange(min(n, MAX_PR_FEATURES))
+            fake = summarize(extractor, images, keep=keep, want_logits=True, what="samples", dist=dist)
+            logits = fake.logits
+            reference = reference_stats(
+                spec, extractor, image_size=(height, width), cache_dir=cache_dir, dist=dist
+            )
             warn_if_singular(reference.n, extractor.dim, "reference images")  # also on cache hits
-            mu, sigma = feature_statistics(feats, what="samples")
             entry = {
                 "metric": extractor.metric,
-                "fd": frechet_distance(mu, sigma, reference.mu, reference.sigma),
+                "fd": frechet_distance(fake.mu, fake.sigma, reference.mu, reference.sigma),
                 "n_ref": reference.n if reference.n >= 0 else None,  # ADM batches do not record it
                 **extractor.settings(),
             }
             if reference.features is not None and n > k and len(reference.features) > k:
-                precision, recall = precision_recall(reference.features, feats[:MAX_PR_FEATURES], k=k)
+                precision, recall = precision_recall(reference.features, fake.kept, k=k)
                 entry.update(precision=precision, recall=recall)
             if logits is not None:
                 entry["inception_score"], entry["inception_score_std"] = inception_score(logits)
                 if labels is not None:
                     entry["class_accuracy"] = class_accuracy(logits, labels)
             if floor:
-                entry["floor"] = floor_fd(spec, extractor, n, image_size=(height, width), cache_dir=cache_dir)
+                entry["floor"] = floor_fd(
+                    spec, extractor, n, image_size=(height, width), cache_dir=cache_dir, dist=dist
+                )
             result["metrics"][extractor.name] = entry
     messages = list(dict.fromkeys(str(w.message) for w in caught))  # once each, in order
     result["warnings"] = messages

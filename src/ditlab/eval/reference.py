@@ -30,8 +30,9 @@ import torch
 from ditlab.atomic import atomic_write
 from ditlab.data import DatasetSpec, check_images, dataset_shape, load_dataset, parse_spec
 from ditlab.eval.cache import cache_key, cache_path, dataset_fingerprint, file_fingerprint
+from ditlab.eval.distributed import from_rank_zero, is_distributed, summarize
 from ditlab.eval.features import FeatureExtractor, InceptionFeatures
-from ditlab.eval.frechet import feature_statistics, frechet_distance
+from ditlab.eval.frechet import frechet_distance
 
 REFERENCE_VERSION = 1
 MAX_PR_FEATURES = 10_000  # as ADM's reference batches: 10k vectors for precision/recall
@@ -108,11 +109,12 @@ def _subset(n_total: int, n: int) -> torch.Tensor:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(SUBSET_SEED))[:n].sort().values
 
 
-def _stats_of(images: np.ndarray, extractor: FeatureExtractor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    feats = extractor.features(images)
-    mu, sigma = feature_statistics(feats, what="reference images")
-    keep = _subset(len(feats), MAX_PR_FEATURES).numpy()
-    return mu, sigma, feats[keep].astype(np.float32)
+def _stats_of(
+    images: np.ndarray, extractor: FeatureExtractor, dist=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    keep = _subset(len(images), MAX_PR_FEATURES).numpy()
+    summary = summarize(extractor, images, keep=keep, what="reference images", dist=dist)
+    return summary.mu, summary.sigma, summary.kept.astype(np.float32)
 
 
 def _save(path: Path, ref: Reference) -> None:
@@ -138,20 +140,31 @@ def _load(path: Path) -> Reference:
 _MEMORY: dict[str, object] = {}  # in-process cache: repeated evaluate() calls during training stay cheap
 
 
-def _cached(path: Path, compute):
+def _cached(path: Path, compute, dist=None):
+    """The value cached at `path`, else `compute()` (written to `path`). Under torchrun rank 0 decides and
+    reads (its cache may be the only one: nodes need not share a disk), the ranks compute together, and
+    rank 0 writes."""
     key = str(path)
     if key in _MEMORY:
         return _MEMORY[key]
-    if path.is_file():
-        value = _load(path) if path.suffix == ".npz" else json.loads(path.read_text())
-    else:
+    value = from_rank_zero(lambda: _read(path) if path.is_file() else None, dist)
+    if value is None:
         value = compute()
-        if isinstance(value, Reference):
-            _save(path, value)
-        else:
-            atomic_write(path, lambda f: f.write(json.dumps(value).encode()))
+        if not is_distributed(dist) or dist.rank == 0:
+            _write(path, value)
     _MEMORY[key] = value
     return value
+
+
+def _read(path: Path):
+    return _load(path) if path.suffix == ".npz" else json.loads(path.read_text())
+
+
+def _write(path: Path, value) -> None:
+    if isinstance(value, Reference):
+        _save(path, value)
+    else:
+        atomic_write(path, lambda f: f.write(json.dumps(value).encode()))
 
 
 def _size_key(image_size) -> list | None:
@@ -164,23 +177,26 @@ def reference_stats(
     *,
     image_size: tuple[int, int] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    dist=None,
 ) -> Reference:
     """Statistics of the reference for `extractor`, from the in-process cache, the disk cache, or computed.
 
     `image_size` is the samples' (H, W): dataset references are loaded at that size (None = native).
+    `dist` (under torchrun, every rank calls this): each rank extracts its share of the reference images
+    and every rank returns the same statistics (`ditlab.eval.distributed`).
     """
     spec = parse_reference(ref)
     if spec.npz is not None:
-        return _npz_reference(spec.npz, extractor, cache_dir)
+        return _npz_reference(spec.npz, extractor, cache_dir, dist)
     data = spec.dataset
     path = _dataset_cache_path("reference", ".npz", data, extractor, image_size, cache_dir)
 
     def compute() -> Reference:
         ds = load_dataset(data, image_size=image_size)
-        mu, sigma, feats = _stats_of(ds.numpy_images(), extractor)
+        mu, sigma, feats = _stats_of(ds.numpy_images(), extractor, dist)
         return Reference(str(data), extractor.name, len(ds), mu, sigma, feats)
 
-    return _cached(path, compute)
+    return _cached(path, compute, dist)
 
 
 def _dataset_cache_path(
@@ -202,7 +218,7 @@ def _dataset_cache_path(
     return cache_path(kind, stem, key, suffix, cache_dir)
 
 
-def _npz_reference(path: Path, extractor: FeatureExtractor, cache_dir) -> Reference:
+def _npz_reference(path: Path, extractor: FeatureExtractor, cache_dir, dist=None) -> Reference:
     with np.load(path, allow_pickle=False) as d:
         files = set(d.files)
         has_stats = {"mu", "sigma"} <= files
@@ -235,16 +251,16 @@ def _npz_reference(path: Path, extractor: FeatureExtractor, cache_dir) -> Refere
                 if "features" in d.files:  # a ditlab cache file: its own precision/recall vectors
                     feats = np.asarray(d["features"], np.float32)
                 else:
-                    feats = None if images is None else _stats_of(images, extractor)[2]
+                    feats = None if images is None else _stats_of(images, extractor, dist)[2]
                 if mu.shape != (extractor.dim,):
                     raise ValueError(
                         f"{path}: mu has shape {mu.shape}, but {extractor.name} gives {extractor.dim}-d"
                     )
                 return Reference(str(path), extractor.name, n, mu, sigma, feats, stats_from_file=True)
-        mu, sigma, feats = _stats_of(images, extractor)
+        mu, sigma, feats = _stats_of(images, extractor, dist)
         return Reference(str(path), extractor.name, len(images), mu, sigma, feats)
 
-    ref = _cached(cached, compute)
+    ref = _cached(cached, compute, dist)
     ref.stats_from_file = stats_match
     return ref
 
@@ -256,10 +272,12 @@ def floor_fd(
     *,
     image_size: tuple[int, int] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    dist=None,
 ) -> dict:
     """FD between `n` images of the other real split and the reference: the best score any model can get.
 
-    `n` defaults to the reference's size. Returns {"fd", "n", "split"} or {"unavailable": reason}.
+    `n` defaults to the reference's size. Returns {"fd", "n", "split"} or {"unavailable": reason}. `dist`:
+    as `reference_stats` (the floor's images are shared out too).
     """
     spec = parse_reference(ref)
     if spec.dataset is None or spec.dataset.split not in ("train", "test"):
@@ -267,19 +285,19 @@ def floor_fd(
     other = dataclasses.replace(spec.dataset, split="test" if spec.dataset.split == "train" else "train")
     if other.kind == "folder" and not (Path(other.path) / other.split).is_dir():
         return {"unavailable": f"{other.path} has no {other.split}/ sub-folder"}
-    reference = reference_stats(spec, extractor, image_size=image_size, cache_dir=cache_dir)
+    reference = reference_stats(spec, extractor, image_size=image_size, cache_dir=cache_dir, dist=dist)
     n = int(n or reference.n)
     path = _dataset_cache_path("floor", ".json", other, extractor, image_size, cache_dir, n)
 
     def compute() -> dict:
         ds = load_dataset(other, image_size=image_size)
         idx = _subset(len(ds), n)
-        feats = extractor.features(ds.numpy_images()[idx.numpy()])
-        mu, sigma = feature_statistics(feats, what=f"{other.split} images (floor)")
+        images = ds.numpy_images()[idx.numpy()]
+        real = summarize(extractor, images, what=f"{other.split} images (floor)", dist=dist)
         return {
-            "fd": frechet_distance(mu, sigma, reference.mu, reference.sigma),
+            "fd": frechet_distance(real.mu, real.sigma, reference.mu, reference.sigma),
             "n": len(idx),
             "split": other.split,
         }
 
-    return _cached(path, compute)
+    return _cached(path, compute, dist)

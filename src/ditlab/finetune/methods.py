@@ -84,8 +84,8 @@ def resize_label_embedding(model, num_classes: int, mode: str = "reset", generat
 
 
 class FinetuneMethod:
-    """One way to fine-tune a DiT. Subclasses set `name`, `help`, `lr_scale`, `options` (name -> default)
-    and override `add_modules` and/or `trainable_parameters`."""
+    """One way to fine-tune a DiT. Subclasses set `name`, `help`, and where they differ from these defaults
+    `lr_scale` and `options` (name -> default), and override `add_modules` and/or `trainable_parameters`."""
 
     name: str = ""
     help: str = ""
@@ -175,8 +175,6 @@ class DiffFit(FinetuneMethod):
 class AdaLN(FinetuneMethod):
     name = "adaln"
     help = "only the adaLN modulation projections (and the label table)"
-    lr_scale = 10.0
-    options = {}
 
     def trainable_parameters(self, model, **options):
         mods = [m for m in model.modules() if isinstance(m, (AdaLNModulation, ScaleShiftTable, AdaLNSingle))]
@@ -193,7 +191,6 @@ class AdaLN(FinetuneMethod):
 class LoRA(FinetuneMethod):
     name = "lora"
     help = "low-rank adapters on the attention and MLP projections (and the label table)"
-    lr_scale = 10.0
     options = {"rank": 8, "alpha": None, "targets": "qkv,proj,fc1,fc2"}
 
     def add_modules(self, model, generator, rank=8, alpha=None, targets="qkv,proj,fc1,fc2") -> None:
@@ -223,7 +220,6 @@ class Full(FinetuneMethod):
     name = "full"
     help = "every parameter: the full fine-tuning baseline"
     lr_scale = 1.0
-    options = {}
 
     def trainable_parameters(self, model, **options):
         yield from model.parameters()

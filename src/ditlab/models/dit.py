@@ -62,27 +62,26 @@ from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ditlab.models.config import MODULATED, DiTConfig
-from ditlab.nn.attention import (
+from ditlab.nn import (
+    AdaLNModulation,
+    AdaLNSingle,
     Attention,
-    AttentionSlice,
     CrossAttention,
     JointAttention,
-    Mlp,
-    MlpSlice,
-    SwiGLU,
-    make_mlp,
-)
-from ditlab.nn.embed import (
     LabelEmbedder,
+    Modulation,
     PatchEmbed,
     PooledEmbedder,
+    RMSNorm,
+    ScaleShiftTable,
     TextEmbedder,
     TimestepEmbedder,
+    make_norm,
     rope_2d,
     sincos_2d,
 )
-from ditlab.nn.modulation import AdaLNModulation, AdaLNSingle, Modulation, ScaleShiftTable, params_per_branch
-from ditlab.nn.norms import RMSNorm, make_norm
+from ditlab.nn.attention import AttentionSlice, Mlp, MlpSlice, SwiGLU, make_mlp
+from ditlab.nn.modulation import params_per_branch
 from ditlab.nn.spatial import SpatialEmbedder, SpatialModulation, layout_channels_for
 
 NO_MODULATION = Modulation(None, None, None)
@@ -141,6 +140,20 @@ def mlp_branch_of(norm, mlp, post_norm, x, m: Modulation, inplace: bool, route=N
     return h if post_norm is None else post_norm(h)
 
 
+def block_modulation(cfg: DiTConfig, pre_only: bool = False) -> AdaLNModulation:
+    """A block stream's adaLN projection of c: one (shift, scale[, gate]) per branch. `pre_only` (the text
+    stream of SD3's last block): one ungated branch, as its AdaLayerNormContinuous."""
+    return AdaLNModulation(
+        cfg.cond_width,
+        cfg.hidden_size,
+        branches=1 if pre_only else cfg.branches,
+        shift=cfg.shift,
+        gate=cfg.gated and not pre_only,
+        zero_init=cfg.zero_init,
+        act=cfg.adaln_act,
+    )
+
+
 class ContextStream(nn.Module):
     """The text stream's own parts in an MMDiT Block (SD3): norm1, adaLN projection, norm2 and MLP.
 
@@ -154,15 +167,7 @@ class ContextStream(nn.Module):
         self.norm1 = make_norm(cfg.norm, D, eps=cfg.norm_eps, affine=cfg.norm_affine)
         self.norm2 = None if pre_only else make_norm(cfg.norm, D, eps=cfg.norm_eps, affine=cfg.norm_affine)
         self.mlp = None if pre_only else make_mlp(cfg.mlp, D, cfg.mlp_hidden)
-        self.adaLN_modulation = AdaLNModulation(
-            cfg.cond_width,
-            D,
-            branches=1 if pre_only else cfg.branches,
-            shift=cfg.shift,
-            gate=cfg.gated and not pre_only,
-            zero_init=cfg.zero_init,
-            act=cfg.adaln_act,
-        )
+        self.adaLN_modulation = block_modulation(cfg, pre_only)
 
     def mlp_branch(self, x, m: Modulation, inplace: bool) -> torch.Tensor:
         return mlp_branch_of(self.norm2, self.mlp, None, x, m, inplace)
@@ -216,19 +221,7 @@ class Block(nn.Module):
         )
         self.mlp = make_mlp(cfg.mlp, D, cfg.mlp_hidden)
         self.branches = cfg.branches
-        self.adaLN_modulation = (
-            AdaLNModulation(
-                cfg.cond_width,
-                D,
-                branches=cfg.branches,
-                shift=cfg.shift,
-                gate=cfg.gated,
-                zero_init=cfg.zero_init,
-                act=cfg.adaln_act,
-            )
-            if cfg.conditioning in ("adaln", "adaln-zero")
-            else None
-        )
+        self.adaLN_modulation = block_modulation(cfg) if cfg.conditioning in ("adaln", "adaln-zero") else None
         self.adaLN_table = (
             ScaleShiftTable(D, branches=cfg.branches, shift=cfg.shift, gate=True)
             if cfg.conditioning == "adaln-single"

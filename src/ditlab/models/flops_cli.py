@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from ditlab.cli_args import ListAction, UsageError, positive_int
+from ditlab.cli_args import UsageError, add_list_argument, positive_int
 from ditlab.models.dit import DiT
 from ditlab.models.flops import flops
 from ditlab.models.zoo import MODELS, SIZES, VARIANT_GROUPS, VARIANTS, expand_variants, model_config
@@ -43,9 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     # the flag's spelling before the shared vocabulary: the model's input side itself
     parser.add_argument("--input-size", type=positive_int, help=argparse.SUPPRESS)
-    parser.add_argument(
+    add_list_argument(
+        parser,
         "--variants",
-        action=ListAction,
         bare=("all",),
         metavar="NAME",
         help=f"also count conditioning variants: names, or {' / '.join(VARIANT_GROUPS)}; bare --variants = "

@@ -38,6 +38,7 @@ import json
 import os
 import warnings
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 
@@ -86,46 +87,21 @@ GEOMETRY = (
     "learn_sigma",
 )
 
-# Constructor defaults of the two diffusers classes, for the fields that decide the forward (a folder's
-# config.json may omit any field that keeps its default).
-_DEFAULTS = {
-    DIFFUSERS_CLASS: dict(
-        num_attention_heads=16,
-        attention_head_dim=72,
-        in_channels=4,
-        out_channels=None,
-        num_layers=28,
-        attention_bias=True,
-        sample_size=32,
-        patch_size=2,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_zero",
-        norm_elementwise_affine=False,
-        norm_eps=1e-5,
-    ),
-    LEGACY_CLASS: dict(
-        num_attention_heads=16,
-        attention_head_dim=88,
-        in_channels=None,
-        out_channels=None,
-        num_layers=1,
-        attention_bias=False,
-        sample_size=None,
-        patch_size=None,
-        activation_fn="geglu",
-        num_embeds_ada_norm=None,
-        norm_type="layer_norm",
-        norm_elementwise_affine=True,
-        norm_eps=1e-5,
-        cross_attention_dim=None,
-        num_vector_embeds=None,
-        only_cross_attention=False,
-        double_self_attention=False,
-        interpolation_scale=None,
-        attention_type="default",
-    ),
-}
+# The diffusers classes' constructor defaults (and, for the text classes, the DiTConfig fields each fixes):
+# a table of data, read once (see its "_about").
+_CLASS_TABLE = json.loads(Path(__file__).with_name("diffusers_classes.json").read_text(encoding="utf-8"))
+
+
+def diffusers_class(name: str) -> dict:
+    """A diffusers class's entry in ditlab's table: defaults, and for a text class its fixed fields (the
+    plain block's included) and the fields that identify it (see the table's "_about")."""
+    entry = dict(_CLASS_TABLE[name])
+    if entry.pop("plain_block", False):
+        entry["fixed"] = {**entry["fixed"], **_CLASS_TABLE["plain_block"]}
+    return entry
+
+
+_DEFAULTS = {cls: diffusers_class(cls)["defaults"] for cls in (DIFFUSERS_CLASS, LEGACY_CLASS)}
 
 INSTALL_HINT = 'diffusers is not installed; install the optional extra with: pip install "ditlab[diffusers]"'
 
@@ -139,6 +115,71 @@ def _import_diffusers_class():
 
 
 # ---------------------------------------------------------------------------------------------- configs
+# What reading and writing any diffusers transformer config needs (the DiT here, the text classes in
+# ditlab.models.interop_text): defaults filled in, refusals that name the field.
+def _with_defaults(dconf: Mapping, defaults: Mapping) -> dict:
+    """A diffusers config with its class's constructor defaults filled in (private "_" keys dropped)."""
+    return {**defaults, **{k: v for k, v in dconf.items() if not k.startswith("_")}}
+
+
+def _need(c: Mapping, what: str, field: str, wanted, why: str, needs: str = "ditlab") -> None:
+    """Refuse a diffusers config (`what`: its class) whose `field` is not the one value ditlab reads."""
+    if c.get(field) != wanted:
+        raise ValueError(
+            f"{what} config has {field}={c.get(field)!r}; {needs} needs {field}={wanted!r} ({why})"
+        )
+
+
+def _learns_sigma(c: Mapping, what: str) -> bool:
+    """learn_sigma from in/out channels (out = in: one prediction; 2·in: ε and the variance)."""
+    in_ch = int(c["in_channels"])
+    out_ch = in_ch if c["out_channels"] is None else int(c["out_channels"])
+    if out_ch not in (in_ch, 2 * in_ch):
+        raise ValueError(
+            f"{what} config has out_channels={out_ch} with in_channels={in_ch}; ditlab supports out_channels "
+            "equal to in_channels (ε only) or twice it (ε and learned variance)"
+        )
+    return out_ch == 2 * in_ch
+
+
+def _grid_fields(c: Mapping, what: str) -> dict:
+    """The DiTConfig fields that diffusers' DiT, SD3 and PixArt configs spell alike: a sample grid, heads ×
+    head size, layers, and out_channels (learn_sigma)."""
+    return dict(
+        input_size=int(c["sample_size"]),
+        patch_size=int(c["patch_size"]),
+        in_channels=int(c["in_channels"]),
+        hidden_size=int(c["num_attention_heads"]) * int(c["attention_head_dim"]),
+        depth=int(c["num_layers"]),
+        num_heads=int(c["num_attention_heads"]),
+        learn_sigma=_learns_sigma(c, what),
+    )
+
+
+def _grid_export(cfg: DiTConfig) -> dict:
+    """`_grid_fields` the other way (a square input: sample_size is one int)."""
+    return dict(
+        num_attention_heads=cfg.num_heads,
+        attention_head_dim=cfg.hidden_size // cfg.num_heads,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        num_layers=cfg.depth,
+        sample_size=cfg.image_hw[0],
+        patch_size=cfg.patch_size,
+    )
+
+
+def _require(cfg: DiTConfig, cls: str, wanted: Mapping, target: str = "", why: str = "") -> None:
+    """Refuse an export (to `target`, default diffusers `cls`) whose config has a field that diffusers'
+    class `cls` cannot express: `wanted` holds the one value it implements of each."""
+    for field, value in wanted.items():
+        if getattr(cfg, field) != value:
+            raise ValueError(
+                f"cannot export to {target or f'diffusers {cls}'}: {field}={getattr(cfg, field)!r}, but {cls} "
+                f"only implements {field}={value!r}{why}"
+            )
+
+
 def config_from_diffusers(dconf: Mapping, **overrides) -> DiTConfig:
     """The DiTConfig that computes what a diffusers DiT config computes (see the module docstring)."""
     cls = dconf.get("_class_name", DIFFUSERS_CLASS)
@@ -147,14 +188,8 @@ def config_from_diffusers(dconf: Mapping, **overrides) -> DiTConfig:
             f"diffusers class {cls!r} is not a DiT; expected {DIFFUSERS_CLASS} (or {LEGACY_CLASS} with "
             "norm_type='ada_norm_zero')"
         )
-    c = {**_DEFAULTS[cls], **{k: v for k, v in dconf.items() if not k.startswith("_")}}
-
-    def need(field, wanted, why):
-        if c.get(field) != wanted:
-            raise ValueError(
-                f"diffusers config has {field}={c.get(field)!r}; ditlab's DiT needs {field}={wanted!r} ({why})"
-            )
-
+    c = _with_defaults(dconf, _DEFAULTS[cls])
+    need = partial(_need, c, "diffusers", needs="ditlab's DiT")
     need("norm_type", "ada_norm_zero", "adaLN-Zero conditioning")
     need("activation_fn", "gelu-approximate", "the MLP's tanh-approximate GELU")
     need("attention_bias", True, "q/k/v projections with bias")
@@ -181,24 +216,11 @@ def config_from_diffusers(dconf: Mapping, **overrides) -> DiTConfig:
             )
     if c["num_embeds_ada_norm"] is None:
         raise ValueError("diffusers config has num_embeds_ada_norm=None; a DiT needs a class count")
-    in_ch = int(c["in_channels"])
-    out_ch = in_ch if c["out_channels"] is None else int(c["out_channels"])
-    if out_ch not in (in_ch, 2 * in_ch):
-        raise ValueError(
-            f"diffusers config has out_channels={out_ch} with in_channels={in_ch}; ditlab supports out_channels "
-            "equal to in_channels (ε only) or twice it (ε and learned variance)"
-        )
     fields = dict(
-        input_size=int(c["sample_size"]),
-        patch_size=int(c["patch_size"]),
-        in_channels=in_ch,
-        hidden_size=int(c["num_attention_heads"]) * int(c["attention_head_dim"]),
-        depth=int(c["num_layers"]),
-        num_heads=int(c["num_attention_heads"]),
+        _grid_fields(c, "diffusers"),
         mlp_ratio=4.0,  # diffusers' FeedForward default (DiTTransformer2DModel passes no inner dim)
         class_dropout_prob=DIFFUSERS_CLASS_DROPOUT,
         num_classes=int(c["num_embeds_ada_norm"]),
-        learn_sigma=out_ch == 2 * in_ch,
         conditioning="adaln-zero",
         norm="layernorm",
         norm_eps=DIFFUSERS_FIXED_EPS,  # the attention-branch norm (AdaLayerNormZero)
@@ -267,12 +289,7 @@ def diffusers_config(cfg: DiTConfig) -> dict:
         rope=False,
         pos_embed="sincos",
     )
-    for field, wanted in required.items():
-        if getattr(cfg, field) != wanted:
-            raise ValueError(
-                f"cannot export to diffusers: {field}={getattr(cfg, field)!r}, but DiTTransformer2DModel only "
-                f"implements {field}={wanted!r} (the paper's adaLN-Zero DiT)"
-            )
+    _require(cfg, DIFFUSERS_CLASS, required, "diffusers", " (the paper's adaLN-Zero DiT)")
     if cfg.mlp_ratio != 4.0:
         raise ValueError(
             f"cannot export to diffusers: mlp_ratio={cfg.mlp_ratio}; DiTTransformer2DModel fixes it at 4"
@@ -292,16 +309,10 @@ def diffusers_config(cfg: DiTConfig) -> dict:
             "row; DiTTransformer2DModel always has one (its label table has num_classes + 1 rows)"
         )
     return dict(
-        num_attention_heads=cfg.num_heads,
-        attention_head_dim=cfg.hidden_size // cfg.num_heads,
-        in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels,
-        num_layers=cfg.depth,
+        _grid_export(cfg),
         dropout=0.0,
         norm_num_groups=32,
         attention_bias=True,
-        sample_size=h,
-        patch_size=cfg.patch_size,
         activation_fn="gelu-approximate",
         num_embeds_ada_norm=cfg.num_classes,
         upcast_attention=False,

@@ -13,7 +13,14 @@ import os
 import sys
 
 from ditlab.autoencoders import load_vae
-from ditlab.cli_args import VAE_HELP, UsageError, non_negative_int, positive_int, vae_folder
+from ditlab.cli_args import (
+    VAE_HELP,
+    UsageError,
+    add_device_argument,
+    add_threads_argument,
+    positive_int,
+    vae_folder,
+)
 from ditlab.runtime import configure_threads, resolve_device
 from ditlab.serve.catalog import Catalog
 from ditlab.serve.requests import Limits
@@ -48,16 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="most sampler steps one click may ask for",
     )
     parser.add_argument("--vae", type=vae_folder, metavar="ema|mse|DIR", help=VAE_HELP)
-    parser.add_argument(
-        "--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N"
-    )
-    parser.add_argument(
-        "--threads",
-        type=non_negative_int,
-        default=0,
-        metavar="N",
-        help="CPU threads for sampling (0 = all cores)",
-    )
+    add_device_argument(parser)
+    add_threads_argument(parser, "CPU threads for sampling")
 
 
 def run(args) -> int:

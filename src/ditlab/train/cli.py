@@ -22,8 +22,8 @@ import types
 import typing
 
 from ditlab.cli_args import (
-    ListAction,
     UsageError,
+    add_list_argument,
     add_resume_argument,
     names,
     non_negative_float,
@@ -143,6 +143,8 @@ HELP = {
     "and EMA sharded across processes) or hsdp (sharded within a node, replicated across nodes); auto = ddp",
     "fsdp_cpu_offload": "fsdp/hsdp on CUDA: keep the sharded parameters, gradients and optimizer states in host "
     "memory (less GPU memory, slower)",
+    "ddp_bucket_view": "ddp: the gradients are views into DDP's all-reduce buckets instead of a second copy "
+    "(saves one model's worth of gradient memory per process; the same numbers)",
     "hsdp_shard_size": "hsdp: processes per shard group (0 = the processes of one node, LOCAL_WORLD_SIZE)",
     "max_time": "stop after this wall time (e.g. 3h50m, 90m, 45s, or seconds): checkpoint, exit with code 75, "
     "continue with --resume auto (default: no limit)",
@@ -309,7 +311,7 @@ def add_arguments(
         elif kind is dict:
             group.add_argument(*flags, type=parse_kv, action="append", metavar="KEY=VALUE", **common)
         elif f.name in LIST_FIELDS:
-            group.add_argument(*flags, action=ListAction, metavar="NAME", **common)
+            add_list_argument(group, *flags, metavar="NAME", **common)
         else:
             allowed = choices.get(f.name)
             group.add_argument(

@@ -98,6 +98,7 @@ class TrainConfig(DictConfig):
     checkpoint_policy: str = "full"  # with gradient_checkpointing: full | selective (see ditlab.models.dit)
     parallel: str = "auto"  # under torchrun: auto (= ddp) | ddp | fsdp | hsdp (ditlab.train.parallel)
     fsdp_cpu_offload: bool = False  # fsdp/hsdp on CUDA: sharded states in host memory
+    ddp_bucket_view: bool = False  # ddp: gradients live in DDP's all-reduce buckets (one copy, not two)
     hsdp_shard_size: int = 0  # hsdp: processes per shard group; 0 = one node's (LOCAL_WORLD_SIZE)
     max_time: str | None = (
         None  # stop, checkpoint and exit 75 after this long, e.g. "3h50m" (ditlab.train.preempt)

@@ -4,7 +4,8 @@
     net = par.wrap(model, ema=ema.model, compile_model=...)   # then build the optimizer on model.parameters()
 
 - ddp: every rank holds the whole model, gradients and optimizer states; DistributedDataParallel all-reduces
-  the gradients (the official DiT recipe).
+  the gradients (the official DiT recipe). Its buckets are a second copy of the gradients unless
+  `bucket_view` (`--ddp-bucket-view`, DDP's gradient_as_bucket_view) makes the gradients views into them.
 - fsdp: PyTorch's FSDP2 (`torch.distributed.fsdp.fully_shard`) on each block, then on the root (embedders,
   final layer), over a 1-D DeviceMesh: parameters, gradients and (because the optimizer is built on the
   sharded parameters) AdamW's states are 1/W per rank. The EMA copy is sharded the same way, so its update is
@@ -105,6 +106,7 @@ class Parallel:
     mesh: DeviceMesh | None = None
     mp_policy: MixedPrecisionPolicy | None = None
     offload: OffloadPolicy | None = None
+    bucket_view: bool = False  # ddp: gradient_as_bucket_view (gradients are views into the buckets)
     _shell: nn.Module | None = None  # a meta-device copy of the model: the frame a gathered model fills
 
     @classmethod
@@ -116,10 +118,11 @@ class Parallel:
         precision: str = "fp32",
         cpu_offload: bool = False,
         shard_size: int = 0,
+        bucket_view: bool = False,
     ) -> Parallel:
         kind = resolve_parallel(name, dist.world_size)
         if kind not in SHARDED:
-            return cls(kind, dist, device)
+            return cls(kind, dist, device, bucket_view=bucket_view)
         if kind == "hsdp":
             shape, names = hsdp_shape(dist.world_size, shard_size), ("replicate", "shard")
         else:
@@ -146,7 +149,7 @@ class Parallel:
             net = compile_model(model) if compile_model is not None else model
             if self.kind == "ddp":
                 ids = [self.device.index] if self.device.type == "cuda" else None
-                net = DistributedDataParallel(net, device_ids=ids)
+                net = DistributedDataParallel(net, device_ids=ids, gradient_as_bucket_view=self.bucket_view)
             return net
         for module in (model, ema):
             if module is not None:

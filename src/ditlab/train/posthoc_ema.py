@@ -14,6 +14,11 @@ equations on the continuous profiles). The fit's relative error is reported with
 Snapshots: `<run>/ema-snapshots/{step:07d}.safetensors`, one tensor per profile and trainable parameter
 (`p{i}.NAME`), metadata `step` and `sigma_rels` (float32: a DiT-S/2 snapshot of two profiles is ~260 MB, so
 pick `posthoc_ema_every` for the disk). `ditlab ema RUN --length 0.1 --out FILE` writes the rebuilt model.
+
+Sharded runs (--parallel fsdp|hsdp): built after the model is sharded, each profile is sharded like the
+parameters (DTensors), so an update is a local lerp of shard on shard, as the EMA's. Snapshots and training
+checkpoints hold whole tensors, gathered one at a time (every rank calls `tensors`, rank 0 keeps them), so
+they are the files of an unsharded run and resume into any layout (`load_trainable_state` reshards).
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ditlab.atomic import atomic_write
 
@@ -81,16 +88,26 @@ class PostHocEMA:
             torch._foreach_lerp_(avg, params, 1.0 - power_beta(gamma, t))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {
-            f"p{i}.{name}": tensor.detach().cpu().contiguous()
-            for i, avg in enumerate(self.profiles)
-            for name, tensor in zip(self.names, avg)
-        }
+        """Every profile's whole tensors on the CPU (`p{i}.NAME`). Sharded profiles are gathered one tensor
+        at a time: every rank must call this, and only rank 0 gets the tensors (the others an empty dict)."""
+        out = {}
+        for i, avg in enumerate(self.profiles):
+            for name, tensor in zip(self.names, avg):
+                if isinstance(tensor, DTensor):
+                    tensor = tensor.full_tensor()  # a collective
+                    if dist.get_rank() != 0:
+                        continue
+                out[f"p{i}.{name}"] = tensor.detach().cpu().contiguous()
+        return out
 
-    def save_snapshot(self, folder: str | Path, t: int) -> Path:
+    def save_snapshot(self, folder: str | Path, t: int, write: bool = True) -> Path | None:
+        """Write the snapshot of step t; `write=False` (sharded runs, ranks other than 0) only takes part
+        in gathering it."""
+        tensors = self.tensors()
+        if not write:
+            return None
         path = Path(folder) / f"{t:07d}.safetensors"
         meta = {"step": str(t), "sigma_rels": json.dumps(self.sigma_rels)}
-        tensors = self.tensors()
         atomic_write(path, lambda f: save_file(tensors, f.name, metadata=meta))
         return path
 
@@ -107,7 +124,12 @@ class PostHocEMA:
         with torch.no_grad():
             for i, avg in enumerate(self.profiles):
                 for name, tensor in zip(self.names, avg):
-                    tensor.copy_(state["tensors"][f"p{i}.{name}"])
+                    saved = state["tensors"][f"p{i}.{name}"]
+                    if isinstance(tensor, DTensor):  # whole tensors (every rank read them) -> this layout
+                        saved = distribute_tensor(
+                            saved.to(tensor.device), tensor.device_mesh, tensor.placements
+                        )
+                    tensor.copy_(saved)
 
 
 def profile_weights(gamma: float, t: int, start: int, stop: int) -> np.ndarray:

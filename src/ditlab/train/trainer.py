@@ -101,34 +101,16 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False, force: bool = False
     ):
-        if overwrite and resume:
-            raise ValueError("--overwrite starts a new run and --resume continues one: pass only one of them")
-        self.cfg = cfg
-        self.resume, self.overwrite, self.force = resume, overwrite, force
-        self.lock: RunLock | None = None
-        self._setup_runtime()
-
         # data: the named sets in memory (a batch is an index lookup); image folders stream through
         # DataLoader workers (ditlab.data.loader), so a folder of any size trains in bounded memory
-        self.data = open_dataset(
-            cfg.data,
-            split="train",
-            loader=cfg.data_loader,
-            image_size=cfg.image_size,
-            channels=cfg.channels,
-            flip=cfg.flip,
-            unconditional=cfg.unconditional or None,
-            bad_images=cfg.bad_images,
+        self.open_run(
+            cfg, resume, overwrite, force, loader=cfg.data_loader, unconditional=cfg.unconditional or None
         )
         # --vae: the model learns on latents; the data set then yields (latents, labels) batches
         self.autoencoder = None
         if cfg.vae:
             self.data, self.autoencoder = latent_inputs(self.data, cfg.vae, self.device, cfg.latents)
-        if len(self.data) < cfg.batch_size:
-            raise ValueError(
-                f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.data)} images)"
-            )
-        self.batches_per_epoch = len(self.data) // cfg.batch_size  # drop_last, as the official loader
+        self.size_run()
         # layout runs: each image's mask, uint8 (N, H, W) labels (ditlab.data.layouts), else None
         self.layouts = (
             torch.from_numpy(shapes_layouts(self.data.name, len(self.data), self.data.image_size))
@@ -140,7 +122,6 @@ class Trainer:
         self.text_widths: dict = {}
         if cfg.text_encoder:
             self.load_captions()
-        self.total_steps = cfg.steps or cfg.epochs * self.batches_per_epoch
         self.part = rank_part(cfg.batch_size, self.dist.rank, self.dist.world_size)  # this rank's slice
         self.batches = batch_source(
             self.data, cfg.batch_size, cfg.seed, self.total_steps, self.part, num_workers=cfg.num_workers
@@ -179,7 +160,6 @@ class Trainer:
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
         self.model.checkpoint_policy = cfg.checkpoint_policy
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
-        self.posthoc = PostHocEMA(self.model, posthoc_sigmas(cfg.posthoc_ema)) if cfg.posthoc_ema else None
         if cfg.repa_weight and type(self).compute_loss is not Trainer.compute_loss:
             raise ValueError(
                 f"repa_weight: REPA adds its term in Trainer.compute_loss, which {type(self).__name__} replaces "
@@ -191,18 +171,26 @@ class Trainer:
         # DDP / FSDP2 / HSDP (ditlab.train.parallel); sharded modes shard model and EMA in place, so the
         # optimizer is built after, on the sharded parameters, and checkpoints load after that
         self.parallel = Parallel.create(
-            cfg.parallel, self.dist, self.device, self.precision, cfg.fsdp_cpu_offload, cfg.hsdp_shard_size
+            cfg.parallel,
+            self.dist,
+            self.device,
+            self.precision,
+            cfg.fsdp_cpu_offload,
+            cfg.hsdp_shard_size,
+            bucket_view=cfg.ddp_bucket_view,
         )
-        if self.parallel.sharded and (self.repa is not None or self.posthoc is not None):
+        if self.parallel.sharded and self.repa is not None:
             raise ValueError(
-                f"--parallel {cfg.parallel} shards the model, but REPA's projector and the post-hoc EMA "
-                "snapshots are not sharded yet: run them with --parallel ddp, or drop --repa-weight / "
-                "--posthoc-ema"
+                f"--parallel {cfg.parallel} shards the model, but REPA's projector is not sharded yet (its "
+                "parameters would join the sharded optimizer and checkpoint as strangers): run REPA with "
+                "--parallel ddp, or drop --repa-weight"
             )
         compile_model = (
             (lambda m: compile_or_eager(m, self._example_inputs(), train=True)) if cfg.compile else None
         )
         self.net = self.parallel.wrap(self.model, ema=self.ema.model, compile_model=compile_model)
+        # after sharding: the profiles are copies of the parameters as this rank holds them (shards or whole)
+        self.posthoc = PostHocEMA(self.model, posthoc_sigmas(cfg.posthoc_ema)) if cfg.posthoc_ema else None
         self.opt = self.build_optimizer()
         self.guard = NonFiniteGuard(
             cfg.nonfinite_patience,
@@ -217,6 +205,36 @@ class Trainer:
             self._load(*found)
         self.gflops_per_image = flops(self.model)
         self.peak = matmul_peak_gflops(self.device.type) if self.dist.is_main else float("nan")
+
+    def open_run(self, cfg, resume, overwrite: bool, force: bool, **data_options) -> None:
+        """The opening every trainer shares: the run's options, the runtime (`_setup_runtime`) and the
+        training split of `cfg.data` (`data_options`: `open_dataset`'s loader and unconditional)."""
+        if overwrite and resume:
+            raise ValueError("--overwrite starts a new run and --resume continues one: pass only one of them")
+        self.cfg = cfg
+        self.resume, self.overwrite, self.force = resume, overwrite, force
+        self.lock: RunLock | None = None  # the run folder's lock, taken by run()
+        self._setup_runtime()
+        self.data = open_dataset(
+            cfg.data,
+            split="train",
+            image_size=cfg.image_size,
+            channels=cfg.channels,
+            flip=cfg.flip,
+            bad_images=cfg.bad_images,
+            **data_options,
+        )
+
+    def size_run(self) -> None:
+        """The run's length once the data is final: batches per epoch (drop_last, as the official loader) and
+        total steps; refuses a batch larger than the data."""
+        cfg = self.cfg
+        if len(self.data) < cfg.batch_size:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.data)} images)"
+            )
+        self.batches_per_epoch = len(self.data) // cfg.batch_size
+        self.total_steps = cfg.steps or cfg.epochs * self.batches_per_epoch
 
     def _setup_runtime(self) -> None:
         """Processes, device, precision, threads and the per-rank seed (shared by every trainer)."""
@@ -551,8 +569,9 @@ class Trainer:
             return
         done = self.step + 1
         self.posthoc.update(self.model, done)
-        if done % self.cfg.posthoc_ema_every == 0 and self.dist.is_main:
-            self.posthoc.save_snapshot(snapshot_dir(self.out), done)
+        if done % self.cfg.posthoc_ema_every == 0 and (self.parallel.sharded or self.dist.is_main):
+            # sharded profiles are gathered by every rank; rank 0 writes
+            self.posthoc.save_snapshot(snapshot_dir(self.out), done, write=self.dist.is_main)
 
     def train_step(self) -> dict:
         cfg = self.cfg

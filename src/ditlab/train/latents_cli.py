@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from ditlab.cli_args import add_device_argument
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
 
 
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per encoder call (default 64)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     parser.add_argument("--bad-images", choices=BAD_IMAGE_POLICIES, default="raise", help="unreadable files")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    add_device_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
 
@@ -41,12 +42,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args) -> int:
+    from ditlab.autoencoders.checkpoint import load_autoencoder
+    from ditlab.autoencoders.latent_cache import build_latent_shards
     from ditlab.data import load_dataset
     from ditlab.runtime import resolve_device
     from ditlab.train import distributed as D
-
-    from .checkpoint import load_autoencoder
-    from .latent_cache import build_latent_shards
 
     dist = D.init_distributed(resolve_device(args.device))
     device = D.local_device(resolve_device(args.device), dist)

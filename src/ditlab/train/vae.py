@@ -1,6 +1,6 @@
 """`ditlab vae train`: ditlab's KL-VAE or VQ-VAE trained as LDM trains them, on the DiT trainer's loop.
 
-    from ditlab.autoencoders.training import VAETrainConfig, train_autoencoder
+    from ditlab.train.vae import VAETrainConfig, train_autoencoder
     train_autoencoder(VAETrainConfig(data="digits", kind="kl", downsample=4, steps=2000, out="runs/vae"))
 
 :class:`VAETrainer` subclasses :class:`ditlab.train.Trainer` and reuses its run loop (progress bar,
@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ditlab.autoencoders.checkpoint import AUTOENCODER_FILE, save_autoencoder
+from ditlab.autoencoders.interop import estimate_scale
+from ditlab.autoencoders.ldm import AUTOENCODER_KINDS, AutoencoderConfig, build_autoencoder, default_widths
 from ditlab.configs import DictConfig
 from ditlab.data import load_dataset, save_grid
 from ditlab.data.dataset import uint8_to_unit
@@ -44,11 +47,7 @@ from ditlab.train.metrics import plot_curves
 from ditlab.train.parallel import Parallel
 from ditlab.train.state import resume_checkpoint
 from ditlab.train.trainer import Trainer, step_generator
-
-from .checkpoint import AUTOENCODER_FILE, save_autoencoder
-from .interop import estimate_scale
-from .ldm import AUTOENCODER_KINDS, AutoencoderConfig, build_autoencoder, default_widths
-from .losses import PatchDiscriminator, PerceptualLoss, adaptive_weight, hinge_d_loss
+from ditlab.train.vae_losses import PatchDiscriminator, PerceptualLoss, adaptive_weight, hinge_d_loss
 
 __all__ = ["VAETrainConfig", "VAETrainer", "reconstruction_quality", "train_autoencoder"]
 
@@ -171,29 +170,12 @@ class VAETrainer(Trainer):
         overwrite: bool = False,
         force: bool = False,
     ):
-        if overwrite and resume:
-            raise ValueError("--overwrite starts a new run and --resume continues one: pass only one of them")
-        self.cfg, self.resume, self.overwrite, self.force = cfg, resume, overwrite, force
-        self.lock = None  # the run folder's lock, taken by run()
-        self._setup_runtime()
+        # in memory: the step's images are an index lookup of a seeded permutation (`images_for_step`)
+        self.open_run(cfg, resume, overwrite, force, loader="memory", unconditional=True)
+        self.size_run()
+        self._check_divisible()
         # the DiT trainer's checkpoint writer consults its non-finite guard; this loop never trips it
         self.guard = NonFiniteGuard(0, "stop", 1.0, 0, self.device)
-        self.data = load_dataset(
-            cfg.data,
-            split="train",
-            image_size=cfg.image_size,
-            channels=cfg.channels,
-            flip=cfg.flip,
-            unconditional=True,
-            bad_images=cfg.bad_images,
-        )
-        if len(self.data) < cfg.batch_size:
-            raise ValueError(
-                f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.data)} images)"
-            )
-        self._check_divisible()
-        self.batches_per_epoch = len(self.data) // cfg.batch_size
-        self.total_steps = cfg.steps or cfg.epochs * self.batches_per_epoch
 
         self.model = build_autoencoder(cfg.autoencoder_config(self.data.channels)).to(self.device)
         self.opt = _adam((p for p in self.model.parameters() if p.requires_grad), cfg.lr)

@@ -14,8 +14,7 @@ import json
 
 from ditlab.train.cli import add_arguments as add_config_arguments
 from ditlab.train.cli import config_from_args
-
-from .training import VAETrainConfig
+from ditlab.train.vae import VAETrainConfig
 
 HELP = {
     "data": 'images: "digits", "fashion-mnist[:DIR]" or an ImageFolder path',
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args) -> int:
-    from .training import train_autoencoder
+    from ditlab.train.vae import train_autoencoder
 
     cfg, resume = config_from_args(args, VAETrainConfig)
     summary = train_autoencoder(
@@ -79,8 +78,8 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
-    from .checkpoint import load_autoencoder
-    from .interop import export_diffusers
+    from ditlab.autoencoders.checkpoint import load_autoencoder
+    from ditlab.autoencoders.interop import export_diffusers
 
     folder = export_diffusers(load_autoencoder(args.vae), args.out)
     print(json.dumps({"diffusers": str(folder), "from": args.vae}))
@@ -88,10 +87,9 @@ def _export(args) -> int:
 
 
 def _import(args) -> int:
+    from ditlab.autoencoders.checkpoint import save_autoencoder
+    from ditlab.autoencoders.interop import import_diffusers
     from ditlab.data import load_dataset
-
-    from .checkpoint import save_autoencoder
-    from .interop import import_diffusers
 
     images = None
     if args.data:

@@ -1,4 +1,4 @@
-"""The training losses of ditlab's autoencoders beyond pixels: a perceptual distance and a patch discriminator.
+"""The VAE trainer's losses beyond pixels: a perceptual distance and a patch discriminator.
 
 LDM trains its autoencoders with L1 + LPIPS + a small KL (or the VQ losses) and, after a warm-up, a PatchGAN
 discriminator with the hinge loss, its weight balanced against the reconstruction loss by the gradient norms
