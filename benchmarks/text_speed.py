@@ -4,6 +4,8 @@ ZImageTransformer2DModel, each read into ditlab with `from_text_diffusers`.
 
     PYTHONPATH=src python benchmarks/text_speed.py --threads 1            # small configs (width 192-256)
     PYTHONPATH=src python benchmarks/text_speed.py --threads 1 --quick    # tinier and fewer rounds
+    PYTHONPATH=src python benchmarks/text_speed.py --threads 1 --classes PixArtTransformer2DModel,ZImageTransformer2DModel
+    PYTHONPATH=src python benchmarks/text_speed.py --threads 1 --clock cpu   # a busy machine: CPU time
 
 Every pair runs on the same inputs (batch 8, 16x16 latents with 4 channels, 16 text tokens; Z-Image 32, its
 multiple) in one process, timed round-robin with benchmarks/_timing.py's `interleaved` (min over rounds), so a
@@ -22,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import emit, interleaved, machine, markdown_table, setup  # noqa: E402
 
+from ditlab.cli_args import add_list_argument
 from ditlab.models.interop_text import (
     FLUX,
     PIXART,
@@ -148,14 +151,35 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="intra-op CPU threads (0 = all cores)")
     parser.add_argument("--quick", action="store_true", help="2 blocks and 3 rounds: a smoke run")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds (min over rounds is kept)")
+    every = list(configs(False))
+    add_list_argument(
+        parser,
+        "--classes",
+        default=every,
+        help=f"the diffusers classes to time (default: all of {every})",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall-clock time, or this thread's CPU time (leaves out waiting for a core on a busy machine; "
+        "needs --threads 1)",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu times one thread: use it with --threads 1")
+    unknown = sorted(set(args.classes) - set(every))
+    if unknown:
+        parser.error(f"unknown --classes {unknown}; choose from {every}")
     import diffusers
 
     threads = setup(args.threads)
-    emit("text_speed_machine", **machine(threads))
+    emit("text_speed_machine", clock=args.clock, **machine(threads))
     repeats = 3 if args.quick else args.repeats
     rows = []
     for name, kwargs in configs(args.quick).items():
+        if name not in args.classes:
+            continue
         torch.manual_seed(0)
         theirs = randomized(getattr(diffusers, name)(**kwargs))
         ours = from_text_diffusers(theirs).eval()
@@ -169,7 +193,9 @@ def main() -> None:
             def run_theirs(name=name, theirs=theirs, data=data):
                 diffusers_forward(name, theirs, **data)
 
-            best = interleaved({"ditlab": run_ours, "diffusers": run_theirs}, repeats=repeats, warmup=1)
+            best = interleaved(
+                {"ditlab": run_ours, "diffusers": run_theirs}, repeats=repeats, warmup=1, clock=args.clock
+            )
         row = dict(
             diffusers_class=name,
             ditlab_ms=1000 * best["ditlab"],

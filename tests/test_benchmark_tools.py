@@ -4,6 +4,7 @@ call, and the time-to-quality arithmetic on synthetic run logs."""
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,23 @@ def test_interleaved_runs_every_variant_round_robin_after_warmup():
     best = timing.interleaved(fns, repeats=3, warmup=1, before=before.append)
     assert calls == ["a", "b", "c"] * 4 and before == calls
     assert set(best) == {"a", "b", "c"} and all(0 <= s < 1 for s in best.values())
+
+
+def test_the_cpu_clock_leaves_out_waiting_and_counts_work():
+    """A thread that sleeps (as one waiting for a busy machine's core) uses no CPU time; one that computes does."""
+    timing = load("_timing")
+
+    def busy():
+        end = time.thread_time() + 0.02
+        while time.thread_time() < end:
+            pass
+
+    fns = {"sleep": lambda: time.sleep(0.05), "busy": busy}
+    cpu = timing.interleaved(fns, repeats=2, warmup=0, clock="cpu")
+    wall = timing.interleaved(fns, repeats=2, warmup=0)
+    assert cpu["sleep"] < 0.01 <= wall["sleep"] and cpu["busy"] >= 0.02
+    with pytest.raises(ValueError, match="wall, cpu"):
+        timing.interleaved(fns, repeats=1, clock="gpu")
 
 
 def test_peak_memory_sees_a_temporary_allocation():

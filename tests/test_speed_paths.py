@@ -9,7 +9,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ditlab.models import VARIANTS, create_model
+from ditlab.nn.attention import Attention, CrossAttention, JointAttention, make_mlp, rotate, split_heads
+from ditlab.nn.embed import rope_2d
 from ditlab.nn.modulation import Modulation, can_hold, modulate
+from ditlab.nn.norms import RMSNorm
 from ditlab.train.config import TrainConfig
 from ditlab.train.trainer import adamw, compile_or_eager
 
@@ -238,3 +241,100 @@ def test_every_registered_variant_has_a_fast_path_checked_here():
     """A new conditioning variant must join PATH_VARIANTS (or be one of the init-only ones below)."""
     init_only = {"adaln-zero-normal-init", "adaln-zero-rmsnorm"}  # same forward as covered variants
     assert set(VARIANTS) - init_only == set(PATH_VARIANTS)
+
+
+def test_can_hold_is_broadcasting_that_keeps_the_shape_and_dtype():
+    """The written-out test equals its definition: the in-place result has x's shape and dtype."""
+    shapes = [(2, 5, 8), (2, 1, 8), (1, 5, 8), (5, 8), (8,), (1,), (), (2, 5, 1), (3, 5, 8), (2, 5, 4)]
+    shapes += [(1, 2, 5, 8), (2, 2, 5, 8), (2, 0, 8)]
+    for x in (torch.zeros(2, 5, 8), torch.zeros(2, 5, 8, dtype=torch.bfloat16), torch.zeros(2, 1, 8)):
+        for shape in shapes:
+            for dtype in (torch.float32, torch.bfloat16, torch.float64):
+                other = torch.zeros(shape, dtype=dtype)
+                try:
+                    grown = torch.broadcast_shapes(x.shape, shape) != x.shape
+                except RuntimeError:  # not broadcastable at all
+                    grown = True
+                expected = not grown and torch.promote_types(x.dtype, dtype) == x.dtype
+                assert can_hold(x, other) == expected, (x.shape, x.dtype, shape, dtype)
+    x = torch.zeros(2, 5, 8)
+    assert can_hold(x, torch.zeros(2, 1, 8), torch.zeros(8)) and not can_hold(
+        x, torch.zeros(8), torch.zeros(3, 1, 1)
+    )
+
+
+def _real_rotation(x, cos, sin):
+    pairs = x.unflatten(-1, (-1, 2))
+    return x * cos.to(x.dtype) + torch.stack([-pairs[..., 1], pairs[..., 0]], -1).flatten(-2) * sin.to(
+        x.dtype
+    )
+
+
+def test_rotary_positions_as_complex_products_equal_the_real_form():
+    N, T, heads, hd = 2, 12, 3, 8
+    cos, sin = rope_2d(hd, 3, 3, extra=3, theta=256.0, lead=4, sequence_axis=True)
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(N, T, 3 * heads * hd, generator=g)
+    q, k, _ = (t.transpose(1, 2) for t in split_heads(qkv, 3, heads))  # strided views, as in attention
+    for x in (q, k, q.contiguous(), q.double()):  # to float rounding (a fused multiply-add in some layouts)
+        torch.testing.assert_close(rotate(x, (cos, sin)), _real_rotation(x, cos, sin), atol=1e-6, rtol=1e-6)
+    # what view_as_complex cannot take goes the real way: bf16 (autocast), an odd offset
+    odd = torch.randn(N, heads, T, hd + 1, generator=g)[..., 1:]
+    for x in (q.bfloat16(), odd):
+        assert torch.equal(rotate(x, (cos, sin)), _real_rotation(x, cos, sin))
+    # and gradients flow through the complex view
+    x = q.clone().requires_grad_()
+    rotate(x, (cos, sin)).square().sum().backward()
+    y = q.clone().requires_grad_()
+    _real_rotation(y, cos, sin).square().sum().backward()
+    torch.testing.assert_close(x.grad, y.grad)
+
+
+@pytest.mark.parametrize("kind", ["plain", "qk-norm-rope", "joint", "cross"])
+def test_attention_reaches_its_output_projection_without_copying_tokens(kind):
+    """Queries normed token-major: the attention output comes back token-major and the output projection
+    reads it as a view (no clone/copy of the (N, T, D) tokens)."""
+    torch.manual_seed(0)
+    D, heads, T = 24, 3, 9
+    x, ctx = torch.randn(2, T, D), torch.randn(2, 4, D)
+    cos, sin = rope_2d(D // heads, 3, 3, extra=4)
+    if kind == "joint":
+        layer, args, kw = JointAttention(D, heads, qk_norm=True), (x, ctx), dict(rope=(cos, sin))
+    elif kind == "cross":
+        layer, args, kw = CrossAttention(D, heads), (x, ctx), {}
+    elif kind == "plain":
+        layer, args, kw = Attention(D, heads), (x,), {}
+    else:
+        layer, args, kw = Attention(D, heads, qk_norm=True), (x,), dict(rope=(cos[:T], sin[:T]))
+    with torch.no_grad(), OpCounter() as counter:
+        layer(*args, **kw)
+    assert any("scaled_dot_product" in op for op in counter.counts), counter.counts  # it did run
+    assert not {"clone", "copy_", "_to_copy", "contiguous"} & set(counter.counts), counter.counts
+
+
+def test_rms_norm_in_one_call_equals_the_written_out_formula():
+    g = torch.Generator().manual_seed(0)
+    norm = RMSNorm(16, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(16, generator=g))
+    x = torch.randn(3, 7, 16, generator=g)
+    for inp in (x, x.bfloat16(), x.transpose(0, 1)):
+        f = inp.float()
+        expected = (f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight).to(inp.dtype)
+        assert torch.equal(norm(inp), expected)
+        assert norm(inp).dtype == inp.dtype
+
+
+@pytest.mark.parametrize("kind", ["gelu", "swiglu"])
+def test_inplace_mlp_activations_equal_the_plain_ones_and_follow_fast_paths(kind):
+    torch.manual_seed(0)
+    mlp, x = make_mlp(kind, 16, 40), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        fast = mlp(x)
+        mlp.inplace = False
+        assert torch.equal(mlp(x), fast)
+    model = random_model("adaln-tanh-rms")
+    model.fast_paths = False
+    assert not any(b.mlp.inplace for b in model.blocks) and not model.fast_paths
+    model.fast_paths = True
+    assert all(b.mlp.inplace for b in model.blocks) and model.fast_paths

@@ -80,7 +80,7 @@ from ditlab.nn import (
     rope_2d,
     sincos_2d,
 )
-from ditlab.nn.attention import AttentionSlice, MlpSlice, make_mlp
+from ditlab.nn.attention import AttentionSlice, Mlp, MlpSlice, SwiGLU, make_mlp
 from ditlab.nn.modulation import params_per_branch
 from ditlab.nn.pixel_head import PixelHead
 from ditlab.nn.reference import ReferenceStyle, check_reference
@@ -288,7 +288,7 @@ class Block(nn.Module):
         x = m_attn.residual(x, h, self.gate_fn, inplace)
         if self.cross_attn is not None:
             h = x if self.norm_cross is None else self.norm_cross(x)
-            x = x + self.cross_attn(h, context, context_mask)
+            x = NO_MODULATION.residual(x, self.cross_attn(h, context, context_mask), inplace=inplace)
         if route is not None and route.token_mask is not None:  # each token's update times its {0, 1} mask
             h = m_mlp.gated(self.mlp_branch(x, m_mlp, route), self.gate_fn)
             return x + h * route.token_mask(x).unsqueeze(-1)  # (N, T, D): a skipped token keeps its residual
@@ -573,16 +573,26 @@ class DiT(nn.Module):
     @property
     def fast_paths(self) -> bool:
         """The eager speed-ups, settable as one switch (False = the plain model, the benchmarks' eager
-        baseline): a contiguous token stream (`PatchEmbed.contiguous`) and temporaries reused by modulate and
-        the gated residuals (`Block.inplace_ops`). Outputs agree with the plain model to float rounding
+        baseline): a contiguous token stream (`PatchEmbed.contiguous`), temporaries reused by modulate and
+        the gated residuals (`Block.inplace_ops`) and, without autograd, by the MLPs' activations
+        (`Mlp.inplace`, `SwiGLU.inplace`). Outputs agree with the plain model to float rounding
         (the stream's memory layout changes the matmuls' summation order, ~1e-7 relative)."""
-        return self.x_embedder.contiguous and all(block.inplace_ops for block in self.blocks)
+        return (
+            self.x_embedder.contiguous
+            and all(block.inplace_ops for block in self.blocks)
+            and all(mlp.inplace for mlp in self._mlps())
+        )
 
     @fast_paths.setter
     def fast_paths(self, enabled: bool) -> None:
         self.x_embedder.contiguous = bool(enabled)
         for block in self.blocks:
             block.inplace_ops = bool(enabled)
+        for mlp in self._mlps():  # activations written into their input buffer without autograd
+            mlp.inplace = bool(enabled)
+
+    def _mlps(self) -> list[nn.Module]:
+        return [m for m in self.modules() if isinstance(m, (Mlp, SwiGLU))]
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -66,8 +66,27 @@ def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> t
         return x
     cos, sin = rope
     pairs = x.unflatten(-1, (-1, 2))  # (N, h, S, hd/2, 2)
+    if _complex_view(pairs):
+        # a pair (x₁, x₂) is x₁ + i·x₂ and its rotation the product with cos + i·sin: one kernel instead of
+        # five, the same products and sums (x₁cos − x₂sin, x₂cos + x₁sin); some layouts' kernels fuse a
+        # multiply-add, so it equals the form below to the last bit of float32 (often exactly)
+        turn = torch.complex(cos[..., ::2].to(x.dtype), sin[..., ::2].to(x.dtype))  # (S, hd/2)
+        return torch.view_as_real(torch.view_as_complex(pairs) * turn).flatten(-2)
     rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # (-x₂, x₁) per pair
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def _complex_view(pairs: torch.Tensor) -> bool:
+    """Whether (..., 2) pairs can be viewed as complex numbers: a float dtype with a complex twin (not bf16,
+    which autocast gives) and the memory layout `view_as_complex` needs (pairs adjacent, even strides).
+    Not under torch.compile, which fuses the real form itself and handles complex tensors poorly."""
+    return (
+        pairs.dtype in (torch.float32, torch.float64)
+        and not torch.compiler.is_compiling()
+        and pairs.stride(-1) == 1
+        and pairs.storage_offset() % 2 == 0
+        and all(s % 2 == 0 for s in pairs.stride()[:-1])
+    )
 
 
 def _head_norms(head_dim: int, enabled: bool, eps: float = 1e-6) -> tuple[nn.Module | None, nn.Module | None]:
@@ -77,6 +96,17 @@ def _head_norms(head_dim: int, enabled: bool, eps: float = 1e-6) -> tuple[nn.Mod
 
 def _normed(x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
     return x if norm is None else norm(x)
+
+
+def split_heads(t: torch.Tensor, n: int, heads: int) -> tuple[torch.Tensor, ...]:
+    """(N, S, n·heads·hd) projections -> n views (N, S, heads, hd), token-major.
+
+    Callers norm queries and keys in this layout and only then transpose to (N, h, S, hd) for attention:
+    a norm's output is then token-major memory too, the attention kernel writes its output in the layout of
+    its queries, and the (N, S, D) output projection reads that as a view. Normed in the head-major view, the
+    queries (and so the attention output) became head-major and the output needed a copy back per layer."""
+    N, S, _ = t.shape
+    return t.view(N, S, n, heads, -1).unbind(2)
 
 
 class Attention(nn.Module):
@@ -119,9 +149,9 @@ class Attention(nn.Module):
         N, T, _ = x.shape
         heads = self.num_heads if weights is None else weights.heads
         qkv = self.qkv(x) if weights is None else F.linear(x, weights.qkv_weight, weights.qkv_bias)
-        qkv = qkv.view(N, T, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, N, h, T, hd)
-        q, k = rotate(_normed(qkv[0], self.q_norm), rope), rotate(_normed(qkv[1], self.k_norm), rope)
-        return q, k, qkv[2]
+        q, k, v = split_heads(qkv, 3, heads)  # (N, T, h, hd) views
+        q, k = _normed(q, self.q_norm).transpose(1, 2), _normed(k, self.k_norm).transpose(1, 2)
+        return rotate(q, rope), rotate(k, rope), v.transpose(1, 2)
 
     def logits(self, x: torch.Tensor, rope=None) -> torch.Tensor:
         """The pre-softmax attention logits q·k/√hd (N, h, T, T) in the working precision (x's dtype, or
@@ -166,12 +196,10 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask=None) -> torch.Tensor:
         """x (N, T, D) queries, context (N, S, context_dim), mask (N, S): the context tokens that exist."""
         N, T, D = x.shape
-        S = context.shape[1]
-        q = self.q(x).view(N, T, self.num_heads, self.head_dim).transpose(1, 2)  # (N, H, T, hd)
-        kv = (
-            self.kv(context).view(N, S, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        )  # (2, N, H, S, hd)
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=key_bias(mask, q.dtype))
+        (q,) = split_heads(self.q(x), 1, self.num_heads)
+        k, v = split_heads(self.kv(context), 2, self.num_heads)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (N, H, T or S, hd)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias(mask, q.dtype))
         return self.proj(out.transpose(1, 2).reshape(N, T, D))
 
 
@@ -205,23 +233,21 @@ class JointAttention(nn.Module):
         if context_pre_only:
             self.context_q_norm = None  # no context queries
 
-    def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:  # (N, S, n·D) -> (n, N, h, S, hd)
-        N, S, _ = t.shape
-        return t.view(N, S, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask=None, rope=None):
         """x (N, T, D), context (N, S, D), mask (N, S) of the context tokens that exist; rope: (cos, sin) of
         the T + S joint tokens -> (x update (N, T, D), context update (N, S, D) or None when pre-only)."""
         N, T, D = x.shape
-        q, k, v = self._heads(self.qkv(x), 3)
+        h = self.num_heads
+        q, k, v = split_heads(self.qkv(x), 3, h)  # (N, T, h, hd), joined with the context's on the token axis
         q, k = _normed(q, self.q_norm), _normed(k, self.k_norm)
         if self.context_pre_only:
-            ck, cv = self._heads(self.context_kv(context), 2)
-            k, v = torch.cat([k, _normed(ck, self.context_k_norm)], 2), torch.cat([v, cv], 2)
+            ck, cv = split_heads(self.context_kv(context), 2, h)
+            k, v = torch.cat([k, _normed(ck, self.context_k_norm)], 1), torch.cat([v, cv], 1)
         else:
-            cq, ck, cv = self._heads(self.context_qkv(context), 3)
-            q = torch.cat([q, _normed(cq, self.context_q_norm)], 2)
-            k, v = torch.cat([k, _normed(ck, self.context_k_norm)], 2), torch.cat([v, cv], 2)
+            cq, ck, cv = split_heads(self.context_qkv(context), 3, h)
+            q = torch.cat([q, _normed(cq, self.context_q_norm)], 1)
+            k, v = torch.cat([k, _normed(ck, self.context_k_norm)], 1), torch.cat([v, cv], 1)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (N, h, T[+S], hd)
         if rope is not None:  # the image tokens' rows of the tables are the first T
             q = rotate(q, tuple(r[: q.shape[2]] for r in rope))
             k = rotate(k, rope)
@@ -241,10 +267,13 @@ class SwiGLU(nn.Module):
         self.w1 = nn.Linear(dim, hidden_dim, bias=False)
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.inplace = True  # without autograd, SiLU and the gate product overwrite w1's output (fast_paths)
 
     def forward(self, x: torch.Tensor, group_mask=None, weights=None) -> torch.Tensor:
         if group_mask is not None or weights is not None:
             raise ValueError("the SwiGLU MLP has no dynamic-width (DyDiT) path; use mlp='gelu'")
+        if self.inplace and not torch.is_grad_enabled():  # the temporaries take the results (same values)
+            return self.w2(F.silu(self.w1(x), inplace=True).mul_(self.w3(x)))
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -257,6 +286,9 @@ def make_mlp(kind: str, dim: int, hidden_dim: int) -> nn.Module:
     raise ValueError(f"unknown mlp {kind!r}; choose one of: gelu, swiglu")
 
 
+_gelu_inplace = torch._C._nn.gelu_  # GELU written into its input: inference reuses fc1's output buffer
+
+
 class Mlp(nn.Module):
     """fc1 → GELU (tanh approximation, as DiT) → fc2."""
 
@@ -264,6 +296,7 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
+        self.inplace = True  # without autograd, GELU overwrites fc1's output (DiT.fast_paths)
 
     def forward(self, x: torch.Tensor, group_mask=None, weights: MlpSlice | None = None) -> torch.Tensor:
         """x (N, T, D) -> (N, T, D) on all hidden channels, on the groups of `weights`, or with fc1's output
@@ -274,7 +307,10 @@ class Mlp(nn.Module):
             h = (h.view(*shape[:-1], G, shape[-1] // G) * group_mask[:, None, :, None].to(h.dtype)).view(
                 shape
             )
-        h = F.gelu(h, approximate="tanh")
+        if self.inplace and not torch.is_grad_enabled():
+            h = _gelu_inplace(h, approximate="tanh")  # into fc1's output buffer: the same values
+        else:
+            h = F.gelu(h, approximate="tanh")
         return self.fc2(h) if weights is None else F.linear(h, weights.fc2_weight, self.fc2.bias)
 
     def sliced(self, groups: tuple[int, ...], num_groups: int) -> MlpSlice:

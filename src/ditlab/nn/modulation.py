@@ -57,11 +57,19 @@ def per_token(v: torch.Tensor) -> torch.Tensor:
 def can_hold(x: torch.Tensor, *others: torch.Tensor) -> bool:
     """Whether x's buffer can hold the result of an elementwise op of x with `others` (same dtype after type
     promotion, same shape after broadcasting), i.e. whether the in-place form computes the same thing."""
-    dtype, shape = x.dtype, x.shape
+    # Called twice per branch of every block: the broadcast test is written out on the shape tuples, since
+    # torch.broadcast_shapes (Python, symbolic-shape aware) cost more than the ops it saved at small sizes.
+    shape = x.shape
     for other in others:
-        dtype = torch.promote_types(dtype, other.dtype)
-        shape = torch.broadcast_shapes(shape, other.shape)
-    return dtype == x.dtype and shape == x.shape
+        if other.dtype != x.dtype and torch.promote_types(x.dtype, other.dtype) != x.dtype:
+            return False
+        dims = other.shape
+        if len(dims) > len(shape):
+            return False
+        for mine, theirs in zip(reversed(shape), reversed(dims)):
+            if theirs != mine and theirs != 1:  # broadcasting would grow x's shape here
+                return False
+    return True
 
 
 class Modulation(NamedTuple):
@@ -118,12 +126,11 @@ def params_per_branch(shift: bool, gate: bool) -> int:
 def split_modulation(params: torch.Tensor, branches: int, shift: bool, gate: bool) -> list[Modulation]:
     """Cut a (N, branches·k·D) projection (or (N, branches·k, D) table sum) into one Modulation per branch."""
     k = params_per_branch(shift, gate)
-    chunks = list(params.chunk(branches * k, dim=1))
+    # a table's rows come apart as (N, D) views directly; a projection's columns as (N, D) chunks
+    chunks = params.unbind(1) if params.dim() == 3 else params.chunk(branches * k, dim=1)
     out = []
     for b in range(branches):
         part = chunks[b * k : (b + 1) * k]
-        if part[0].dim() == 3:  # (N, 1, D) rows of a table: drop the row axis
-            part = [p.squeeze(1) for p in part]
         i = 0
         sh = part[i] if shift else None
         i += int(shift)
