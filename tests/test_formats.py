@@ -131,6 +131,43 @@ def test_ditlab_has_no_import_cycle():
     assert found == [], f"import cycles (module- or function-level imports): {found}"
 
 
+# The package's floors, bottom first: a unit may use its own floor and the ones below, never one above
+# (module- or function-level). The library (parts, objectives, data, models, sampling, evaluation) sits under
+# the applications that train and fine-tune, and those under the commands.
+LAYERS = [
+    {"atomic", "cli_args", "configs", "runtime", "distributed", "nn"},
+    {"models", "diffusion", "data"},
+    {"autoencoders"},
+    {"sampling"},
+    {"eval"},
+    {"text"},
+    {"train"},
+    {"dydit", "ablate", "sample_shards"},
+    {"finetune"},
+    {"loading"},
+    {"__init__"},
+    {"cli", "sampling_cli", "demo", "serve"},
+    {"__main__"},
+]
+
+
+def unit_floor(module: str) -> int:
+    parts = module.split(".")
+    unit = parts[1] if len(parts) > 1 else "__init__"
+    for floor, units in enumerate(LAYERS):
+        if unit in units:
+            return floor
+    raise ValueError(f"{module}: its unit {unit!r} has no floor in LAYERS; add it where it belongs")
+
+
+def test_no_lower_floor_of_ditlab_imports_a_higher_one():
+    graph = import_graph(PACKAGE)
+    upward = sorted(
+        f"{a} -> {b}" for a, targets in graph.items() for b in targets if unit_floor(b) > unit_floor(a)
+    )
+    assert upward == [], f"imports that run up the layering (move the shared code down): {upward}"
+
+
 # ------------------------------------------------------------------------------------------ the registry
 def test_every_format_registers_from_the_package_that_owns_it():
     owners = {

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ditlab import distributed as D
 from ditlab.atomic import atomic_write
 from ditlab.sampling import Samples, batch_indices, generate, sample_labels
-from ditlab.train import distributed as D
 
 
 def shard_path(prefix: str | Path, rank: int, world: int) -> Path:

@@ -209,12 +209,12 @@ def run(args) -> int:
     import torch
 
     import ditlab
+    from ditlab import distributed as D
     from ditlab.data import save_grid, save_npz
     from ditlab.data.layouts import read_layout
     from ditlab.runtime import resolve_device
     from ditlab.sample_shards import generate_across_ranks
     from ditlab.sampling import sample_prompts
-    from ditlab.train import distributed as D
 
     checkpoint = checkpoint_of(args)
     device = resolve_device(args.device)

@@ -101,9 +101,9 @@ def _reference_only(args, names, dist) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ditlab import distributed as D
     from ditlab.eval.evaluate import default_features
     from ditlab.runtime import resolve_device
-    from ditlab.train import distributed as D
 
     # bad input raises (ValueError family): `ditlab.cli` prints it as one error line, exit code 2
     if args.ref is None and not args.shapes:

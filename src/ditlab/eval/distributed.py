@@ -12,7 +12,7 @@ and the classifier logits. The merged covariance differs from `numpy.cov` of all
 rounding (benchmarks/distributed.md states the measured bound); precision, recall, Inception Score and class
 accuracy are computed from the same feature bits as one process, so they are equal.
 
-`dist` is anything with `rank`, `world_size` and `enabled` (`ditlab.train.distributed.DistInfo`); `None`
+`dist` is anything with `rank`, `world_size` and `enabled` (`ditlab.distributed.DistInfo`); `None`
 or a world of 1 is the single-process path, unchanged.
 """
 

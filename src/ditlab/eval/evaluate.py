@@ -108,7 +108,7 @@ def evaluate(
         floor: also report the FD of real held-out data against the reference, with as many images.
         resize_ref: when the reference's images have another size or channel count than the samples:
             None warns and resizes, True resizes silently, False refuses (`ditlab eval` without --resize-ref).
-        dist: under torchrun, the process group (`ditlab.train.distributed.DistInfo`): every rank calls
+        dist: under torchrun, the process group (`ditlab.distributed.DistInfo`): every rank calls
             this with the same arguments, extracts the features of its share of the samples, the reference
             and the floor, and returns the same result (`ditlab.eval.distributed`; `ditlab eval` under
             torchrun does this).

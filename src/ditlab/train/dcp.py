@@ -34,8 +34,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from ditlab import distributed as D
 from ditlab.models.checkpoint import read_torch_file
-from ditlab.train import distributed as D
 
 COMPLETE = ".complete"
 META = "train.pt"

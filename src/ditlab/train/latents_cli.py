@@ -43,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args) -> int:
+    from ditlab import distributed as D
     from ditlab.autoencoders.checkpoint import load_autoencoder
     from ditlab.autoencoders.latent_cache import build_latent_shards
     from ditlab.data import load_dataset
     from ditlab.runtime import resolve_device
-    from ditlab.train import distributed as D
 
     dist = D.init_distributed(resolve_device(args.device))
     device = D.local_device(resolve_device(args.device), dist)

@@ -41,7 +41,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, Offlo
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from ditlab.train.distributed import DistInfo
+from ditlab.distributed import DistInfo
 
 PARALLELS = ("auto", "ddp", "fsdp", "hsdp")
 SHARDED = ("fsdp", "hsdp")

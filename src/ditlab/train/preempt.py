@@ -20,7 +20,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from ditlab.train.distributed import DistInfo
+from ditlab.distributed import DistInfo
 
 EXIT_PREEMPTED = 75  # sysexits' EX_TEMPFAIL: "try again later" (a checkpoint was written: --resume auto)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)

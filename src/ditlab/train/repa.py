@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ditlab.distributed import mean_across_ranks
 from ditlab.eval.classifier import load_classifier
 from ditlab.eval.features import get_feature_extractor
-from ditlab.train.distributed import mean_across_ranks
 
 EFFNET_BLOCK = 10  # last block at stride 16 (112 channels): mid-level features, REPA's sweet spot
 EFFNET_PX_PER_TOKEN = 16

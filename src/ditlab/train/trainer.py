@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ditlab import distributed as D
 from ditlab.atomic import atomic_write_text, remove_orphan_temp_files
 from ditlab.autoencoders.inputs import CachedLatents, folder_inputs, latent_inputs
 from ditlab.autoencoders.latent_cache import is_latent_folder
@@ -52,7 +53,6 @@ from ditlab.runtime import (
 )
 from ditlab.sampling import generate
 from ditlab.text import CaptionEmbeddings, drop_embeddings, embed_captions, load_text_encoder
-from ditlab.train import distributed as D
 from ditlab.train.config import TrainConfig, posthoc_sigmas
 from ditlab.train.dcp import load_states
 from ditlab.train.ema import EMA

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ditlab import distributed as D
 from ditlab.autoencoders.checkpoint import AUTOENCODER_FILE, save_autoencoder
 from ditlab.autoencoders.interop import estimate_scale
 from ditlab.autoencoders.ldm import AUTOENCODER_KINDS, AutoencoderConfig, build_autoencoder, default_widths
@@ -41,7 +42,6 @@ from ditlab.runtime import (
     autocast,
     matmul_peak_gflops,
 )
-from ditlab.train import distributed as D
 from ditlab.train.guard import NonFiniteGuard
 from ditlab.train.metrics import plot_curves
 from ditlab.train.parallel import Parallel

@@ -1,4 +1,5 @@
-"""torchrun support: one process per device, a process group over gloo (CPU) or NCCL (CUDA).
+"""torchrun support: one process per device, a process group over gloo (CPU) or NCCL (CUDA); training,
+sampling and evaluation all start their ranks here.
 
     torchrun --standalone --nproc_per_node 2 -m ditlab train --data digits --train-steps 100
 
