@@ -16,6 +16,8 @@ counts as a circle, so a model that has not learnt shapes scores about 50 % or l
     python benchmarks/small_folder.py --steps 600              # a shorter run, for comparison
     python benchmarks/small_folder.py --checkpoints            # also score the run's earlier checkpoints
     python benchmarks/small_folder.py --write-only data/shapes # just write the folder
+    python benchmarks/small_folder.py --score runs/small-folder/model.safetensors --sampler euler \
+        --sample-steps 50 --guidance 3                         # score a trained model, other sampling
 
 Prints one JSON line (recipe, steps, threads, accuracy, clean-shape rate, seconds; with --checkpoints the
 accuracy of each earlier checkpoint by step) and writes the sample grid to OUT/samples-scored.png (one row
@@ -175,6 +177,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.add_argument("--checkpoints", action="store_true", help="also score every earlier checkpoint kept")
     p.add_argument("--write-only", metavar="DIR", help="only write the shapes folder to DIR and exit")
+    p.add_argument("--score", metavar="MODEL", help="no training: score this trained model (a .safetensors)")
+    p.add_argument("--sampler", help="sampler of the scored samples (default: the recipe's)")
+    p.add_argument("--sample-steps", type=int, help="sampling steps (default: the recipe's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the recipe's)")
     return p.parse_args(argv)
 
 
@@ -185,12 +191,28 @@ def main(argv=None) -> int:
     if args.write_only:
         print(write_shapes_folder(args.write_only, per_class=args.per_class))
         return 0
-    data = write_shapes_folder(args.data, per_class=args.per_class)
-    cfg = TrainConfig.load(args.recipe).replace(data=str(data), out=args.out, threads=args.threads)
+    cfg = TrainConfig.load(args.recipe).replace(out=args.out, threads=args.threads)
+    sampling = dict(sampler=args.sampler, sample_steps=args.sample_steps, guidance_scale=args.guidance)
+    cfg = cfg.replace(**{k: v for k, v in sampling.items() if v is not None})
     if args.steps:
         cfg = cfg.replace(steps=args.steps)
     start = time.perf_counter()
-    result = train_and_score(cfg, samples_per_class=args.samples, checkpoints=args.checkpoints)
+    if args.score:
+        from ditlab import load_model
+        from ditlab.runtime import configure_threads
+
+        configure_threads(args.threads)
+        result = score_model(load_model(args.score), cfg, args.samples)
+        result = {
+            "model": args.score,
+            "sampler": cfg.sampler,
+            "sample_steps": cfg.sample_steps,
+            "guidance": cfg.guidance_scale,
+            **result,
+        }
+    else:
+        cfg = cfg.replace(data=str(write_shapes_folder(args.data, per_class=args.per_class)))
+        result = train_and_score(cfg, samples_per_class=args.samples, checkpoints=args.checkpoints)
     line = {"recipe": args.recipe, "steps": cfg.steps, "threads": args.threads, **result}
     line["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(line))
