@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -127,6 +128,13 @@ def interleaved(
             fn()
             best[name] = min(best[name], now() - start)
     return best
+
+
+def publish(text: str, write: str | None) -> None:
+    """Print a script's Markdown summary and, with `--write FILE`, save it there too."""
+    print(text)
+    if write:
+        Path(write).write_text(text)
 
 
 def emit(bench: str, **fields) -> dict:

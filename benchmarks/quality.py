@@ -26,6 +26,9 @@ import torch
 import ditlab
 from ditlab.eval import evaluate
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _timing  # noqa: E402
+
 
 def parse_pairs(items: list[str], cast=str) -> dict:
     out = {}
@@ -132,10 +135,7 @@ def main(argv=None) -> int:
             row = score_run(name, folder, counts.get(name, 1000), guidance, args)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    text = markdown(rows, argv)
-    print(text)
-    if args.write:
-        Path(args.write).write_text(text)
+    _timing.publish(markdown(rows, argv), args.write)
     return 0
 
 

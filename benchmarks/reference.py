@@ -28,7 +28,15 @@ from ditlab.eval.shapes import reference_agreement
 from ditlab.sampling import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from spatial import eval_scenes, shapes_run, train_arm  # noqa: E402  (the shapes studies' shared setup)
+from spatial import (  # noqa: E402  (the shapes studies' shared setup)
+    ARM_HEAD,
+    add_study_arguments,
+    arm_cells,
+    eval_scenes,
+    run_study,
+    shapes_run,
+    train_arm,
+)
 
 VARIANTS = ("adain", "none")
 
@@ -60,12 +68,11 @@ def report(folder: Path) -> str:
         a = r["agreement"]
         rgb = " / ".join(f"{a['per_channel_correlation'][c]:.2f}" for c in "RGB")
         rows.append(
-            f"| {r['variant']} | {r['gflops']:.4f} | {r['params'] / 1e6:.2f}M | {r['train_steps']} | "
-            f"{r['final_loss']:.3f} | {a['mean_colour_correlation']:.3f} ({rgb}) | {a['colour_set_match']:.3f} | "
+            f"{arm_cells(r)}{r['final_loss']:.3f} | {a['mean_colour_correlation']:.3f} ({rgb}) | {a['colour_set_match']:.3f} | "
             f"{a['mean_colour_abs_error']:.2f} |"
         )
     head = (
-        "| arm | Gflops | params | steps | final loss | mean-colour correlation (R / G / B) | colour set = "
+        f"{ARM_HEAD}final loss | mean-colour correlation (R / G / B) | colour set = "
         "reference's | mean-colour abs. error (0-255) |\n|---|---|---|---|---|---|---|---|"
     )
     return "\n".join([head, *rows])
@@ -74,23 +81,11 @@ def report(folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--model", default="DiT-Ti/4")
-    parser.add_argument("--train-steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--samples", type=int, default=64, help="evaluation references (one sample each)")
-    parser.add_argument("--sample-steps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/reference")
-    parser.add_argument("--report", metavar="DIR", help="print the table of the finished arms under DIR")
-    args = parser.parse_args()
-    if args.report:
-        print(report(Path(args.report)))
-        return
-    for variant in args.variants:
-        print(json.dumps(run_arm(variant, args)))
-    print(report(Path(args.out)))
+    add_study_arguments(
+        parser, train_steps=600, lr=1e-3, sample_steps=20, samples="evaluation references (one sample each)",
+        out="runs/reference",
+    )  # fmt: skip
+    run_study(parser.parse_args(), run_arm, report)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,40 @@ def train_arm(variant: str, cfg: TrainConfig, args) -> tuple[Trainer, dict]:
     }
 
 
+def add_study_arguments(parser, *, train_steps: int, lr: float, sample_steps: int, samples: str, out: str):
+    """The flags the shapes studies share (this one and benchmarks/reference.py), with each study's defaults."""
+    a = parser.add_argument
+    a("--model", default="DiT-Ti/4")
+    a("--train-steps", type=int, default=train_steps)
+    a("--batch-size", type=int, default=32)
+    a("--lr", type=float, default=lr)
+    a("--samples", type=int, default=64, help=samples)
+    a("--sample-steps", type=int, default=sample_steps)
+    a("--threads", type=int, default=1)
+    a("--seed", type=int, default=0)
+    a("--out", default=out)
+    a("--report", metavar="DIR", help="print the table of the finished arms under DIR")
+
+
+def run_study(args, run_arm, report) -> None:
+    """`--report DIR`: the table of DIR's finished arms; else each of `--variants` trained and scored (a JSON
+    line each), then the table of `--out`."""
+    if args.report:
+        print(report(Path(args.report)))
+        return
+    for variant in args.variants:
+        print(json.dumps(run_arm(variant, args)))
+    print(report(Path(args.out)))
+
+
+def arm_cells(r: dict) -> str:
+    """The cells every study table row starts with: arm, Gflops, parameters, training steps (ARM_HEAD)."""
+    return f"| {r['variant']} | {r['gflops']:.4f} | {r['params'] / 1e6:.2f}M | {r['train_steps']} | "
+
+
+ARM_HEAD = "| arm | Gflops | params | steps | "
+
+
 def run_arm(variant: str, args) -> dict:
     out = Path(args.out) / variant
     model_args = arm_args(variant, args.model, args.hidden, args.head_width, args.match)
@@ -161,12 +195,11 @@ def report(folder: Path) -> str:
         r = json.loads(path.read_text())
         for scale, iou in r["by_guidance"].items():
             rows.append(
-                f"| {r['variant']} | {r['gflops']:.4f} | {r['params'] / 1e6:.2f}M | {r['train_steps']} | "
-                f"{scale} | {iou['mean_iou']:.3f} | {iou['mean_iou_with_background']:.3f} | "
+                f"{arm_cells(r)}{scale} | {iou['mean_iou']:.3f} | {iou['mean_iou_with_background']:.3f} | "
                 f"{iou['pixel_accuracy']:.3f} |"
             )
     head = (
-        "| arm | Gflops | params | steps | guidance | mean IoU (12 objects) | mean IoU (+ background) | "
+        f"{ARM_HEAD}guidance | mean IoU (12 objects) | mean IoU (+ background) | "
         "pixel acc. |\n|---|---|---|---|---|---|---|---|"
     )
     return "\n".join([head, *rows])
@@ -183,27 +216,16 @@ def main() -> None:
     )
     parser.add_argument("--head-width", type=int, default=32, help="spade-head: pixel_head_width")
     parser.add_argument("--depth", type=int, help="blocks of the model (default: the preset's)")
-    parser.add_argument("--model", default="DiT-Ti/4")
     parser.add_argument("--hidden", type=int, default=16, help="SPADE's shared conv width (spatial_hidden)")
-    parser.add_argument("--train-steps", type=int, default=400)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--samples", type=int, default=64, help="evaluation layouts (one image each)")
-    parser.add_argument("--sample-steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/spatial")
-    parser.add_argument("--report", metavar="DIR", help="print the table of the finished arms under DIR")
+    add_study_arguments(
+        parser, train_steps=400, lr=5e-4, sample_steps=25, samples="evaluation layouts (one image each)",
+        out="runs/spatial",
+    )  # fmt: skip
     args = parser.parse_args()
-    if args.report:
-        print(report(Path(args.report)))
-        return
     global DEPTH
     DEPTH = args.depth
-    for variant in args.variants:
-        print(json.dumps(run_arm(variant, args)))
-    print(report(Path(args.out)))
+    run_study(args, run_arm, report)
 
 
 if __name__ == "__main__":

@@ -121,10 +121,7 @@ def main(argv=None) -> int:
     for text in args.runs:
         rows.append(run_one(text, args))
         print(json.dumps(rows[-1]), flush=True)
-    table = markdown(rows, machine)
-    print(table)
-    if args.write:
-        Path(args.write).write_text(table)
+    _timing.publish(markdown(rows, machine), args.write)
     return 0
 
 

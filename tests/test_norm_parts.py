@@ -4,6 +4,7 @@ unpatchify (per pixel from the layout in SPADE layout models) and AdaIN referenc
 import numpy as np
 import pytest
 import torch
+from tiny_runs import TINY_SHAPES
 from torch.utils import flop_counter
 
 from ditlab.models.dit import DiT, DiTConfig
@@ -195,18 +196,9 @@ def test_bad_references_and_configs_give_clear_errors():
 
 def test_a_reference_run_trains_and_samples_with_references(tmp_path):
     cfg = TrainConfig(
-        data="shapes",
+        **TINY_SHAPES,
         condition="reference",
-        model="DiT-Nano/4",
         model_args={"pixel_head": "adagn", "pixel_head_width": 8},
-        batch_size=8,
-        lr=1e-3,
-        steps=3,
-        log_every=1,
-        ckpt_every=3,
-        sample_steps=2,
-        progress=False,
-        threads=1,
         out=str(tmp_path / "run"),
     )
     trainer = Trainer(cfg)

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_runs import TINY_SHAPES
 
 from ditlab.cli import main as cli
 from ditlab.data.layouts import (
@@ -220,19 +221,7 @@ def test_shapes_layouts_are_the_images_masks():
         shapes_layouts("digits", 3, (8, 8))
 
 
-LAYOUT_RUN = dict(
-    data="shapes",
-    condition="layout",
-    model="DiT-Nano/4",
-    batch_size=8,
-    lr=1e-3,
-    steps=3,
-    log_every=1,
-    ckpt_every=3,
-    sample_steps=2,
-    progress=False,
-    threads=1,
-)
+LAYOUT_RUN = dict(TINY_SHAPES, condition="layout")
 
 
 @pytest.mark.slow

@@ -20,9 +20,8 @@ from ditlab.ablate.estimate import estimate, estimate_table
 from ditlab.ablate.report import markdown
 from ditlab.ablate.runner import run_ablation
 from ditlab.ablate.variants import DEFAULT_MODEL, STUDIES, AblationConfig, default_model_args, study_defaults
-from ditlab.cli_args import add_list_argument
+from ditlab.cli_args import add_list_argument, parse_kv  # KEY=VALUE flags, as `ditlab train --model-args`
 from ditlab.models.zoo import VARIANTS
-from ditlab.train.cli import _parse_kv  # KEY=VALUE flags, as `ditlab train --model-args`
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--data", help="digits, fashion-mnist[:DIR] (class subsets like fashion-mnist[0-4]) or a folder")
     a("--image-size", type=int, help="resize the data to this side in pixels (default: the data's own)")
     a("--model", help=f"zoo model (default {DEFAULT_MODEL}, with model_args depth=4 unless given)")
-    a("--model-args", type=_parse_kv, action="append", help="DiTConfig override KEY=VALUE (repeatable)")
+    a("--model-args", type=parse_kv, action="append", help="DiTConfig override KEY=VALUE (repeatable)")
     a("--train-steps", "--steps", dest="steps", type=int, help="optimizer steps of every run (default 1200)")
     a("--sample-steps", type=int, help="sampler steps of the FD samples (default 16; 8 with --quick)")
     a("--batch-size", type=int, help="images per optimizer step of every run (default 64)")
@@ -83,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--eval-ref", help="FD reference (default: the data's test split)")
     a(
         "--train-args",
-        type=_parse_kv,
+        type=parse_kv,
         action="append",
         help="any other TrainConfig field KEY=VALUE (repeatable), e.g. objective=ddpm",
     )

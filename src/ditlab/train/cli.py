@@ -48,8 +48,6 @@ from ditlab.train.preempt import EXIT_PREEMPTED, Preempted
 from ditlab.train.schedule import LR_SCHEDULES
 from ditlab.train.state import resume_checkpoint
 
-_parse_kv = parse_kv  # the name ditlab.ablate imports (it may import ditlab.cli_args.parse_kv instead)
-
 HELP = {
     # data
     "data": 'dataset: "digits", "fashion-mnist[:DIR]" (class subsets like fashion-mnist[0-4]), "emoji[SIZE]" '
