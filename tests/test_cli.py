@@ -261,6 +261,16 @@ def test_flops_variants_and_image_size(capsys):
     assert _json_rows(capsys)[0]["input_size"] == 32  # default 256 px
 
 
+def test_flops_text_len_counts_a_recipes_caption_tokens(capsys):
+    argv = ["flops", "MMDiT-Ti/4", "DiT-S/4", "--image-size", "32", "--pixel-space", "--json"]
+    assert main(argv) == 0
+    preset = {r["model"]: r["gflops"] for r in _json_rows(capsys)}
+    assert main(argv + ["--text-len", "16"]) == 0
+    short = {r["model"]: r["gflops"] for r in _json_rows(capsys)}
+    assert short["MMDiT-Ti/4"] < preset["MMDiT-Ti/4"]  # 16 caption tokens instead of the preset's 32
+    assert short["DiT-S/4"] == preset["DiT-S/4"]  # a class model reads no captions
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

@@ -235,6 +235,16 @@ def test_ablate_text_study_quick_end_to_end(tmp_path, small_shapes, capsys):
     assert "| mmdit | MMDiT-Nano/4 depth" in report
 
 
+@pytest.mark.slow
+def test_ablate_text_study_estimate_samples_prompts(small_shapes, capsys):
+    # the estimate probes each variant's sampling too: a text model must be given the data's prompts
+    assert cli(["ablate", "--study", "text", "--quick", "--estimate", "--threads", "1"]) == 0
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["pooled", "cross-attention", "mmdit", "single-stream"]
+    assert "projected total:" in table
+
+
 def test_text_study_matches_gflops_and_spreads_its_prompts():
     from ditlab.ablate.runner import final_prompts
     from ditlab.ablate.variants import AblationConfig, _gflops, study_defaults

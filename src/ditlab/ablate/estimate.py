@@ -28,10 +28,14 @@ def estimate(abl: AblationConfig, probe_steps: int = 3, probe_samples: int = 64)
             trainer.train_step()
         step_s = (time.perf_counter() - start) / probe_steps
         model = trainer.ema.model
-        start = time.perf_counter()
-        generate(
-            model, num_samples=probe_samples, sampler=cfg.sampler, steps=cfg.sample_steps, batch_size=250
+        # a text model samples the data's own prompts (what its evaluations do), a class model its classes
+        conditions = (
+            dict(prompts=trainer.eval_prompts(probe_samples), text_encoder=trainer.text)
+            if trainer.text is not None
+            else dict(num_samples=probe_samples)
         )
+        start = time.perf_counter()
+        generate(model, **conditions, **trainer.generate_settings(), batch_size=250)
         image_s = (time.perf_counter() - start) / probe_samples
         evals = cfg.steps // cfg.eval_every if cfg.eval_every else 0
         grid = 8 * min(model.num_classes, 10) if model.num_classes else 32

@@ -51,11 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"also count conditioning variants: names, or {' / '.join(VARIANT_GROUPS)}; bare --variants = "
         f"all ({', '.join(VARIANTS)})",
     )
+    parser.add_argument(
+        "--text-len",
+        type=positive_int,
+        metavar="N",
+        help="caption tokens of the text models (default: each preset's own, 32); a recipe's encoder may use fewer",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
 
 
-def describe(name: str, input_size: int, variant: str | None = None) -> dict:
+def describe(name: str, input_size: int, variant: str | None = None, text_len: int | None = None) -> dict:
     cfg = model_config(name, variant=variant, input_size=input_size)
+    if text_len is not None and cfg.text_len:  # only models that read caption tokens count them
+        cfg = cfg.replace(text_len=text_len)
     with torch.device("meta"):  # shapes only: even DiT-XL/2 costs no memory
         model = DiT(cfg)
     return {
@@ -94,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         hint = "; model names go before --variants" if set(args.variants) & set(MODELS) else ""
         raise UsageError(f"--variants: {err}{hint}") from err
     side = args.input_size or input_side(args.image_size, args.pixel_space)
-    rows = [describe(name, side, variant) for name in names for variant in variants]
+    rows = [describe(name, side, variant, args.text_len) for name in names for variant in variants]
     if args.json:
         for row in rows:
             print(json.dumps(row))
