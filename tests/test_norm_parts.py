@@ -1,6 +1,9 @@
 """The classical conditional norms as model parts (issue 21, item 3): the AdaGN pixel head after the
 unpatchify (per pixel from the layout in SPADE layout models) and AdaIN reference-style conditioning."""
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +217,122 @@ def test_a_reference_run_trains_and_samples_with_references(tmp_path):
     again, _ = generate(loaded, num_samples=2, references=x0, steps=2)
     assert (loaded.config.pixel_head, loaded.config.reference_condition) == ("adagn", "adain")
     assert np.array_equal(again, images)
+
+
+def test_a_dropped_reference_is_no_reference():
+    _, model = pair(REFERENCE)
+    perturb(model.reference_style, model.final_layer)
+    x, cond = inputs()
+    reference = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    with torch.no_grad():
+        with_ref, without = model(x, **cond, reference=reference), model(x, **cond)
+        mixed = model(x, **cond, reference=reference, reference_keep=torch.tensor([True, False]))
+    assert not torch.allclose(with_ref, without, atol=1e-3)  # the reference matters here
+    assert torch.allclose(mixed[0], with_ref[0], atol=1e-6) and torch.allclose(
+        mixed[1], without[1], atol=1e-6
+    )
+    for bad in (torch.tensor([True]), [True, False]):
+        with pytest.raises(ValueError, match="reference_keep must be a"):
+            model(x, **cond, reference=reference, reference_keep=bad)
+    with pytest.raises(ValueError, match="pass reference as well"):
+        model(x, **cond, reference_keep=torch.tensor([True, False]))
+
+
+def test_guidance_contrasts_the_reference_with_the_null_reference():
+    """An unconditional reference model guides (no label dropout needed): the unconditional branch is the
+    same references with reference_keep False, batched with the conditional branch."""
+    _, model = pair(REFERENCE, num_classes=0, class_dropout_prob=0.0)
+    perturb(model.reference_style, model.final_layer)
+    seen = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("reference_keep"))
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    references = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    guided, _ = generate(model, num_samples=2, references=references, steps=2, guidance_scale=3.0)
+    assert seen and all(k is not None and k.tolist() == [True, True, False, False] for k in seen)
+    seen.clear()
+    plain, _ = generate(model, num_samples=2, references=references, steps=2)
+    assert seen == [None, None]  # no guidance: one branch, every reference kept
+    assert not np.array_equal(guided, plain)
+
+
+def test_reference_dropout_is_its_own_seeded_draw(tmp_path):
+    cfg = TrainConfig(
+        data="shapes", condition="reference", reference_dropout=0.5, model="DiT-Nano/4", batch_size=16,
+        steps=1, progress=False, threads=1, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    x0 = trainer.batch_for_step(3)[0]
+    a, b = trainer.reference_kwargs(3, x0), trainer.reference_kwargs(3, x0)
+    assert torch.equal(a["reference"], x0) and torch.equal(a["reference_keep"], b["reference_keep"])
+    keep = a["reference_keep"]
+    assert keep.dtype == torch.bool and keep.shape == (16,) and 0 < int(keep.sum()) < 16
+    assert not torch.equal(keep, trainer.reference_kwargs(4, x0)["reference_keep"])
+    with pytest.raises(ValueError, match="reference_dropout"):
+        TrainConfig(data="shapes", condition="reference", reference_dropout=1.0, steps=1)
+
+
+def write_image(path, array):
+    from PIL import Image
+
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def test_sample_reference_reaches_generate_and_bad_references_name_the_fix(tmp_path, capsys, monkeypatch):
+    import ditlab
+    import ditlab.sample_shards
+    from ditlab.cli import main as cli
+
+    torch.manual_seed(0)
+    model = DiT(
+        DiTConfig(**{**SMALL, "num_classes": 0, "class_dropout_prob": 0.0, "learn_sigma": False, **REFERENCE})
+    )
+    perturb(model.reference_style, model.final_layer)
+    ckpt = tmp_path / "ref.safetensors"
+    ditlab.save_model(model, ckpt, objective={"kind": "flow", "learn_sigma": False})
+    red = np.zeros((16, 16, 3), np.uint8)
+    red[..., 0] = 220
+    blue = np.zeros((16, 16, 3), np.uint8)
+    blue[..., 2] = 220
+    refs = [write_image(tmp_path / "red.png", red), write_image(tmp_path / "blue.png", blue)]
+    calls = []
+    real = ditlab.sample_shards.generate_across_ranks
+
+    def spy(model, info, prefix, **kwargs):
+        calls.append(kwargs)
+        return real(model, info, prefix, **kwargs)
+
+    monkeypatch.setattr(ditlab.sample_shards, "generate_across_ranks", spy)
+    out = tmp_path / "samples"
+    argv = ["sample", str(ckpt), "--sample-steps", "2", "--no-progress", "--out", str(out)]
+    assert cli([*argv, "--reference", *refs, "--per-class", "2", "--guidance-scale", "2"]) == 0
+    (kwargs,) = calls
+    references = kwargs["references"]
+    assert references.shape == (4, 3, 16, 16) and kwargs["num_samples"] == 4
+    assert torch.allclose(references[1, 0], torch.full((16, 16), 220 / 127.5 - 1))  # red.png, twice
+    assert torch.allclose(references[2, 2], torch.full((16, 16), 220 / 127.5 - 1))  # then blue.png
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["samples"] == 4
+    with np.load(f"{out}.npz") as data:
+        images = data["arr_0"]
+    assert images.shape == (4, 16, 16, 3) and not np.array_equal(images[0], images[2])  # follows the ref
+    grey = write_image(tmp_path / "grey.png", np.zeros((16, 16), np.uint8))
+    small = write_image(tmp_path / "small.png", red[:8, :8])
+    for bad, message in [
+        (str(tmp_path / "missing.png"), "no reference image"),
+        (grey, r"has 1 channel\(s\) \(mode L\) but the model takes 3-channel \(RGB\) references; convert it"),
+        (small, r"is 8x8 \(HxW\) but the model generates 16x16 images; resize it to 16x16"),
+    ]:
+        assert cli([*argv, "--reference", bad]) == 2
+        assert re.search(message, capsys.readouterr().err)
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    assert cli([*argv, "--reference", str(tmp_path / "junk.png")]) == 2
+    assert "cannot read the reference" in capsys.readouterr().err
+    plain = tmp_path / "plain.safetensors"
+    ditlab.save_model(DiT(DiTConfig(**SMALL)), plain, objective={"kind": "flow", "learn_sigma": False})
+    assert cli(["sample", str(plain), "--reference", refs[0], "--sample-steps", "1", "--out", str(out)]) == 2
+    assert "takes no reference image" in capsys.readouterr().err

@@ -163,14 +163,19 @@ def check_decodable(model, vae=None, return_tensors: bool = False) -> None:
         )
 
 
-def sample_references(model, references, count: int) -> torch.Tensor | None:
-    """References for `count` samples as float images (count, C, H, W): sample i gets reference i mod M."""
-    if references is None:
-        return None
+def check_takes_references(model) -> None:
+    """A ValueError unless `model` takes reference images (reference_condition != "none")."""
     if model.config.reference_condition == "none":
         raise ValueError(
             "this model takes no reference image (it was not trained with --condition reference)"
         )
+
+
+def sample_references(model, references, count: int) -> torch.Tensor | None:
+    """References for `count` samples as float images (count, C, H, W): sample i gets reference i mod M."""
+    if references is None:
+        return None
+    check_takes_references(model)
     references = torch.as_tensor(references)
     shape = (model.in_channels, *model.config.image_hw)
     if references.dim() != 4 or not len(references) or tuple(references.shape[1:]) != shape:
@@ -252,8 +257,9 @@ def generate(
     A ditlab latent model decodes through the autoencoder it records unless `vae` or `return_tensors`.
     `layouts` (layout models): label maps (M, H, W) or maps (M, K, H, W); sample i follows layout i mod M,
     guidance (guidance_scale != 1) contrasts it with the empty layout.
-    `references` (reference models): images (M, C, H, W) in [-1, 1]; sample i gets reference i mod M, in both
-    branches of guidance (guidance is on the labels or the layout, the reference stays).
+    `references` (reference models): images (M, C, H, W) in [-1, 1]; sample i gets reference i mod M, and
+    guidance (guidance_scale != 1) contrasts it with the null reference (none: what reference dropout trains),
+    together with the null label or empty layout of a model that also has those.
     """
     objective = objective_of(model).build()
     sampler = sampler or objective.default_sampler
@@ -286,7 +292,7 @@ def generate(
     guided = guidance_scale != 1.0 and guide_model is None  # classifier-free: the null-label branch
     if text:  # the null caption is the unconditional branch
         text_cond, text_null = _text_conditions(model, prompts, text_encoder, guided)
-    elif guided and model.null_class is None and layouts is None:
+    elif guided and model.null_class is None and layouts is None and references is None:
         raise ValueError(
             "guidance_scale != 1 needs a model trained with label dropout (class_dropout_prob > 0)"
         )
@@ -309,8 +315,12 @@ def generate(
                 uncond["layout"] = torch.zeros_like(cond["layout"])
             uncond = uncond if guided else None
         if references is not None:
-            for kwargs in (cond, uncond) if uncond is not None else (cond,):
-                kwargs["reference"] = references[start : start + batch_size].to(device)
+            cond["reference"] = references[start : start + batch_size].to(device)
+            # the unconditional branch: the null reference (what reference dropout trains); both branches
+            # carry the images (batched as one forward) and a keep mask that drops them in this one
+            if uncond is not None:
+                cond["reference_keep"] = torch.ones(len(y), dtype=torch.bool, device=device)
+                uncond["reference_keep"] = torch.zeros_like(cond["reference_keep"])
         gen = torch.Generator(device).manual_seed(seed * 1_000_003 + b + 1)
         guided_model = GuidedModel(
             model,

@@ -4,6 +4,8 @@
     ditlab sample runs/digits --per-class 16 --guide runs/digits-small --cfg-scale 2  # autoguidance
     ditlab sample runs/shapes-t2i --prompt "a red circle left of a blue square" "a green square" --per-prompt 8
     ditlab sample runs/shapes-t2i --prompts-file prompts.txt --per-prompt 4 --cfg-scale 3   # one prompt a line
+    ditlab sample runs/layout --layout mask.png --per-class 8 --guidance-scale 2    # layout-to-image
+    ditlab sample runs/reference --reference a.png b.png --per-class 8 --guidance-scale 2    # reference style
 
 Text-to-image runs take prompts (encoded by the encoder the run recorded; guidance's unconditional branch is
 its null caption); the .npz then holds `prompts`, the prompt of each image in arr_0's order.
@@ -131,6 +133,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="layout models: a mask PNG in the palette of ditlab.data.layouts (background grey 128,128,128 and "
         "the 12 shapes classes) or an .npz of labels; --per-class images per layout, guided on the empty layout",
     )
+    parser.add_argument(
+        "--reference",
+        nargs="+",
+        metavar="IMG",
+        help="reference models (--condition reference): image files of the model's size and channels whose "
+        "AdaIN statistics condition the samples; --per-class images per reference, guided on the null "
+        "reference",
+    )
     parser.add_argument(*names("--seed"), dest="seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument(
         "--batch-size", type=positive_int, default=64, metavar="N", help="images per forward pass"
@@ -212,9 +222,10 @@ def run(args) -> int:
     from ditlab import distributed as D
     from ditlab.data import save_grid, save_npz
     from ditlab.data.layouts import read_layout
+    from ditlab.data.references import read_references
     from ditlab.runtime import resolve_device
     from ditlab.sample_shards import generate_across_ranks
-    from ditlab.sampling import sample_prompts
+    from ditlab.sampling import check_takes_references, sample_prompts
 
     checkpoint = checkpoint_of(args)
     device = resolve_device(args.device)
@@ -233,6 +244,12 @@ def run(args) -> int:
         layouts = torch.from_numpy(read_layout(args.layout, model.config.image_hw))
         layouts = layouts.repeat_interleave(args.per_class, dim=0)
         num_samples = num_samples or len(layouts)
+    references = None
+    if args.reference:  # the same: each reference --per-class times, one grid row each
+        check_takes_references(model)
+        references = read_references(args.reference, model.in_channels, model.config.image_hw)
+        references = references.repeat_interleave(args.per_class, dim=0)
+        num_samples = num_samples or len(references)
     prompts = prompts_of(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +263,7 @@ def run(args) -> int:
         per_class=args.per_class,
         num_samples=num_samples,
         layouts=layouts,
+        references=references,
         **settings,
         guidance_channels=args.guidance_channels,
         guidance_rescale=args.guidance_rescale,
@@ -264,7 +282,12 @@ def run(args) -> int:
     grid = save_grid(
         images,
         f"{out}.png",
-        nrow=args.nrow or (args.per_class if model.num_classes or args.layout or prompts else 8),
+        nrow=args.nrow
+        or (
+            args.per_class
+            if model.num_classes or layouts is not None or references is not None or prompts
+            else 8
+        ),
     )
     # the prompt of every image, in order (also when torchrun ranks sampled them: shards hold no prompts)
     image_prompts = sample_prompts(prompts, args.per_class, num_samples) if prompts else None

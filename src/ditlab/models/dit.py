@@ -678,7 +678,8 @@ class DiT(nn.Module):
         """x: (N, C, H, W) noisy input, t: (N,) timesteps (original 0…T-1 scale), y: (N,) labels, pooled: (N, P);
         `conditions`, by keyword (see `embed`): text models: text (N, L, text_dim) tokens, text_mask (N, L) True
         where a token exists (None: all); layout models: layout (N, K, H', W') map or (N, H', W') labels (None:
-        the empty layout); reference models: reference (N, C, H, W) images in [-1, 1] (None: no reference)."""
+        the empty layout); reference models: reference (N, C, H, W) images in [-1, 1] (None: no reference) and
+        reference_keep (N,) bools (None: all kept; False: that sample gets the null reference)."""
         tokens, cond = self.embed(x, t, y, pooled, force_drop_ids, **conditions)
         return self.unembed(self.run_blocks(tokens, cond), cond)
 
@@ -693,6 +694,7 @@ class DiT(nn.Module):
         text_mask=None,
         layout=None,
         reference=None,
+        reference_keep=None,
     ) -> tuple[torch.Tensor, Condition]:
         """-> tokens (N, T, D) (plus the condition tokens for in-context conditioning, or the text tokens of a
         single-stream model) and the Condition."""
@@ -708,7 +710,7 @@ class DiT(nn.Module):
         if self.pos_embed is not None:
             tokens = tokens + self.positions(*grid, x)
         c, parts = self.embed_condition(t, y, pooled, force_drop_ids, batch=N)  # (N, D)
-        style = self.embed_reference(reference, x, N)
+        style = self.embed_reference(reference, x, N, reference_keep)
         if style is not None:  # reference models: the reference's AdaIN statistics join the condition
             c = c + style
         shared = self.adaLN_single(c) if self.adaLN_single is not None else None  # (N, 6D)
@@ -754,23 +756,32 @@ class DiT(nn.Module):
             c, parts[0], shared, context, grid, mask, context_mask, rope, spatial, pixels, pixel_layout
         )
 
-    def embed_reference(self, reference, x, batch: int):
+    def embed_reference(self, reference, x, batch: int, keep=None):
         """The reference's AdaIN term of c (N, D), or None (a model without references, or no reference).
-        The reference goes through the model's own patch embedding (with an empty layout in a concat model)."""
+        The reference goes through the model's own patch embedding (with an empty layout in a concat model).
+        `keep` (N,) bools: False rows get no term, the null reference (what reference dropout trains)."""
         if self.reference_style is None:
-            if reference is not None:
+            if reference is not None or keep is not None:
                 raise ValueError(
                     "this model takes no reference image (reference_condition='none'); build it with "
                     "reference_condition='adain', or call it without reference"
                 )
             return None
         if reference is None:
+            if keep is not None:
+                raise ValueError("reference_keep marks which references to use: pass reference as well")
             return None
         C = self.in_channels
         reference = check_reference(reference, batch, C, tuple(x.shape[2:])).to(x.device, x.dtype)
         if x.shape[1] > C:  # the concat baseline's layout channels: empty for the reference
             reference = torch.cat([reference, torch.zeros_like(x[:, C:])], dim=1)
-        return self.reference_style(self.x_embedder(reference))
+        style = self.reference_style(self.x_embedder(reference))  # (N, D)
+        if keep is None:
+            return style
+        if not torch.is_tensor(keep) or tuple(keep.shape) != (batch,):
+            got = tuple(keep.shape) if torch.is_tensor(keep) else type(keep).__name__
+            raise ValueError(f"reference_keep must be a (N={batch},) bool tensor, got {got}")
+        return style * keep.to(style.device, style.dtype)[:, None]
 
     def embed_layout(self, layout, grid, batch: int) -> torch.Tensor | None:
         """The layout's shared SPADE features (N, hidden, gh, gw) (None: a model without layouts)."""

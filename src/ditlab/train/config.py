@@ -47,6 +47,7 @@ class TrainConfig(DictConfig):
     condition: str = "none"  # one of CONDITIONS: "layout" trains mask -> image (shapes; ditlab.nn.spatial),
     # "reference": each image is its own reference (AdaIN statistics, ditlab.nn.reference)
     layout_dropout: float = 0.1  # layout runs: share of samples trained on the empty layout (for guidance)
+    reference_dropout: float = 0.1  # reference runs: share of samples trained without one (for guidance)
     # --- text conditioning (text-to-image runs; ditlab.text) ---
     text_encoder: str = ""  # "" = none (class-conditional); "minilm" or a local Hugging Face encoder folder
     text_max_length: int = DEFAULT_MAX_LENGTH  # tokens per caption (special tokens included)
@@ -171,6 +172,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"unknown condition {self.condition!r}; choose one of: {', '.join(CONDITIONS)}")
         if not 0 <= self.layout_dropout < 1:
             raise ValueError(f"layout_dropout must be in [0, 1), got {self.layout_dropout}")
+        if not 0 <= self.reference_dropout < 1:
+            raise ValueError(f"reference_dropout must be in [0, 1), got {self.reference_dropout}")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
         if self.text_max_length < 2:

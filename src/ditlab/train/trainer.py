@@ -555,7 +555,7 @@ class Trainer:
     def _example_inputs(self):
         x0, y, t, _, drop = self.batch_for_step(self.step)
         kwargs = self.conditioning(self.step, y, drop)
-        kwargs.update(self.layout_kwargs(self.step), **self.reference_kwargs(x0))
+        kwargs.update(self.layout_kwargs(self.step), **self.reference_kwargs(self.step, x0))
         return x0, self.objective.model_time(t) if hasattr(self.objective, "model_time") else t, kwargs
 
     # ------------------------------------------------------------------ one step
@@ -577,12 +577,16 @@ class Trainer:
         r, W = self.dist.rank, self.dist.world_size
         return {"layout": layout[r * B // W : (r + 1) * B // W].to(self.device)}
 
-    def reference_kwargs(self, x0: torch.Tensor) -> dict:
-        """Reference runs: {"reference": the batch's own images} (their AdaIN statistics are the condition a
-        reference image gives at sampling time); {} for other runs."""
+    def reference_kwargs(self, step: int, x0: torch.Tensor) -> dict:
+        """Reference runs: {"reference": this rank's images x0 of `step` (their AdaIN statistics are the
+        condition a reference image gives at sampling time), "reference_keep": (B,) bools, False for the
+        `reference_dropout` share trained on the null reference (for guidance)}; {} for other runs."""
         if self.cfg.condition != "reference":
             return {}
-        return {"reference": x0}
+        B = self.cfg.batch_size
+        g = step_generator(self.cfg.seed + 2, step)  # its own stream, as the layout dropout's
+        keep = torch.rand(B, generator=g) >= self.cfg.reference_dropout
+        return {"reference": x0, "reference_keep": keep[self.part].to(self.device)}
 
     def batch_for_step(self, step: int):
         """(x0, y, t, noise, drop) of this rank for `step`, all derived from (seed, step): the images from the
@@ -628,7 +632,7 @@ class Trainer:
             group["lr"] = lr
         x0, y, t, noise, drop = self.batch_for_step(self.step)
         kwargs = self.conditioning(self.step, y, drop)
-        kwargs.update(self.layout_kwargs(self.step), **self.reference_kwargs(x0))
+        kwargs.update(self.layout_kwargs(self.step), **self.reference_kwargs(self.step, x0))
         with autocast(self.device, self.precision):
             terms = self.compute_loss(x0, kwargs, t, noise)
         loss = terms["loss"].float().mean()
