@@ -1,8 +1,8 @@
 """Latent vs pixel diffusion (issue 16): the same-width DiT trained on a KL-VAE's f4 latents and on pixels
 for the same training wall-clock; FD of (decoded) samples over training time, and seconds per step.
 
-    python benchmarks/latent_vs_pixel.py --vae-steps 300 --budget 720 --dir runs/latent-vs-pixel
-    python benchmarks/latent_vs_pixel.py --vae runs/latent-vs-pixel/vae --budget 720    # reuse an autoencoder
+    python benchmarks/latent_vs_pixel.py --vae-steps 300 --budget 480 --dir runs/latent-vs-pixel
+    python benchmarks/latent_vs_pixel.py --vae runs/latent-vs-pixel/vae --budget 480    # reuse an autoencoder
     python benchmarks/latent_vs_pixel.py --quick --dir /tmp/lvp                         # smoke run, ~1 min
 
 What it runs, each step a `ditlab` command in a child process (1 thread each, one at a time):
@@ -59,16 +59,18 @@ def parse_args(argv=None):
     p.add_argument("--downsample", type=int, default=4, help="autoencoder factor f (default 4)")
     p.add_argument("--vae", default=None, help="reuse this autoencoder (run folder or file): skip step 1")
     p.add_argument("--vae-steps", type=int, default=300, help="autoencoder training steps (default 300)")
+    p.add_argument("--vae-lr", type=float, default=2e-4, help="autoencoder learning rate (default 2e-4)")
+    p.add_argument("--vae-batch-size", type=int, default=16, help="autoencoder batch (default 16)")
     p.add_argument("--model", default="Ti", help="DiT size of both arms: Nano, Ti, Mini, S, ... (default Ti)")
     p.add_argument("--latent-patch", type=int, default=2, help="patch size on the latents (default 2)")
     p.add_argument(
         "--pixel-patch", type=int, default=None, help="patch size on pixels (default latent patch x f)"
     )
     p.add_argument("--batch-size", type=int, default=32, help="images per step, both arms (default 32)")
-    p.add_argument("--budget", type=float, default=720.0, help="training seconds per arm (default 720)")
+    p.add_argument("--budget", type=float, default=480.0, help="training seconds per arm (default 480)")
     p.add_argument("--warmup-steps", type=int, default=100, help="lr warm-up of both arms (default 100)")
-    p.add_argument("--evals", type=int, default=6, help="FD evaluations spaced over each run (default 6)")
-    p.add_argument("--eval-samples", type=int, default=256, help="samples per evaluation (default 256)")
+    p.add_argument("--evals", type=int, default=4, help="FD evaluations spaced over each run (default 4)")
+    p.add_argument("--eval-samples", type=int, default=200, help="samples per evaluation (default 200)")
     p.add_argument("--eval-ref", default=None, help="FD reference (default DATA:test)")
     p.add_argument("--sample-steps", type=int, default=10, help="Heun steps of the samples (default 10)")
     p.add_argument("--calibrate-steps", type=int, default=8, help="timed steps per arm (default 8)")
@@ -153,7 +155,11 @@ def train_vae(args, root: Path) -> tuple[str, dict | None]:
         return args.vae, None
     run = f"{args.data}:{args.image_size}:kl:{args.downsample}"
     options = argparse.Namespace(
-        train_steps=args.vae_steps, eval_images=args.eval_samples, threads=args.threads, dir=str(root)
+        train_steps=args.vae_steps,
+        eval_images=args.eval_samples,
+        threads=args.threads,
+        dir=str(root),
+        overrides=["--lr", str(args.vae_lr), "--batch-size", str(args.vae_batch_size)],
     )
     row = vae_quality.run_one(run, options)
     return row["out"], row
@@ -248,7 +254,8 @@ def markdown(args, machine, vae_row, rows, floor, result) -> str:
     ]
     if vae_row:
         lines += [
-            f"Autoencoder: KL f{args.downsample}, {vae_row['steps']} steps ({vae_row['train_s']:.0f} s training), "
+            f"Autoencoder: KL f{args.downsample}, {vae_row['steps']} steps at batch {args.vae_batch_size}, lr "
+            f"{args.vae_lr:g} ({vae_row['train_s']:.0f} s training), "
             f"held-out PSNR {vae_row['psnr']:.2f} dB, SSIM {vae_row['ssim']:.3f}, scale {vae_row['scale']:.3f}.",
             "",
         ]
