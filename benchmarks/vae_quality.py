@@ -53,13 +53,15 @@ def parse_run(text: str) -> tuple[str, int, str, int]:
 
 
 def run_one(text: str, args) -> dict:
+    """Train and evaluate one run; `args.overrides` (optional) are flags placed after the recipe's, which
+    they replace (e.g. ["--lr", "1e-3"])."""
     data, size, kind, f = parse_run(text)
     out = Path(args.dir) / f"{data.replace('[', '').replace(']', '')}-{size}-{kind}-f{f}"
     cmd = [
         sys.executable, "-m", "ditlab", "vae", "train", "--data", data, "--image-size", str(size),
         "--kind", kind, "--downsample", str(f), "--train-steps", str(args.train_steps),
         "--eval-every", str(args.train_steps), "--eval-images", str(args.eval_images),
-        "--threads", str(args.threads), "--out", str(out), *RECIPE,
+        "--threads", str(args.threads), "--out", str(out), *RECIPE, *getattr(args, "overrides", []),
     ]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)

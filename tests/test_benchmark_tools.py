@@ -152,3 +152,39 @@ def test_recipe_quick_smoke_run_writes_the_report_and_plot(tmp_path):
     text = report.read_text()
     assert "| paper |" in text and "| interval-guidance |" in text and "Real-data floor" in text
     assert png.stat().st_size > 1000
+
+
+def test_latent_vs_pixel_arms_default_to_equal_tokens_and_share_the_recipe(tmp_path):
+    lvp = load("latent_vs_pixel")
+    args = lvp.parse_args([])
+    arms = lvp.Arms(args, tmp_path / "cache")
+    assert (arms.model("latent"), arms.model("pixel")) == ("DiT-Ti/2", "DiT-Ti/8")
+    assert arms.tokens("latent") == arms.tokens("pixel") == 64  # 16x16 latents at p=2, 64x64 pixels at p=8
+    assert lvp.parse_args(["--pixel-patch", "4"]).pixel_patch == 4
+    with pytest.raises(SystemExit):
+        lvp.parse_args(["--latent-patch", "3"])  # 3 does not divide the 16x16 latents
+
+
+def test_latent_vs_pixel_seconds_per_step_skips_the_warm_up_window():
+    lvp = load("latent_vs_pixel")
+    rows = [{"step": 2, "step_seconds": 10.0}, {"eval_seconds": 99.0, "step": 2}]
+    rows += [
+        {"step": 4, "step_seconds": 1.0},
+        {"step": 8, "step_seconds": 2.0},
+        {"step": 10, "step_seconds": 1.2},
+    ]
+    assert lvp.seconds_per_step(rows) == pytest.approx(0.5)  # median of 0.5, 0.5, 0.6 (5.0 left out)
+    with pytest.raises(ValueError):
+        lvp.seconds_per_step([{"eval_seconds": 1.0, "step": 1}])
+
+
+@pytest.mark.slow
+def test_latent_vs_pixel_quick_run_trains_both_arms_and_reports_the_ratio(tmp_path):
+    lvp = load("latent_vs_pixel")
+    report = tmp_path / "lvp.md"
+    assert lvp.main(["--quick", "--dir", str(tmp_path / "runs"), "--write", str(report)]) == 0
+    text = report.read_text()
+    assert "| latent | DiT-Nano/1 |" in text and "| pixel | DiT-Nano/2 |" in text
+    assert "Floors (64 images" in text and "pixel run's final FD" in text
+    cache = json.loads((tmp_path / "runs" / "latent" / "config.json").read_text())
+    assert cache["data"].endswith("latents")  # the latent arm trained from the cache, not on pixels
