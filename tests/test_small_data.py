@@ -99,7 +99,7 @@ def test_small_folder_recipe_draws_recognisable_circles_and_squares(tmp_path):
     # (circles 0.86, squares 0.58) after 4,000 steps, 0.35 at the 1,000-step checkpoint; a model that draws
     # class-coloured blobs or one round shape for both classes scores 0.5 or less.
     data = sf.write_shapes_folder(tmp_path / "shapes", per_class=200)
-    cfg = TrainConfig.load(sf.RECIPE).replace(data=str(data), out=str(tmp_path / "run"), threads=0)
+    cfg = TrainConfig.load(sf.RECIPE).replace(data=str(data), out=str(tmp_path / "run"), threads=1)
     result = sf.train_and_score(cfg, samples_per_class=50, checkpoints=True)
     assert result["accuracy"] >= 0.6, result
     assert result["per_class"]["circle"] >= 0.6 and result["per_class"]["square"] >= 0.4, result
