@@ -35,7 +35,7 @@ from ditlab.train.trainer import Trainer
 K = 13  # background + 12 object classes
 
 
-VARIANTS = ("spade", "spade-head", "concat")
+VARIANTS = ("spade", "spade-entry", "spade-head", "concat")
 
 
 DEPTH = None  # --depth: the model's blocks (None: the preset's), set by main()
@@ -52,6 +52,8 @@ def variant_args(variant: str, hidden: int, head_width: int) -> dict:
     if variant == "concat":
         return dict(spatial_condition="concat", layout_channels=K)
     spade = dict(spatial_condition="spade", layout_channels=K, spatial_hidden=hidden)
+    if variant == "spade-entry":  # SPADE also modulates the embedded tokens (spatial_entry)
+        spade.update(spatial_entry=True)
     if variant == "spade-head":
         spade.update(pixel_head="adagn", pixel_head_width=head_width)
     return spade

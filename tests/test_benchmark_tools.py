@@ -188,3 +188,21 @@ def test_latent_vs_pixel_quick_run_trains_both_arms_and_reports_the_ratio(tmp_pa
     assert "Floors (64 images" in text and "pixel run's final FD" in text
     cache = json.loads((tmp_path / "runs" / "latent" / "config.json").read_text())
     assert cache["data"].endswith("latents")  # the latent arm trained from the cache, not on pixels
+
+
+def test_text_sampling_times_the_study_models_at_their_matched_gflops():
+    bench = load("text_sampling")
+    from ditlab.text import load_text_encoder
+
+    encoder = load_text_encoder("minilm", max_length=bench.TEXT_LEN)
+    models = bench.study_models(encoder)
+    assert list(models) == ["pooled", "cross-attention", "mmdit", "single-stream"]
+    gflops = [g for _, _, g in models.values()]
+    assert max(gflops) / min(gflops) < 1.1  # the study's equal-compute depths
+    for _, model, _ in models.values():  # random weights: no block is adaLN-Zero's cheap identity
+        assert all(bool(p.abs().sum() > 0) for p in model.parameters())
+    images, _ = bench.generate(
+        models["mmdit"][1], prompts=["a red circle"], text_encoder=encoder, sampler="euler", steps=1,
+        guidance_scale=2.0, return_tensors=True,
+    )  # fmt: skip
+    assert images.shape == (1, 3, 32, 32)

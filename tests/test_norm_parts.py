@@ -139,8 +139,14 @@ def test_the_reference_enters_through_its_adain_statistics_only():
 
 @pytest.mark.parametrize(
     "extra",
-    [HEAD, {**HEAD, **SPADE}, REFERENCE, {**REFERENCE, "spatial_condition": "concat", "layout_channels": 4}],
-    ids=["head", "head-spade", "reference", "reference-concat"],
+    [
+        HEAD,
+        {**HEAD, **SPADE},
+        REFERENCE,
+        {**REFERENCE, "spatial_condition": "concat", "layout_channels": 4},
+        {**SPADE, "spatial_entry": True},
+    ],
+    ids=["head", "head-spade", "reference", "reference-concat", "spade-entry"],
 )
 def test_analytic_flops_count_the_parts(extra):
     model = DiT(DiTConfig(**SMALL, **extra)).eval()
@@ -154,7 +160,7 @@ def test_analytic_flops_count_the_parts(extra):
     with torch.no_grad(), flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         model(x, **cond, **kw)
     b = flop_breakdown(model)
-    assert b["pixel_head"] + b["reference"] > 0
+    assert b["pixel_head"] + b["reference"] + b["spatial_modulation"] > 0
     # the counter sees every matmul and conv, no norm; the label lookup is no matmul either
     assert counter.get_total_flops() / 2 == pytest.approx(2 * (b["total"] - b["norms"]), rel=1e-12)
 

@@ -77,6 +77,34 @@ def test_fresh_spade_model_is_the_unconditioned_model_bit_exactly(kw):
         assert torch.equal(spade(x, **cond), out)  # no layout: the empty layout
 
 
+@pytest.mark.parametrize("kw", CONDITIONINGS[:3] + CONDITIONINGS[4:5], ids=["zero", "adaln", "single", "z"])
+def test_spade_at_the_stream_entry_starts_at_zero_and_then_shifts_the_tokens_with_the_mask(kw):
+    plain, _ = pair(input_size=16, **kw)
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(**SMALL, **kw, input_size=16, spatial_condition="spade", layout_channels=4,
+                          spatial_entry=True))  # fmt: skip
+    extra = set(model.state_dict()) - set(plain.state_dict())
+    assert {"spatial_entry.conv.weight", "spatial_entry.conv.bias"} <= extra
+    x, cond = inputs(plain, n=1)
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[:, 2:6, 2:6] = 2  # an object on tokens (1..2, 1..2) of the 8×8 grid
+    moved = torch.roll(labels, shifts=(4, 4), dims=(1, 2))  # on tokens (3..4, 3..4)
+    with torch.no_grad():
+        assert torch.equal(model(x, **cond, layout=labels), plain(x, **cond))  # fresh: the plain model
+        perturb(model.spatial_entry)
+        a = model.embed(x, **cond, layout=labels)[0].view(8, 8, -1)
+        b = model.embed(x, **cond, layout=moved)[0].view(8, 8, -1)
+    changed = (a - b).abs().amax(-1) > 0  # (8, 8): tokens the move changed
+    # the shared 3×3 conv sees one token around: the move changes tokens within one of either object, and no
+    # other (the entry is per token)
+    near = torch.zeros(8, 8, dtype=torch.bool)
+    near[0:4, 0:4] = near[2:6, 2:6] = True
+    assert changed[1, 1] and changed[4, 4] and torch.equal(changed, changed & near)
+    assert not changed[7].any() and not changed[:, 7].any()
+    with pytest.raises(ValueError, match="spatial_entry"):
+        DiTConfig(**SMALL, spatial_condition="concat", layout_channels=4, spatial_entry=True)
+
+
 def test_default_config_has_no_layout_path():
     model = DiT(DiTConfig(**SMALL, input_size=8))
     assert model.spatial_embedder is None and all(b.spatial_modulation is None for b in model.blocks)
@@ -93,6 +121,13 @@ def trained_like(model, seed=1):
     linear = model.final_layer.linear  # a zero output layer would hide every difference
     linear.weight.data = torch.randn(linear.weight.shape, generator=g) * 0.1
     return model
+
+
+def perturb(module, seed=1, scale=0.1):
+    """Give a zero-initialised part values, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.data = torch.randn(p.shape, generator=g) * scale
 
 
 def test_per_token_modulation_varies_across_space_and_follows_the_mask():

@@ -111,6 +111,8 @@ class DiTConfig(DictConfig):
     spatial_condition: str = "none"  # one of SPATIAL_CONDITIONS: "spade" per-token modulation, "concat" input
     layout_channels: int = 0  # K: channels of the layout map (shapes: background + 12 classes = 13)
     spatial_hidden: int = 64  # width of SPADE's shared conv
+    spatial_entry: bool = False  # SPADE also modulates the embedded tokens per token (shift, scale) before
+    # the first block: the layout reaches the residual stream itself, not only the blocks' branches
     # --- the classical conditional norms in the model (ditlab.nn.pixel_head, ditlab.nn.reference) ---
     pixel_head: str = "none"  # one of PIXEL_HEADS: "adagn" a conv head after the unpatchify (AdaGN; per pixel
     # from the layout in SPADE layout models)
@@ -232,6 +234,11 @@ class DiTConfig(DictConfig):
                 f"spatial_condition={self.spatial_condition!r} adds per-token terms to an adaLN-family "
                 f"modulation; use conditioning in {', '.join(MODULATED)} (not {self.conditioning!r})"
             )
+        if self.spatial_entry and self.spatial_condition != "spade":
+            raise ValueError(
+                f"spatial_entry=True is SPADE's modulation of the embedded tokens; it needs "
+                f"spatial_condition='spade', got {self.spatial_condition!r}"
+            )
         if self.spatial_hidden < 1:
             raise ValueError(f"spatial_hidden must be a positive integer, got {self.spatial_hidden}")
 
@@ -315,6 +322,7 @@ class DiTConfig(DictConfig):
             cond_dim=0,
             spatial_condition="none",
             layout_channels=0,
+            spatial_entry=False,
             pixel_head="none",
             reference_condition="none",
         )

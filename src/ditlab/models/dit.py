@@ -499,6 +499,12 @@ class DiT(nn.Module):
             if cfg.spatial_condition == "spade"
             else None
         )
+        # ... and, with spatial_entry, SPADE's per-token (shift, scale) of the embedded tokens: the stream's
+        # entry has no norm of its own, so without it the layout reaches the stream only through gated branches
+        # (its conv starts at zero and draws nothing from the RNG, like the blocks')
+        self.spatial_entry = (
+            SpatialModulation(cfg.spatial_hidden, D, 1, True, False) if cfg.spatial_entry else None
+        )
         # The classical norms as parts, made last for the same reason (their output convs/projections start at
         # zero): an AdaGN conv head at pixel resolution, and a reference image's AdaIN statistics joining c
         self.pixel_head = (
@@ -709,6 +715,10 @@ class DiT(nn.Module):
         tokens = self.x_embedder(x)  # (N, T, D)
         if self.pos_embed is not None:
             tokens = tokens + self.positions(*grid, x)
+        spatial = self.embed_layout(layout, grid, N)  # (N, hidden, gh, gw), or None
+        if self.spatial_entry is not None:  # SPADE at the stream's entry: per-token (shift, scale)
+            (m,) = self.spatial_entry(spatial)
+            tokens = m.apply(tokens)
         c, parts = self.embed_condition(t, y, pooled, force_drop_ids, batch=N)  # (N, D)
         style = self.embed_reference(reference, x, N, reference_keep)
         if style is not None:  # reference models: the reference's AdaIN statistics join the condition
@@ -751,7 +761,6 @@ class DiT(nn.Module):
                 ones = None if text_mask is None else text_mask.new_ones(N, context.shape[1])
                 context_mask = None if text_mask is None else torch.cat([ones, text_mask], dim=1)
                 context = torch.cat([context, words], dim=1)
-        spatial = self.embed_layout(layout, grid, N)
         return tokens, Condition(
             c, parts[0], shared, context, grid, mask, context_mask, rope, spatial, pixels, pixel_layout
         )

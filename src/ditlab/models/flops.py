@@ -103,6 +103,7 @@ def flop_breakdown(model_or_config, input=None, text_len: int | None = None) -> 
     # per-token modulation
     hidden = cfg.spatial_hidden if cfg.spatial_condition == "spade" else 0
     per_token = cfg.depth * cfg.branches * k * D + params_per_branch(cfg.shift, False) * D
+    per_token += 2 * D if cfg.spatial_entry else 0  # the embedded tokens' (shift, scale)
     out["spatial_modulation"] = T * hidden * (9 * K * p * p + per_token)
     # the AdaGN pixel head: Conv3×3 in (output + input channels), Conv3×3 out, AdaGN's projection of c and, in
     # SPADE layout models, the layout's pixel-resolution Conv3×3 and Conv1×1 to (scale, shift)
