@@ -23,9 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import emit, interleaved, machine, markdown_table, setup  # noqa: E402
+from text_speed import randomized  # noqa: E402
 
 from ditlab.ablate.variants import TEXT_VARIANTS, AblationConfig, _gflops, study_defaults
-from ditlab.models.zoo import MODELS, create_model
+from ditlab.models.zoo import create_model, text_widths
 from ditlab.sampling import ObjectiveSpec, generate
 from ditlab.text import load_text_encoder
 
@@ -39,21 +40,17 @@ def study_models(encoder) -> dict[str, tuple[str, torch.nn.Module, float]]:
     out = {}
     for variant in TEXT_VARIANTS:
         name, args = study.architecture(variant)
-        preset, widths = MODELS[name], {}  # the trainer's sizing of a preset to the encoder
-        if preset.get("pooled_dim"):
-            widths["pooled_dim"] = encoder.pooled_dim
-        if preset.get("text_dim"):
-            widths.update(text_dim=encoder.dim, text_len=encoder.max_length)
         torch.manual_seed(0)
-        model = create_model(
-            name, input_size=SIDE, in_channels=3, num_classes=0, learn_sigma=False, **widths, **args
-        )
+        model = create_model(  # sized to the encoder as the trainer sizes it
+            name, input_size=SIDE, in_channels=3, num_classes=0, learn_sigma=False,
+            **text_widths(name, encoder), **args,
+        )  # fmt: skip
         model.objective_spec = ObjectiveSpec(kind="flow")  # the study's rectified flow
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-        out[variant] = (f"{name} depth {args['depth']}", model.eval(), _gflops(name, args, SIDE, TEXT_LEN))
+        out[variant] = (
+            f"{name} depth {args['depth']}",
+            randomized(model),
+            _gflops(name, args, SIDE, TEXT_LEN),
+        )
     return out
 
 

@@ -144,6 +144,18 @@ def expand_variants(names) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def text_widths(name: str, encoder) -> dict:
+    """The overrides that size text preset `name` to a text encoder (its `dim`, `pooled_dim`, `max_length`):
+    pooled_dim for presets that read the pooled vector, text_dim and text_len for those that read tokens;
+    {} for a model that reads no text."""
+    preset, widths = MODELS.get(name, {}), {}
+    if preset.get("pooled_dim"):
+        widths["pooled_dim"] = encoder.pooled_dim
+    if preset.get("text_dim"):
+        widths.update(text_dim=encoder.dim, text_len=encoder.max_length)
+    return widths
+
+
 def model_config(name: str, variant: str | None = None, **overrides) -> DiTConfig:
     """The DiTConfig for a registry name, a variant and overrides (later ones win)."""
     if name not in MODELS:

@@ -41,7 +41,7 @@ from ditlab.eval.shapes import evaluate_shapes
 from ditlab.models.checkpoint import load_state_dict_checked, save_model
 from ditlab.models.flops import flops
 from ditlab.models.text_inputs import takes_text, text_model_kwargs
-from ditlab.models.zoo import MODELS, create_model
+from ditlab.models.zoo import create_model, text_widths
 from ditlab.runtime import (
     autocast,
     configure_backends,
@@ -327,11 +327,7 @@ class Trainer:
         encoder = load_text_encoder(cfg.text_encoder, max_length=cfg.text_max_length)
         self.text = embed_captions(encoder, captions)
         self.text_spec = encoder.spec
-        preset = MODELS.get(cfg.model, {})
-        if preset.get("pooled_dim"):
-            self.text_widths["pooled_dim"] = encoder.pooled_dim
-        if preset.get("text_dim"):
-            self.text_widths.update(text_dim=encoder.dim, text_len=encoder.max_length)
+        self.text_widths.update(text_widths(cfg.model, encoder))
 
     def conditioning(self, step: int, y: torch.Tensor, drop: torch.Tensor) -> dict:
         """The model kwargs of step `step`'s batch on this rank: labels with their dropout, or (text runs) the
