@@ -33,21 +33,30 @@ UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 MAX_IMAGE_PIXELS = int(os.environ.get("DITLAB_MAX_IMAGE_PIXELS", 64 * 2**20))
 
 
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return path.is_file() and _is_image_name(path.name)
 
 
-def _images_below(folder: Path) -> list[Path]:
+def _images_below(folder: str | os.PathLike) -> list[str]:
+    """The image files below `folder`, recursively in sorted order, as path strings (not `Path` objects:
+    at a million files those cost several times the memory and the time of the strings)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # skip .ipynb_checkpoints etc.
-        found.extend(p for p in (Path(dirpath) / f for f in sorted(filenames)) if _is_image(p))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if _is_image_name(name) and os.path.isfile(path):  # isfile: no broken links, sockets, ...
+                found.append(path)
     return found
 
 
 def scan_image_folder(
     root: str | os.PathLike, unconditional: bool | None = None
-) -> tuple[list[Path], list[int], list[str]]:
+) -> tuple[list[str], list[int], list[str]]:
     """List an ImageFolder tree -> (paths, labels, class_names); class_names is empty if unconditional."""
     root = Path(root)
     if not root.is_dir():
@@ -88,7 +97,7 @@ def scan_image_folder(
     return paths, labels, list(per_class)
 
 
-def read_header(path: Path) -> tuple[tuple[int, int], bool]:
+def read_header(path: str | os.PathLike) -> tuple[tuple[int, int], bool]:
     """((width, height), grey) of one image from its header, without decoding pixels; OSError family if the
     file is no image Pillow can open."""
     with Image.open(path) as im:  # lazy: the header gives size and mode without decoding pixels
@@ -102,7 +111,7 @@ def folder_image_shape(root: str | os.PathLike) -> tuple[int, int, int] | None:
     reports them).
     """
     sizes, grey = set(), True
-    for path in _images_below(Path(root)):
+    for path in _images_below(root):
         try:
             size, is_grey = read_header(path)
         except UNREADABLE:
@@ -133,7 +142,7 @@ def warn_skipped(root, bad: list[str]) -> None:
     )
 
 
-def _decode(path: Path) -> Image.Image:
+def _decode(path: str | os.PathLike) -> Image.Image:
     with Image.open(path) as im:
         width, height = im.size
         if width * height > MAX_IMAGE_PIXELS:
@@ -171,7 +180,7 @@ def load_image(
     path: str | os.PathLike, channels: int, target: tuple[int, int] | None, center_crop: bool = True
 ) -> np.ndarray:
     """Decode one image file -> uint8 (H, W, C) (see `image_array`); raises the UNREADABLE family."""
-    return image_array(_decode(Path(path)), channels, target, center_crop)
+    return image_array(_decode(path), channels, target, center_crop)
 
 
 def load_image_folder_arrays(

@@ -67,9 +67,7 @@ class ImageFolderStream:
             raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {bad_images!r}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-        # One numpy array rather than a list of str: DataLoader workers forked from this process then share
-        # it page for page (a list's per-item reference counts would copy it into every worker over time).
-        self._paths = np.asarray([os.fspath(p) for p in paths], dtype=str)
+        self._prefix, self._paths = _packed_paths(paths)
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
         if self.labels.shape != (len(self._paths),):
             raise ValueError(f"{len(self._paths)} paths but labels of shape {tuple(self.labels.shape)}")
@@ -102,7 +100,7 @@ class ImageFolderStream:
         return len(self._paths)
 
     def path(self, index: int) -> str:
-        return str(self._paths[index])
+        return self._prefix + os.fsdecode(self._paths[index])
 
     def load(self, index: int) -> torch.Tensor:
         """Image `index` as uint8 (C, H, W); raises the UNREADABLE family for a broken file."""
@@ -139,6 +137,21 @@ class ImageFolderStream:
         return f"ImageFolderStream({self.name!r}, {len(self)} files {self._channels}x{h}x{w}, {kind})"
 
 
+def _packed_paths(paths: Sequence[str | os.PathLike]) -> tuple[str, np.ndarray]:
+    """(common folder prefix, the paths after it as one numpy bytes array) of a file list.
+
+    The stream holds nothing per file but these bytes and a label: one byte per character (a numpy str array
+    takes four, a list of str ~60 bytes of object per file) and no per-item objects, so DataLoader workers
+    forked from the trainer share the list page for page (a list's reference counts would be written, and
+    the pages copied, in every worker). 100,000 files of a class folder take ~2 MB.
+    """
+    strings = [os.fspath(p) for p in paths]
+    # the common prefix of all strings is that of the smallest and the largest; cut back to a folder
+    common = os.path.commonprefix([min(strings), max(strings)]) if strings else ""
+    prefix = common[: common.rfind(os.sep) + 1]
+    return prefix, np.array([os.fsencode(p[len(prefix) :]) for p in strings], dtype=np.bytes_)
+
+
 class BadImageLog:
     """Unreadable files met while streaming, each reported once: one warning line per batch that finds new
     ones, naming the first few files and the count so far."""
@@ -165,14 +178,14 @@ class BadImageLog:
         )
 
 
-def _header_scan(paths: Sequence[Path]) -> tuple[set, bool, list[tuple[str, Exception]]]:
+def _header_scan(paths: Iterable[str]) -> tuple[set, bool, list[tuple[str, Exception]]]:
     """(sizes, all grey, unreadable [(path, error)]) from file headers only (no pixels decoded)."""
     sizes, grey, bad = set(), True, []
     for path in paths:
         try:
             size, is_grey = read_header(path)
         except UNREADABLE as e:
-            bad.append((str(path), e))
+            bad.append((path, e))
             continue
         sizes.add(size)
         grey = grey and is_grey
@@ -197,10 +210,13 @@ def open_image_folder(
     (image_size, else the one native size) and to report unreadable files once, up front.
     """
     paths, labels, class_names = scan_image_folder(root, unconditional)
-    paths, labels = np.asarray([str(p) for p in paths]), np.asarray(labels, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
     if classes is not None:
-        paths, labels = keep_classes(paths, labels, class_names, classes, name or str(root))
-    sizes, grey, bad = _header_scan([Path(p) for p in paths])
+        kept, labels = keep_classes(
+            np.asarray(paths, dtype=object), labels, class_names, classes, name or str(root)
+        )
+        paths = kept.tolist()
+    sizes, grey, bad = _header_scan(paths)
     if bad and bad_images == "raise":
         path, err = bad[0]
         raise unreadable_error(path, err) from err
