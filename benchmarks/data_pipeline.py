@@ -13,6 +13,8 @@ index, so a smaller folder is a prefix of a larger one) into a temporary folder,
 - reads the trainer's consumption (img_per_s of metrics.jsonl, median over the steps after the first two)
   and the time from starting the process to its first logged step (log every step), with and without that
   step's own compute ("start-up": imports, folder scan, model, workers);
+- measures what the opened stream itself holds (file list and labels, by tracemalloc: the part of the
+  loader's memory that grows with N);
 - times the loader alone in this process (`StreamBatches` with the same workers, no model): images/s over
   the batches after the first (worker start-up excluded).
 "The model's own" memory is the same command on a 256-image folder loaded whole (`--data-loader memory`,
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +114,7 @@ def train_run(folder: Path, out: Path, args, extra=()) -> dict:
         "--sample-steps", "2", "--threads", str(args.threads), "--no-progress", "--overwrite",
         "--out", str(out), *extra,
     ]  # fmt: skip
+    shutil.rmtree(out, ignore_errors=True)  # an old run's metrics.jsonl would read as this run's first step
     metrics = out / "metrics.jsonl"
     start = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -134,6 +138,16 @@ def train_run(folder: Path, out: Path, args, extra=()) -> dict:
         "startup_s": first_step - records[0]["step_seconds"],  # launch to the first step's start
         "train_img_per_s": statistics.median(rates),
     }
+
+
+def stream_held_mb(folder: Path) -> float:
+    """MB the opened stream holds after its scan (file list and labels; tracemalloc, numpy included)."""
+    tracemalloc.start()
+    stream = open_dataset(folder, image_size=64)
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del stream
+    return held / 2**20
 
 
 def loader_rate(folder: Path, args) -> float:
@@ -171,6 +185,7 @@ def main(argv=None) -> int:
             made = time.perf_counter() - t0
             row = {"images": n, "folder_written_s": made, **train_run(folder, work / f"run-{n}", args)}
             row["above_model_mb"] = row["peak_pss_mb"] - base["peak_pss_mb"]
+            row["stream_held_mb"] = stream_held_mb(folder)
             row["loader_img_per_s"] = loader_rate(folder, args)
             row["loader_over_trainer"] = row["loader_img_per_s"] / row["train_img_per_s"]
             print(json.dumps(row), flush=True)
@@ -192,12 +207,12 @@ def markdown(args, machine, base, rows) -> str:
         f"model's own (256 images in memory): peak PSS {base['peak_pss_mb']:.0f} MB, "
         f"{base['train_img_per_s']:.1f} img/s, first step {base['first_step_s']:.1f} s "
         f"(start-up {base['startup_s']:.1f} s)\n\n"
-        "| images | peak PSS (MB) | above model (MB) | trainer peak RSS (MB) | first step (s) | start-up (s) "
-        "| trainer img/s | loader img/s | loader / trainer |\n|---|---|---|---|---|---|---|---|---|\n"
+        "| images | peak PSS (MB) | above model (MB) | trainer peak RSS (MB) | stream holds (MB) | first step (s) "
+        "| start-up (s) | trainer img/s | loader img/s | loader / trainer |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
         f"| {r['images']} | {r['peak_pss_mb']:.0f} | {r['above_model_mb']:.0f} | {r['trainer_peak_rss_mb']:.0f} "
-        f"| {r['first_step_s']:.1f} | {r['startup_s']:.1f} | {r['train_img_per_s']:.1f} "
+        f"| {r['stream_held_mb']:.1f} | {r['first_step_s']:.1f} | {r['startup_s']:.1f} | {r['train_img_per_s']:.1f} "
         f"| {r['loader_img_per_s']:.0f} "
         f"| {r['loader_over_trainer']:.1f}x |"
         for r in rows

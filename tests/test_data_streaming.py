@@ -106,6 +106,21 @@ def test_streaming_gives_the_trainer_the_batches_and_losses_of_the_in_memory_loa
     assert losses(tmp_path / "memory" / "run") == losses(tmp_path / "stream" / "run")
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_starting_the_workers_early_leaves_the_global_rng_to_the_model_init(folder, workers):
+    # The trainer forks the workers before it builds the model (so they share none of its pages); the
+    # model's initial weights come from the global RNG, which starting the loader must not draw from.
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    loader = StreamBatches(open_dataset(folder, image_size=8), 8, 0, stop=3, num_workers=workers)
+    loader.start(0)
+    assert torch.equal(torch.rand(4), expected)
+    images, _ = loader.images(0)  # and the batches read ahead are step 0's
+    assert images.shape == (8, 3, 8, 8)
+    loader.close()
+
+
 def test_the_sampler_yields_each_steps_global_batch_and_ranks_split_it():
     n, batch, seed = 30, 6, 3
     whole = list(StepBatchSampler(n, batch, seed, 0, 12))
@@ -170,6 +185,22 @@ def test_training_on_a_folder_with_a_broken_file_and_a_non_image_warns_once_per_
     lines = [str(w.message) for w in caught if "unreadable" in str(w.message)]
     assert len(lines) == 2, lines
     assert "notes.png" in lines[0] and "007.png" in lines[1] and "(2 so far" in lines[1]
+
+
+def test_the_stream_gives_back_every_path_it_was_given_holding_about_one_byte_per_character(tmp_path):
+    deep = tmp_path / "data" / "class00"
+    paths = [deep / f"{i:07d}.png" for i in range(300)]
+    others = [
+        tmp_path / "data" / "ünïcode klasse" / "ñ.png",  # non-ASCII folder and file names
+        tmp_path / "elsewhere.png",  # outside the folder the others share
+        Path("relative") / "x.png",  # relative beside absolute: no common prefix at all
+    ]
+    for given in (paths, paths + others, others[2:], [str(p) for p in paths[:1]]):
+        stream = ImageFolderStream(given, [0] * len(given), ["a"], channels=3, image_size=8)
+        assert [stream.path(i) for i in range(len(given))] == [os.fspath(p) for p in given]
+    # the common folder is held once: the 300 names "0000123.png" take 11 bytes each, whatever tmp_path is
+    stream = ImageFolderStream(paths, [0] * len(paths), ["a"], channels=3, image_size=8)
+    assert stream._paths.nbytes == 300 * len("0000123.png")
 
 
 _MEMORY_SCRIPT = """

@@ -86,6 +86,9 @@ class MemoryBatches:
         x, y = self.data.batch(index, generator=generator)  # flips (if on) drawn from the generator
         return x[self.part], y[self.part]
 
+    def start(self, step: int = 0) -> None:
+        pass  # nothing runs ahead
+
     def close(self) -> None:
         pass
 
@@ -132,12 +135,26 @@ class StreamBatches:
         self._next = None
         self._last = (None, None)
 
+    def start(self, step: int = 0) -> None:
+        """Fork the workers now, reading ahead from `step`. The trainer calls this before it builds the model:
+        forked workers share the parent's pages copy-on-write, so workers forked after the model would keep
+        the old copy of every weight and EMA page the trainer then updates (about twice the weights' size).
+        A first `get` of another step (a resumed run) restarts them there."""
+        self._start(step)
+
     def _start(self, step: int) -> None:
         self.close()
         sampler = StepBatchSampler(len(self.stream), self.batch_size, self.seed, step, self.stop, self.part)
         workers = dict(prefetch_factor=self.prefetch, worker_init_fn=_one_thread) if self.num_workers else {}
         loader = DataLoader(
-            _StepReads(self.stream), batch_size=None, sampler=sampler, num_workers=self.num_workers, **workers
+            _StepReads(self.stream),
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            # its own generator: the loader's base seed is then never drawn from the global RNG, which the
+            # trainer's model initialisation (after `start`) must find untouched
+            generator=torch.Generator().manual_seed(self.seed),
+            **workers,
         )
         self._it, self._next = iter(loader), step
 

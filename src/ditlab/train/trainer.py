@@ -123,6 +123,7 @@ class Trainer:
         self.batches = batch_source(
             self.data, cfg.batch_size, cfg.seed, self.total_steps, self.part, num_workers=cfg.num_workers
         )
+        self.batches.start(0)  # streamed data: workers forked before the model exists share none of it
 
         # model, objective, optimizer, EMA
         self.spec = ObjectiveSpec(
