@@ -156,6 +156,28 @@ def test_mid_epoch_resume_streamed_repeats_the_batches_and_losses(tmp_path, fold
     assert losses(half.out) == losses(full.out)
 
 
+def test_a_resumed_run_forks_its_workers_once_at_the_resume_step_before_the_model(
+    tmp_path, folder, monkeypatch
+):
+    # Workers forked after the model keep copies of its pages; a resumed run reads its step from the
+    # checkpoint's name, so the workers start there before the model exists, and are not restarted.
+    half = config(tmp_path, folder, steps=3, num_workers=2)
+    Trainer(half).run()
+    saved = list_checkpoints(half.out)[-1][1]
+    renamed = saved.with_name("good.pt")  # a name that says no step: the guess is 0, corrected by a restart
+    renamed.write_bytes(saved.read_bytes())
+    starts, original = [], StreamBatches._start
+    monkeypatch.setattr(
+        StreamBatches, "_start", lambda self, step: (starts.append(step), original(self, step))
+    )
+    for resume, starts_wanted in (("auto", [3]), (saved, [3]), (renamed, [0, 3])):
+        starts.clear()
+        resumed = Trainer(half.replace(steps=8), resume=resume, force=True)
+        resumed.batch_for_step(resumed.step)
+        assert resumed.step == 3 and starts == starts_wanted, resume
+        resumed.batches.close()
+
+
 def test_a_truncated_image_is_skipped_with_one_warning_line_and_replaced(tmp_path, folder):
     broken = folder / "cats" / "004.png"
     truncate(broken)

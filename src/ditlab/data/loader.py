@@ -139,8 +139,9 @@ class StreamBatches:
         """Fork the workers now, reading ahead from `step`. The trainer calls this before it builds the model:
         forked workers share the parent's pages copy-on-write, so workers forked after the model would keep
         the old copy of every weight and EMA page the trainer then updates (about twice the weights' size).
-        A first `get` of another step (a resumed run) restarts them there."""
-        self._start(step)
+        A first `get` of another step restarts them there (correct, but with that cost)."""
+        if step < self.stop:  # past the end there is nothing to read ahead
+            self._start(step)
 
     def _start(self, step: int) -> None:
         self.close()

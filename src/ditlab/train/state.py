@@ -151,6 +151,20 @@ def load_training_state(path: str | Path) -> dict:
     return state
 
 
+def resume_step_guess(out: str | Path, resume: str | os.PathLike | None) -> int:
+    """The step a run will most likely continue from, read from checkpoint names alone (nothing is loaded):
+    the newest checkpoint's for "auto", a named file's when its name is a step; 0 for a new run or a name
+    that says nothing. The trainer starts its data workers there before the model exists; a wrong guess (a
+    corrupt newest checkpoint, a renamed file) only restarts them at the step the checkpoint holds."""
+    if not resume:
+        return 0
+    if str(resume) == "auto":
+        found = list_checkpoints(out)
+        return found[-1][0] if found else 0
+    m = CKPT_NAME.match(Path(resume).name) or DCP_NAME.match(Path(resume).name)
+    return int(m.group(1)) if m else 0
+
+
 def resume_checkpoint(out: str | Path, resume: str | os.PathLike | None) -> tuple[Path, dict] | None:
     """The checkpoint a run continues from and its loaded state, or None to start a new run.
 

@@ -73,6 +73,7 @@ from ditlab.train.state import (
     move_aside,
     move_previous_run_aside,
     resume_checkpoint,
+    resume_step_guess,
     save_distributed_state,
     save_training_state,
 )
@@ -123,7 +124,8 @@ class Trainer:
         self.batches = batch_source(
             self.data, cfg.batch_size, cfg.seed, self.total_steps, self.part, num_workers=cfg.num_workers
         )
-        self.batches.start(0)  # streamed data: workers forked before the model exists share none of it
+        # streamed data: workers forked before the model exists share none of its pages (see `start`)
+        self.batches.start(resume_step_guess(self.out, resume))
 
         # model, objective, optimizer, EMA
         self.spec = ObjectiveSpec(
