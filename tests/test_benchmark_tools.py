@@ -206,3 +206,12 @@ def test_text_sampling_times_the_study_models_at_their_matched_gflops():
         guidance_scale=2.0, return_tensors=True,
     )  # fmt: skip
     assert images.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("arm", ["ddpm", "flow"])
+def test_demo_recipe_trains_an_arm_and_scores_each_guidance_scale(tmp_path, arm):
+    demo_recipe = load("demo_recipe")
+    argv = ["--arm", arm, "--out", str(tmp_path / arm), "--train-steps", "3", "--per-class", "2"]
+    rows = demo_recipe.main([*argv, "--guidance", "1", "2"])
+    assert [r["guidance"] for r in rows] == [1.0, 2.0] and all(r["samples"] == 20 for r in rows)
+    assert all(0 <= r["class_accuracy"] <= 1 and r["classifier_fd"] > r["floor"] > 0 for r in rows)
