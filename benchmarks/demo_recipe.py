@@ -58,8 +58,8 @@ def main(argv=None) -> list[dict]:
             model, per_class=args.per_class, sampler=sampler, steps=steps, guidance_scale=scale, seed=0,
             batch_size=250, progress=False,
         )  # fmt: skip
-        scores = evaluate(images, labels, ref="digits:test", features=["classifier:digits"])["metrics"]
-        scores = scores["classifier:digits"]
+        result = evaluate(images, labels, ref="digits:test", features=["classifier:digits"])
+        scores = result["metrics"]["classifier:digits"]
         row = {
             "arm": args.arm,
             "train_seconds": round(train_seconds, 1),

@@ -303,11 +303,13 @@ def plot(records: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    colours = plt.get_cmap("tab20").colors  # 20 distinct colours: the default cycle repeats after 10 arms
+    # the default cycle repeats after 10 arms; tab20's dark shades first, then its light ones: 20 distinct
+    pairs = plt.get_cmap("tab20").colors
+    colours = pairs[0::2] + pairs[1::2]
     for i, arm in enumerate(dict.fromkeys(r["arm"] for r in records)):
         rows = [r for r in records if r["arm"] == arm and r.get("fd_effnet") is not None]
         fd = [r["fd_effnet"] for r in rows]
-        style = dict(color=colours[(2 * i) % 20 + (2 * i) // 20 % 2], label=arm)
+        style = dict(color=colours[i % len(colours)], label=arm)
         axes[0].plot([r["step"] for r in rows], fd, "o-", **style)
         axes[1].plot([r["cpu_seconds"] / 60 for r in rows], fd, "o-", **style)
     axes[0].set_xlabel("optimizer steps")
