@@ -6,7 +6,8 @@ of the same number of samples at several guidance scales, each arm's model train
 
 Arms: `ddpm` is `ditlab.demo.DEMO_RECIPE` as it is (DDPM, learned variance, sampled with DPM-Solver++(2M) at
 25 steps, as the demo samples); `flow` is the same recipe with rectified flow and logit-normal timesteps,
-sampled with Heun at 13 steps (25 model evaluations, as many as the demo's sampler). Each guidance scale samples
+sampled with Heun at 13 steps (25 model evaluations, as many as the demo's sampler); `flow-uniform` is `flow`
+with t drawn uniformly (logit-normal rarely draws the nearly clean t where the last strokes are decided). Each guidance scale samples
 `--per-class` images of every digit from the same seed and scores them as the demo does (the in-domain
 classifier's FD against the test split, its accuracy on the requested class, and the real data's own floor).
 One JSON line per scale; run the arms as separate processes (side by side, one thread each, for equal load).
@@ -29,6 +30,7 @@ from ditlab.train.config import TrainConfig
 ARMS = {
     "ddpm": ({}, "dpmpp_2m", 25),
     "flow": ({"objective": "flow", "timestep_sampling": "logit_normal"}, "heun", 13),
+    "flow-uniform": ({"objective": "flow", "timestep_sampling": "uniform"}, "heun", 13),
 }
 
 
@@ -40,13 +42,31 @@ def parse_args(argv=None):
     p.add_argument("--per-class", type=int, default=50, help="samples per digit and scale")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--sampler", nargs=2, metavar=("NAME", "STEPS"), help="sample with this instead of the arm's"
+    )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=JSON",
+        help="further TrainConfig changes, e.g. lr_schedule='\"cosine\"'",
+    )
     return p.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     changes, sampler, steps = ARMS[args.arm]
-    recipe = {**DEMO_RECIPE, **changes, "steps": args.train_steps}
+    if args.sampler:
+        sampler, steps = args.sampler[0], int(args.sampler[1])
+    extra = dict(item.split("=", 1) for item in args.set)
+    recipe = {
+        **DEMO_RECIPE,
+        **changes,
+        **{k: json.loads(v) for k, v in extra.items()},
+        "steps": args.train_steps,
+    }
     cfg = TrainConfig(**recipe, out=args.out, threads=args.threads, progress=False)
     start = time.perf_counter()
     train(cfg, overwrite=True)
@@ -62,6 +82,7 @@ def main(argv=None) -> list[dict]:
         scores = result["metrics"]["classifier:digits"]
         row = {
             "arm": args.arm,
+            "set": extra,
             "train_seconds": round(train_seconds, 1),
             "sampler": f"{sampler}-{steps}",
             "guidance": scale,

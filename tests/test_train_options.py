@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from ditlab import runtime
-from ditlab.diffusion.flow import FlowMatching
+from ditlab.diffusion.flow import X0_MIN_T, FlowMatching
 from ditlab.diffusion.objective import ObjectiveSpec
+from ditlab.diffusion.samplers import run_sampler
+from ditlab.finetune.config import FinetuneConfig
+from ditlab.models.interop import save_diffusers
 from ditlab.train import TrainConfig, Trainer
 from ditlab.train.schedule import lr_at
 
@@ -58,6 +61,8 @@ def test_betas_and_schedule_reach_the_optimizer(tmp_path):
         ({"posthoc_ema": "0.5"}, "posthoc_ema"),
         ({"repa_weight": 0.5, "repa_encoder": "dino"}, "repa_encoder"),
         ({"lr_min": 1.0}, "lr_min"),
+        ({"prediction": "x0"}, "objective=flow"),
+        ({"prediction": "epsilon", "objective": "flow"}, "prediction"),
     ],
 )
 def test_bad_training_options_are_refused_by_name(fields, message):
@@ -150,3 +155,45 @@ def test_flow_loss_weightings_are_the_mse_of_x0_and_epsilon():
     with pytest.raises(ValueError, match="loss weighting"):
         FlowMatching(loss_weighting="score")
     assert "loss_weighting" not in ObjectiveSpec(kind="flow", learn_sigma=False).to_dict()
+
+
+def test_x0_prediction_reads_the_clean_image_as_a_velocity():
+    g = torch.Generator().manual_seed(4)
+    x0, noise = torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 3, 4, 4, generator=g)
+    t = torch.tensor([0.02, 0.3, 0.6, 1.0])
+    flow = FlowMatching(prediction="x0")
+    exact = flow.training_losses(lambda x, t_model: x0, x0, t, noise=noise)  # outputs the true image
+    torch.testing.assert_close(exact["loss"][1:], torch.zeros(3))  # v̂ = (x_t − x₀)/t = ε − x₀ exactly
+    x_t = flow.q_sample(x0, t, noise=noise)
+    off = x0 + 0.1  # a wrong image: v̂ is off by 0.1/t, the divisor held at X0_MIN_T below it
+    v = flow.velocity(off, x_t, t)
+    held = t.clamp(min=X0_MIN_T).view(-1, 1, 1, 1)
+    torch.testing.assert_close(v, (x_t - off) / held)
+    torch.testing.assert_close(flow.velocity(off, x_t, 0.5), (x_t - off) / 0.5)  # a float t, as samplers pass
+    assert FlowMatching().velocity(off, x_t, t) is off  # velocity prediction: the output itself
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_an_x0_predictor_that_always_draws_one_image_samples_that_image(sampler):
+    """The last flow step lands on the predicted image: a network that always outputs x* samples x*, from any
+    noise, with either sampler (a velocity predictor outputting x* would instead drift by x*)."""
+    target = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    flow = FlowMatching(prediction="x0")
+    noise = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(6))
+    out = run_sampler(sampler, lambda x, t: target.clone(), noise, flow, steps=10)
+    torch.testing.assert_close(out, target)
+
+
+def test_x0_prediction_is_recorded_and_inherited(tmp_path):
+    spec = ObjectiveSpec(kind="flow", learn_sigma=False, prediction="x0")
+    assert ObjectiveSpec.from_dict(spec.to_dict()).build().prediction == "x0"
+    assert "prediction" not in ObjectiveSpec(kind="flow", learn_sigma=False).to_dict()  # old files unchanged
+    cfg = TrainConfig(**TINY, objective="flow", prediction="x0", out=str(tmp_path / "run"))
+    trainer = Trainer(cfg)
+    trainer.run()
+    assert trainer.model.objective_spec["prediction"] == "x0"
+    with pytest.warns(UserWarning) as caught:  # diffusers' schedulers would read its output as v
+        save_diffusers(trainer.model, tmp_path / "diffusers")
+    assert any("prediction='x0'" in str(w.message) for w in caught)
+    tune = FinetuneConfig(base=str(tmp_path / "run"), data="digits", steps=1, out=str(tmp_path / "tune"))
+    assert tune.objective == "flow" and tune.prediction == "x0"

@@ -19,13 +19,20 @@ from ._util import check_sample_tensor, per_sample, randn_like
 from .base import TrainingObjective
 from .losses import mean_flat
 
-__all__ = ["FlowMatching", "FLOW_LOSS_WEIGHTINGS", "FLOW_TIMESTEP_SAMPLERS"]
+__all__ = ["FlowMatching", "FLOW_LOSS_WEIGHTINGS", "FLOW_PREDICTIONS", "FLOW_TIMESTEP_SAMPLERS"]
 
 FLOW_TIMESTEP_SAMPLERS = ("uniform", "logit_normal", "mode")
 # The loss of a velocity-predicting model, weighted per sample as the MSE of another target would be:
 # x̂₀ = x_t − t·v̂ and ε̂ = x_t + (1 − t)·v̂, so ||x̂₀ − x₀||² = t²·||v̂ − v||² and ||ε̂ − ε||² = (1 − t)²·||v̂ − v||².
 # The network keeps predicting v (no sampler changes, no division by t or 1 − t at the ends of the path).
 FLOW_LOSS_WEIGHTINGS = ("velocity", "x0", "epsilon")
+# What the network outputs. "velocity": v itself. "x0": the clean image x̂₀, read as v̂ = (x_t − x̂₀)/t, so the
+# loss and the samplers still see a velocity (Li & He 2025, "Back to Basics", JiT: in pixel space with large
+# patches a network that must output v has to carry the input's noise through to its output, and its x̂₀ at
+# mid-noise comes out speckled; one that outputs x̂₀ only draws clean images).
+FLOW_PREDICTIONS = ("velocity", "x0")
+# x0 prediction divides by t: below this t (the last, nearly clean steps) the divisor is held here (JiT's 0.05)
+X0_MIN_T = 0.05
 # SD3's mode sampling with heavy tails: the scale of its best FID (Esser et al., 2024, §5.1)
 MODE_SCALE = 1.29
 
@@ -40,7 +47,9 @@ class FlowMatching(TrainingObjective):
     (t = sigmoid(u), u ~ N(logit_mean, logit_std²); SD3's best setting is m = 0, s = 1) or ``"mode"`` (SD3's
     mode sampling t = 1 − u − s·(cos²(πu/2) − 1 + u), u uniform, s = ``mode_scale``). ``shift`` warps the
     drawn times by t ↦ shift·t / (1 + (shift − 1)·t) (SD3's resolution shift; 1 = off, the draw unchanged).
-    ``loss_weighting``: ``"velocity"`` (the plain MSE), ``"x0"`` or ``"epsilon"`` (see FLOW_LOSS_WEIGHTINGS)."""
+    ``loss_weighting``: ``"velocity"`` (the plain MSE), ``"x0"`` or ``"epsilon"`` (see FLOW_LOSS_WEIGHTINGS).
+    ``prediction``: what the network outputs, ``"velocity"`` or ``"x0"`` (see FLOW_PREDICTIONS); either way
+    ``velocity()`` turns its output into v̂, which the loss and the samplers use."""
 
     default_sampler = "euler"
 
@@ -54,6 +63,7 @@ class FlowMatching(TrainingObjective):
         mode_scale: float = MODE_SCALE,
         shift: float = 1.0,
         loss_weighting: str = "velocity",
+        prediction: str = "velocity",
     ):
         if timestep_sampler not in FLOW_TIMESTEP_SAMPLERS:
             raise ValueError(
@@ -69,7 +79,10 @@ class FlowMatching(TrainingObjective):
             raise ValueError(
                 f"unknown loss weighting {loss_weighting!r}; valid: {', '.join(FLOW_LOSS_WEIGHTINGS)}"
             )
+        if prediction not in FLOW_PREDICTIONS:
+            raise ValueError(f"unknown flow prediction {prediction!r}; valid: {', '.join(FLOW_PREDICTIONS)}")
         self.loss_weighting = loss_weighting
+        self.prediction = prediction
         self.timestep_sampler = timestep_sampler
         self.logit_mean = float(logit_mean)
         self.logit_std = float(logit_std)
@@ -82,6 +95,7 @@ class FlowMatching(TrainingObjective):
             f", m={self.logit_mean}, s={self.logit_std}" if self.timestep_sampler == "logit_normal" else ""
         )
         extra += f", shift={self.shift}" if self.shift != 1.0 else ""
+        extra += f", prediction={self.prediction!r}" if self.prediction != "velocity" else ""
         return f"FlowMatching({self.timestep_sampler!r}{extra}, time_scale={self.time_scale})"
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
@@ -99,10 +113,19 @@ class FlowMatching(TrainingObjective):
                 else ""
             )
             raise ValueError(
-                f"flow matching needs a velocity shaped like the input {tuple(x.shape)}, "
-                f"got {tuple(model_output.shape)}{hint}"
+                f"flow matching needs a {'velocity' if self.prediction == 'velocity' else 'clean image'} "
+                f"shaped like the input {tuple(x.shape)}, got {tuple(model_output.shape)}{hint}"
             )
         return model_output
+
+    def velocity(self, model_output: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
+        """The velocity v̂ that a checked network output means at x_t, flow times t (a float or an (N,)
+        tensor in [0, 1]): the output itself, or (x_t − x̂₀) / max(t, X0_MIN_T) for x0 prediction. Linear in
+        the output, so guidance may combine either kind of output before this."""
+        if self.prediction == "velocity":
+            return model_output
+        t = per_sample(t, x_t) if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=x_t.dtype)
+        return (x_t - model_output) / t.to(x_t.dtype).clamp(min=X0_MIN_T)
 
     # ------------------------------------------------------------------ path
     def q_sample(self, x_start, t, noise=None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -155,7 +178,8 @@ class FlowMatching(TrainingObjective):
         if noise is None:
             noise = torch.randn_like(x_start)
         x_t = self.q_sample(x_start, t, noise=noise)
-        velocity = self.check_output(model(x_t, self.model_time(t), **(model_kwargs or {})), x_t)
+        output = self.check_output(model(x_t, self.model_time(t), **(model_kwargs or {})), x_t)
+        velocity = self.velocity(output, x_t, t)
         mse = mean_flat((velocity - self.velocity_target(x_start, noise)) ** 2)
         if self.loss_weighting == "velocity":
             return {"loss": mse, "mse": mse}

@@ -14,6 +14,7 @@ KINDS = ("ddpm", "flow")
 LATER_DEFAULTS = {
     "timestep_shift": 1.0,
     "loss_weighting": "velocity",
+    "prediction": "velocity",
 }  # fields added after files were written: omitted at the default
 
 
@@ -28,6 +29,7 @@ class ObjectiveSpec(DictConfig):
     timestep_sampling: str = "uniform"  # flow: uniform | logit_normal | mode
     timestep_shift: float = 1.0  # flow: training-time warp t -> s·t / (1 + (s − 1)·t)
     loss_weighting: str = "velocity"  # flow: velocity | x0 | epsilon (ditlab.diffusion.flow)
+    prediction: str = "velocity"  # flow: what the network outputs, velocity | x0 (ditlab.diffusion.flow)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -45,6 +47,7 @@ class ObjectiveSpec(DictConfig):
                 timestep_sampler=self.timestep_sampling,
                 shift=self.timestep_shift,
                 loss_weighting=self.loss_weighting,
+                prediction=self.prediction,
             )
         var_type = "learned_range" if self.learn_sigma else "fixed_large"  # as the official create_diffusion
         return GaussianDiffusion.from_schedule(self.schedule, self.steps, var_type=var_type)

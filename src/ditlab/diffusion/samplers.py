@@ -253,7 +253,7 @@ def _flow_ode(name, heun, model_fn, x, timesteps, extra_args, callback, flow: Fl
 
     def velocity(x_now, t_now: float):
         t_model = torch.full((n,), t_now * flow.time_scale, device=device, dtype=dtype)
-        return flow.check_output(model_fn(x_now, t_model, **extra_args), x_now)
+        return flow.velocity(flow.check_output(model_fn(x_now, t_model, **extra_args), x_now), x_now, t_now)
 
     for i in _steps_bar(range(steps), progress, name, steps):
         t_now, t_next = times[i], times[i + 1]
@@ -262,9 +262,10 @@ def _flow_ode(name, heun, model_fn, x, timesteps, extra_args, callback, flow: Fl
             callback({"i": i, "t": t_now * flow.time_scale, "x": x, "denoised": x - t_now * v})
         dt = t_next - t_now
         x_euler = x + dt * v
-        if heun:
-            # Trapezoidal correction with the slope at the end point, on every step (the velocity is defined
-            # at t = 0, unlike an EDM denoiser's ODE slope at σ = 0): 2 evaluations per step.
+        if heun and (t_next > 0 or flow.prediction == "velocity"):
+            # Trapezoidal correction with the slope at the end point: 2 evaluations per step. A velocity
+            # network's slope is defined at t = 0, so its last step is corrected too; an x0 network's slope
+            # (x − x̂₀)/t is not (as an EDM denoiser's at σ = 0), so its last step is Euler's, onto x̂₀.
             x = x + dt * 0.5 * (v + velocity(x_euler, t_next))
         else:
             x = x_euler

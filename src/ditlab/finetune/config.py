@@ -81,6 +81,7 @@ _OBJECTIVE_FIELDS = {
     "schedule": "schedule",
     "diffusion_steps": "steps",
     "timestep_sampling": "timestep_sampling",
+    "prediction": "prediction",  # what the network outputs: a fine-tune must keep reading it the same way
 }
 
 
@@ -100,6 +101,7 @@ class FinetuneConfig(TrainConfig):
     schedule: str | None = None
     diffusion_steps: int | None = None
     timestep_sampling: str | None = None
+    prediction: str | None = None
     lr: float | None = None  # None: the method's lr_scale × the base's pre-training lr
     out: str = "runs/finetune"
 
@@ -123,7 +125,13 @@ class FinetuneConfig(TrainConfig):
 
     def _inherit(self, info: BaseInfo, lr_scale: float) -> None:
         objective = dict(info.objective or {"kind": "ddpm"})  # official DiT: linear 1000-step DDPM
-        defaults = {"kind": "ddpm", "schedule": "linear", "steps": 1000, "timestep_sampling": "uniform"}
+        defaults = {
+            "kind": "ddpm",
+            "schedule": "linear",
+            "steps": 1000,
+            "timestep_sampling": "uniform",
+            "prediction": "velocity",
+        }
         for name, key in _OBJECTIVE_FIELDS.items():
             if getattr(self, name) is None:
                 setattr(self, name, objective.get(key, defaults[key]))

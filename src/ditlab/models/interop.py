@@ -448,8 +448,22 @@ def timestep_embedding_change(model: DiT, num_timesteps: int = 1000) -> float:
     return float(rel.max())
 
 
+def warn_x0_prediction(model: DiT) -> None:
+    """Warn when the model outputs x̂₀ (a flow run with prediction="x0"): diffusers' flow schedulers read a
+    transformer's output as the velocity, so they must be given v = (x_t − output)/t instead."""
+    if (getattr(model, "objective_spec", None) or {}).get("prediction", "velocity") != "velocity":
+        warnings.warn(
+            "this model was trained to output the clean image x0 (prediction='x0'), not the velocity diffusers' "
+            "flow schedulers expect: convert its output with v = (x_t - output) / t before a diffusers scheduler "
+            "step (ditlab's samplers, which read the record kept in config.json, do this themselves)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _warn_export_mismatch(model: DiT) -> None:
     """One warning line saying what diffusers' model will compute differently, and that ditlab will not."""
+    warn_x0_prediction(model)
     cfg = model.config
     notes = []
     if cfg.timestep_freq_shift != 1:

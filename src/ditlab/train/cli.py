@@ -34,7 +34,7 @@ from ditlab.cli_args import (
 )
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
 from ditlab.data.streaming import DATA_LOADERS
-from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS, FLOW_TIMESTEP_SAMPLERS
+from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS, FLOW_PREDICTIONS, FLOW_TIMESTEP_SAMPLERS
 from ditlab.diffusion.samplers import SAMPLERS
 from ditlab.diffusion.schedules import SCHEDULES
 from ditlab.models.dit import CHECKPOINT_POLICIES
@@ -94,6 +94,8 @@ HELP = {
     "SD3's mode sampling, scale 1.29)",
     "loss_weighting": "flow matching: the loss of the velocity prediction, weighted as the MSE of a target: "
     "velocity (plain), x0 (times t^2) or epsilon (times (1-t)^2)",
+    "prediction": "flow matching: what the network outputs, the velocity or x0, the clean image (JiT; "
+    "the loss and samplers still use the velocity it implies)",
     "timestep_shift": "flow matching: warp training times t -> s*t/(1+(s-1)*t), s > 1 spends more steps at high "
     "noise (SD3's shift; 1 = off)",
     # optimisation
@@ -222,6 +224,7 @@ CHOICES = {
     "bad_images": BAD_IMAGE_POLICIES,
     "lr_schedule": LR_SCHEDULES,
     "loss_weighting": FLOW_LOSS_WEIGHTINGS,
+    "prediction": FLOW_PREDICTIONS,
     "repa_encoder": REPA_ENCODERS,
     "parallel": PARALLELS,
     "data_loader": DATA_LOADERS,

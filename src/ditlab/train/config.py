@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ditlab.configs import DictConfig
 from ditlab.data.image_folder import BAD_IMAGE_POLICIES
 from ditlab.data.streaming import DATA_LOADERS
-from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS
+from ditlab.diffusion.flow import FLOW_LOSS_WEIGHTINGS, FLOW_PREDICTIONS
 from ditlab.models.dit import CHECKPOINT_POLICIES
 from ditlab.text.encoders import DEFAULT_MAX_LENGTH
 from ditlab.text.null import DEFAULT_CAPTION_DROPOUT
@@ -64,6 +64,7 @@ class TrainConfig(DictConfig):
     timestep_sampling: str = "uniform"  # flow: uniform | logit_normal | mode
     timestep_shift: float = 1.0  # flow: training times warped t -> s·t / (1 + (s − 1)·t) (SD3); 1 = off
     loss_weighting: str = "velocity"  # flow: velocity (plain MSE) | x0 (× t²) | epsilon (× (1 − t)²)
+    prediction: str = "velocity"  # flow: the network outputs velocity | x0 (the clean image; JiT)
     # --- optimisation ---
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -204,6 +205,15 @@ class TrainConfig(DictConfig):
             )
         if self.loss_weighting != "velocity" and self.objective != "flow":
             raise ValueError("loss_weighting weights the flow-matching loss: use it with objective=flow")
+        if self.prediction not in FLOW_PREDICTIONS:
+            raise ValueError(
+                f"unknown prediction {self.prediction!r}; choose one of: {', '.join(FLOW_PREDICTIONS)}"
+            )
+        if self.prediction != "velocity" and self.objective != "flow":
+            raise ValueError(
+                "prediction chooses what a flow-matching network outputs: use it with objective=flow "
+                "(DDPM predicts the noise, as DiT does)"
+            )
         posthoc_sigmas(self.posthoc_ema)  # raises on a bad list
         if self.posthoc_ema and self.posthoc_ema_every < 1:
             raise ValueError("posthoc_ema_every must be >= 1 step when posthoc_ema is set")

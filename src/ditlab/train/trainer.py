@@ -136,6 +136,7 @@ class Trainer:
             timestep_sampling=cfg.timestep_sampling,
             timestep_shift=cfg.timestep_shift,
             loss_weighting=cfg.loss_weighting,
+            prediction=cfg.prediction,
         )
         self.objective = self.spec.build()
         self.model = self.build_model().to(self.device)

@@ -43,6 +43,7 @@ from ditlab.models.interop import (
     _recorded_config,
     _resolve_folder,
     _write_folder,
+    warn_x0_prediction,
 )
 
 from . import flux, pixart, sd3, zimage
@@ -184,6 +185,7 @@ def text_diffusers_config(model: DiT) -> dict:
     tc = _export_class(model.config)
     kwargs = tc.export_config(model.config)
     _check_positions(model.config)
+    warn_x0_prediction(model)
     return {"_class_name": tc.name, **kwargs, DITLAB_KEY: model_metadata(model)}
 
 
