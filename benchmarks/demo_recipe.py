@@ -60,13 +60,8 @@ def main(argv=None) -> list[dict]:
     changes, sampler, steps = ARMS[args.arm]
     if args.sampler:
         sampler, steps = args.sampler[0], int(args.sampler[1])
-    extra = dict(item.split("=", 1) for item in args.set)
-    recipe = {
-        **DEMO_RECIPE,
-        **changes,
-        **{k: json.loads(v) for k, v in extra.items()},
-        "steps": args.train_steps,
-    }
+    extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    recipe = {**DEMO_RECIPE, **changes, **extra, "steps": args.train_steps}
     cfg = TrainConfig(**recipe, out=args.out, threads=args.threads, progress=False)
     start = time.perf_counter()
     train(cfg, overwrite=True)
