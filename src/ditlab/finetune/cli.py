@@ -42,6 +42,7 @@ HELP = {
     "schedule": "DDPM noise (beta) schedule (default: the base's)",
     "diffusion_steps": "length of the DDPM chain T, in steps (default: the base's)",
     "timestep_sampling": "flow matching: how training times t are drawn (default: the base's)",
+    "prediction": "flow matching: what the network outputs, velocity or x0 (the clean image) (default: the base's)",
     "image_size": "resize images to this side, in pixels (default: the base's input size)",
     "channels": "image channels, 1 (grey) or 3 (RGB) (default: the base's)",
 }
