@@ -219,6 +219,8 @@ MIXTURE_RUNS = [  # (sampler, objective, model, steps, options)
     ("dpmpp_2m", FIXED, mixture_eps_model, 50, {}),
     ("euler", FLOW, mixture_velocity_model, 100, {}),
     ("heun", FLOW, mixture_velocity_model, 25, {}),
+    ("euler_sde", FLOW, mixture_velocity_model, 100, {}),
+    ("euler_sde", FLOW, mixture_velocity_model, 100, {"eta": 3.0}),
 ]
 
 
@@ -242,7 +244,9 @@ def mixture_run_distances(name, objective, model, steps, options):
     return ks_distance(out, mixture_components(torch.tensor(1.0), torch.tensor(0.0))), steps_ks
 
 
-@pytest.mark.parametrize("run", MIXTURE_RUNS, ids=lambda r: f"{r[0]}-{r[3]}{'-eta1' if r[4] else ''}")
+@pytest.mark.parametrize(
+    "run", MIXTURE_RUNS, ids=lambda r: f"{r[0]}-{r[3]}" + "".join(f"-{k}{v:g}" for k, v in r[4].items())
+)
 def test_every_sampler_follows_the_mixture_marginal_at_every_step(run):
     final, steps_ks = mixture_run_distances(*run)
     # A correct sampler stays within the sampling noise of 16384 draws (KS ≈ 0.01) at every step; one whose
@@ -433,6 +437,7 @@ def test_every_sampler_shares_the_core_signature_callback_and_shapes():
             ("dpmpp_2m", DIFF, gaussian_eps_model(MU, S, learned=True)),
             ("euler", FLOW, gaussian_velocity_model(MU, S)),
             ("heun", FLOW, gaussian_velocity_model(MU, S)),
+            ("euler_sde", FLOW, gaussian_velocity_model(MU, S)),
         ):
             seen = []
             out = run_sampler(name, model, _noise(*shape), objective, steps=4, callback=seen.append)
@@ -518,6 +523,20 @@ def test_generator_makes_stochastic_samplers_reproducible():
     a = run_sampler("ddim", model, noise, DIFF, steps=10, eta=1.0, generator=torch.Generator().manual_seed(1))
     b = run_sampler("ddim", model, noise, DIFF, steps=10, eta=1.0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
+    velocity = gaussian_velocity_model(MU, S)
+
+    def sde(seed, **kw):
+        return run_sampler(
+            "euler_sde", velocity, noise, FLOW, steps=10, generator=torch.Generator().manual_seed(seed), **kw
+        )
+
+    assert torch.equal(sde(1), sde(1)) and not torch.equal(sde(1), sde(2))
+    # η = 0 draws no noise: the Euler ODE step for step.
+    torch.testing.assert_close(
+        sde(1, eta=0.0), run_sampler("euler", velocity, noise, FLOW, steps=10), rtol=0, atol=0
+    )
+    with pytest.raises(ValueError, match="eta"):
+        sde(1, eta=-0.5)
 
 
 def test_progress_bar_off_by_default(capsys):

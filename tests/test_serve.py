@@ -145,7 +145,7 @@ def test_class_names_come_from_the_training_data_and_samplers_from_the_objective
     assert class_choices(model)[3] == ("3", 3)
     assert samplers_of(model) == ["ddim", "ddpm", "dpmpp_2m"]
     model.objective_spec = {"kind": "flow"}
-    assert samplers_of(model) == ["euler", "heun"]
+    assert samplers_of(model) == ["euler", "heun", "euler_sde"]
 
 
 @pytest.mark.slow  # importing Gradio takes seconds

@@ -290,6 +290,38 @@ def heun(model_fn, x, timesteps, *, extra_args=None, callback=None, generator=No
     return _flow_ode("heun", True, model_fn, x, timesteps, extra_args, callback, objective, progress)
 
 
+@_register("euler_sde", FlowMatching, _flow_plan, default_steps=50, schedule_options=("shift",))
+@torch.no_grad()
+def euler_sde(model_fn, x, timesteps, *, extra_args=None, callback=None, generator=None,
+              objective: FlowMatching, progress=False, eta=1.0):  # fmt: skip
+    """Euler–Maruyama on the reverse SDE with the flow's marginals (SiT's SDE sampler): over a step of length h
+    down from t, x ← x − h·v − η·h·ε̂ + √(2·η·t·h)·z, ε̂ = x + (1 − t)·v the predicted noise. Each step takes
+    out η·h/t of the noise and draws back as much fresh noise, so the noise level stays t's; η = 0 is
+    ``euler``. The diffusion coefficient is g²(t) = 2·η·t (the score-SDE one of σ = t at η = 1); the last
+    step, onto t = 0, draws no noise."""
+    check_sample_tensor(x, "noise")
+    times = _flow_times(timesteps)
+    steps = len(times) - 1
+    extra_args = extra_args or {}
+    n, device, dtype = x.shape[0], x.device, time_dtype(x)
+    if not eta >= 0:
+        raise ValueError(f"eta (the SDE's noise scale) must be >= 0, got {eta!r}")
+    for i in _steps_bar(range(steps), progress, "euler_sde", steps):
+        t_now, t_next = times[i], times[i + 1]
+        t_model = torch.full((n,), t_now * objective.time_scale, device=device, dtype=dtype)
+        output = objective.check_output(model_fn(x, t_model, **extra_args), x)
+        v = objective.velocity(output, x, t_now)
+        if callback is not None:
+            callback({"i": i, "t": t_now * objective.time_scale, "x": x, "denoised": x - t_now * v})
+        h = t_now - t_next
+        if eta > 0 and t_next > 0:
+            eps = x + (1 - t_now) * v  # the predicted noise: x_t = (1 − t)·x̂₀ + t·ε̂ with x̂₀ = x_t − t·v
+            x = x - h * v - eta * h * eps + (2 * eta * t_now * h) ** 0.5 * randn_like(x, generator)
+        else:
+            x = x - h * v
+    return x
+
+
 # ---------------------------------------------------------------------------------------------- dispatch
 def run_sampler(
     name: str | None,
