@@ -208,10 +208,19 @@ def test_text_sampling_times_the_study_models_at_their_matched_gflops():
     assert images.shape == (1, 3, 32, 32)
 
 
-@pytest.mark.parametrize("arm", ["ddpm", "flow"])
+@pytest.mark.parametrize("arm", ["demo", "ddpm"])
 def test_demo_recipe_trains_an_arm_and_scores_each_guidance_scale(tmp_path, arm):
     demo_recipe = load("demo_recipe")
     argv = ["--arm", arm, "--out", str(tmp_path / arm), "--train-steps", "3", "--per-class", "2"]
-    rows = demo_recipe.main([*argv, "--guidance", "1", "2"])
+    rows = demo_recipe.main(
+        [*argv, "--guidance", "1", "2", "--sampler", "euler" if arm == "demo" else "ddim", "2"]
+    )
     assert [r["guidance"] for r in rows] == [1.0, 2.0] and all(r["samples"] == 20 for r in rows)
     assert all(0 <= r["class_accuracy"] <= 1 and r["classifier_fd"] > r["floor"] > 0 for r in rows)
+    # --score: the trained model again, no training, one row per sampling seed; the seed changes the samples
+    again = demo_recipe.main(
+        ["--score", str(tmp_path / arm / "model.safetensors"), "--per-class", "2", "--guidance", "1"]
+        + ["--sampler", rows[0]["sampler"].split("-")[0], "2", "--seeds", "0", "1"]
+    )
+    assert [r["seed"] for r in again] == [0, 1] and again[0]["train_seconds"] is None
+    assert again[0]["classifier_fd"] == rows[0]["classifier_fd"] != again[1]["classifier_fd"]
