@@ -243,18 +243,24 @@ def dpmpp_2m(model_fn, x, timesteps, *, extra_args=None, callback=None, generato
 
 
 # ---------------------------------------------------------------------------------------------- flow
-def _flow_ode(name, heun, model_fn, x, timesteps, extra_args, callback, flow: FlowMatching, progress):
-    """Integrate dx/dt = v from the first to the last of the flow times: Euler, or Heun's trapezoid rule."""
-    check_sample_tensor(x, "noise")
-    times = _flow_times(timesteps)
-    steps = len(times) - 1
-    extra_args = extra_args or {}
+def _flow_velocity(model_fn, x, extra_args, flow: FlowMatching):
+    """v(x_t, t) of the network ``model_fn`` at a flow time t in [0, 1], whatever the network predicts."""
     n, device, dtype = x.shape[0], x.device, time_dtype(x)
+    extra_args = extra_args or {}
 
     def velocity(x_now, t_now: float):
         t_model = torch.full((n,), t_now * flow.time_scale, device=device, dtype=dtype)
         return flow.velocity(flow.check_output(model_fn(x_now, t_model, **extra_args), x_now), x_now, t_now)
 
+    return velocity
+
+
+def _flow_ode(name, heun, model_fn, x, timesteps, extra_args, callback, flow: FlowMatching, progress):
+    """Integrate dx/dt = v from the first to the last of the flow times: Euler, or Heun's trapezoid rule."""
+    check_sample_tensor(x, "noise")
+    times = _flow_times(timesteps)
+    steps = len(times) - 1
+    velocity = _flow_velocity(model_fn, x, extra_args, flow)
     for i in _steps_bar(range(steps), progress, name, steps):
         t_now, t_next = times[i], times[i + 1]
         v = velocity(x, t_now)
@@ -300,17 +306,14 @@ def euler_sde(model_fn, x, timesteps, *, extra_args=None, callback=None, generat
     ``euler``. The diffusion coefficient is g²(t) = 2·η·t (the score-SDE one of σ = t at η = 1); the last
     step, onto t = 0, draws no noise."""
     check_sample_tensor(x, "noise")
-    times = _flow_times(timesteps)
-    steps = len(times) - 1
-    extra_args = extra_args or {}
-    n, device, dtype = x.shape[0], x.device, time_dtype(x)
     if not eta >= 0:
         raise ValueError(f"eta (the SDE's noise scale) must be >= 0, got {eta!r}")
+    times = _flow_times(timesteps)
+    steps = len(times) - 1
+    velocity = _flow_velocity(model_fn, x, extra_args, objective)
     for i in _steps_bar(range(steps), progress, "euler_sde", steps):
         t_now, t_next = times[i], times[i + 1]
-        t_model = torch.full((n,), t_now * objective.time_scale, device=device, dtype=dtype)
-        output = objective.check_output(model_fn(x, t_model, **extra_args), x)
-        v = objective.velocity(output, x, t_now)
+        v = velocity(x, t_now)
         if callback is not None:
             callback({"i": i, "t": t_now * objective.time_scale, "x": x, "denoised": x - t_now * v})
         h = t_now - t_next
