@@ -4,8 +4,8 @@ CPU thread count, and the machine's measured matmul peak for MFU.
 On CPUs without AMX/avx512_bf16 bf16 matmuls are several times slower than fp32 (and 1.5-3x faster with
 them, benchmarks/RESULTS.md). `native_bf16()` detects the support at start-up (/proc/cpuinfo flags
 avx512_bf16 / amx_bf16 on x86, bf16 on Arm, and oneDNN's own bf16 check); "auto" still means fp32 on every
-CPU until `benchmarks/precision.py` shows that bf16 keeps the quality at equal wall-clock
-(CPU_AUTO_BF16 below). `precision_decision` says which was chosen and why; a run records it in runtime.json.
+CPU (CPU_AUTO_BF16 below): `benchmarks/precision.md` shows bf16 keeping the quality at equal wall-clock
+on an AMX CPU, but not yet when bf16 is also faster (not for the demo's tiny model). `precision_decision` says which was chosen and why; a run records it in runtime.json.
 """
 
 from __future__ import annotations
