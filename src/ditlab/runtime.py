@@ -4,8 +4,9 @@ CPU thread count, and the machine's measured matmul peak for MFU.
 On CPUs without AMX/avx512_bf16 bf16 matmuls are several times slower than fp32 (and 1.5-3x faster with
 them, benchmarks/RESULTS.md). `native_bf16()` detects the support at start-up (/proc/cpuinfo flags
 avx512_bf16 / amx_bf16 on x86, bf16 on Arm, and oneDNN's own bf16 check); "auto" still means fp32 on every
-CPU (CPU_AUTO_BF16 below): `benchmarks/precision.md` shows bf16 keeping the quality at equal wall-clock
-on an AMX CPU, but not yet when bf16 is also faster (not for the demo's tiny model). `precision_decision` says which was chosen and why; a run records it in runtime.json.
+CPU (CPU_AUTO_BF16 below): `benchmarks/precision.md` shows bf16 keeping the quality at equal wall-clock on
+an AMX CPU, but not yet a rule for when bf16 is also faster (it is not for the demo's tiny model).
+`precision_decision` says which was chosen and why; a run records it in runtime.json.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-# Whether "auto" picks bf16 on a CPU with native bf16. False until a measurement of quality at equal
-# wall-clock (benchmarks/precision.py: FD of bf16 vs fp32 training of the recipe) shows bf16 holds it.
+# Whether "auto" picks bf16 on a CPU with native bf16. The quality at equal wall-clock holds
+# (benchmarks/precision.md); False until there is also a rule for when bf16 is the faster of the two.
 CPU_AUTO_BF16 = False
 X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 ARM_BF16_FEATURES = ("bf16",)
@@ -82,8 +83,9 @@ def precision_decision(precision: str, device: torch.device, bf16: dict | None =
     if CPU_AUTO_BF16:
         return "bf16", f"auto: bf16 on a CPU with native bf16 ({', '.join(bf16['flags'])})"
     return "fp32", (
-        f"auto: fp32 on CPU; this CPU has native bf16 ({', '.join(bf16['flags'])}) but auto picks bf16 only once "
-        "benchmarks/precision.py shows bf16 keeps the quality at equal wall-clock (pass --precision bf16 to try)"
+        f"auto: fp32 on CPU; this CPU has native bf16 ({', '.join(bf16['flags'])}): benchmarks/precision.py "
+        "found bf16 keeps the quality at equal wall-clock, but auto has no rule yet for when it is also faster "
+        "(pass --precision bf16 to try)"
     )
 
 
