@@ -1,7 +1,9 @@
 """Training options of issue 18: lr schedules, AdamW betas, flow timestep sampling (mode, shift), native
 bf16 detection and the precision decision, and the config's checks."""
 
+import json
 import math
+import time
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from ditlab.diffusion.samplers import run_sampler
 from ditlab.finetune.config import FinetuneConfig
 from ditlab.models.interop import save_diffusers
 from ditlab.train import TrainConfig, Trainer
+from ditlab.train.metrics import read_metrics
 from ditlab.train.schedule import lr_at
 
 TINY = dict(data="digits", model="DiT-Nano/2", batch_size=16, steps=4, progress=False, threads=1)
@@ -113,19 +116,78 @@ def test_native_bf16_detection_reads_the_cpu_flags(monkeypatch):
     assert not runtime.native_bf16(X86_WITH)["native"]  # the flags alone are not enough: oneDNN must agree
 
 
-def test_auto_precision_is_fp32_on_cpu_until_a_measurement_says_otherwise(monkeypatch):
-    cpu = torch.device("cpu")
-    native = {"native": True, "flags": ["amx_bf16"], "onednn_bf16": True, "capability": "AVX512"}
-    absent = {**native, "native": False, "flags": []}
-    precision, why = runtime.precision_decision("auto", cpu, native)
-    assert precision == "fp32" and "benchmarks/precision.py" in why and "amx_bf16" in why
-    assert runtime.precision_decision("auto", cpu, absent)[0] == "fp32"
-    assert runtime.precision_decision("bf16", cpu, absent) == ("bf16", "bf16 as asked")
-    monkeypatch.setattr(runtime, "CPU_AUTO_BF16", True)  # what a measurement that holds would switch on
-    assert runtime.precision_decision("auto", cpu, native)[0] == "bf16"
-    assert runtime.precision_decision("auto", cpu, absent)[0] == "fp32"
+NATIVE = {"native": True, "flags": ["amx_bf16"], "onednn_bf16": True, "capability": "AVX512"}
+ABSENT = {**NATIVE, "native": False, "flags": []}
+
+
+def test_auto_precision_takes_bf16_on_cpu_only_where_native_and_timed_faster():
+    cpu, fast, slow = torch.device("cpu"), runtime.BF16_MIN_SPEEDUP, runtime.BF16_MIN_SPEEDUP - 0.01
+    precision, why = runtime.precision_decision("auto", cpu, NATIVE, speedup=1.34)
+    assert precision == "bf16" and "1.34x faster" in why and "amx_bf16" in why and "precision.md" in why
+    precision, why = runtime.precision_decision("auto", cpu, NATIVE, speedup=slow)
+    assert precision == "fp32" and f"{slow:.2f}x" in why and "--precision bf16" in why
+    assert runtime.precision_decision("auto", cpu, NATIVE, speedup=fast)[0] == "bf16"
+    precision, why = runtime.precision_decision("auto", cpu, NATIVE)  # nothing timed: no claim of faster
+    assert precision == "fp32" and "no training step was timed" in why
+    assert runtime.precision_decision("auto", cpu, ABSENT, speedup=3.0)[0] == "fp32"  # never without native
+    assert runtime.precision_decision("bf16", cpu, ABSENT) == ("bf16", "bf16 as asked")
+    assert runtime.precision_decision("auto", torch.device("cuda"), ABSENT)[0] == "bf16"
     with pytest.raises(ValueError, match="precision"):
         runtime.precision_decision("fp16", cpu)
+
+
+def test_only_auto_on_a_native_bf16_cpu_is_settled_by_timing():
+    cpu = torch.device("cpu")
+    assert runtime.step_timing_decides("auto", cpu, NATIVE)
+    assert not runtime.step_timing_decides("auto", cpu, ABSENT)
+    assert not runtime.step_timing_decides("fp32", cpu, NATIVE)
+    assert not runtime.step_timing_decides("auto", torch.device("cuda"), NATIVE)
+
+
+def test_bf16_speedup_is_the_ratio_of_the_best_timings():
+    calls = []
+
+    def step(precision):  # a step twice as slow in fp32, its first run of each slower still (warm-up)
+        calls.append(precision)
+        warm = calls.count(precision) == 1
+        time.sleep((0.02 if precision == "fp32" else 0.01) * (3 if warm else 1))
+
+    ratio = runtime.bf16_speedup(step, repeats=2)
+    assert 1.6 < ratio < 2.4  # the untimed first runs do not count
+    assert calls == ["fp32", "bf16"] * 3  # interleaved, so a change in load hits both
+
+
+def _native_cpu(monkeypatch, threshold):
+    monkeypatch.setattr(runtime, "native_bf16", lambda cpuinfo=None: NATIVE)
+    monkeypatch.setattr(runtime, "BF16_MIN_SPEEDUP", threshold)
+
+
+def test_auto_times_a_real_step_and_leaves_the_run_as_it_was(tmp_path, monkeypatch):
+    plain = Trainer(TrainConfig(**TINY, out=str(tmp_path / "fp32"), precision="fp32"))
+    assert plain.bf16_speedup is None  # asked for: nothing timed
+    plain.run()
+    _native_cpu(monkeypatch, float("inf"))  # the timing runs, and fp32 wins whatever it measures
+    timed = Trainer(TrainConfig(**TINY, out=str(tmp_path / "auto")))
+    assert (
+        timed.precision == "fp32" and timed.bf16_speedup > 0 and "timed at start-up" in timed.precision_reason
+    )
+    timed.run()
+    record = json.loads((tmp_path / "auto" / "runtime.json").read_text())
+    assert record["bf16_speedup"] == timed.bf16_speedup
+    losses = [[r["loss"] for r in read_metrics(tmp_path / d / "metrics.jsonl")] for d in ("fp32", "auto")]
+    assert losses[0] == losses[1]  # the timed steps drew no random numbers and changed no weights
+
+
+def test_auto_picks_bf16_when_timed_faster_and_a_resume_keeps_it(tmp_path, monkeypatch):
+    _native_cpu(monkeypatch, 0.0)  # any measured ratio counts as faster
+    cfg = TrainConfig(**{**TINY, "steps": 2, "ckpt_every": 1}, out=str(tmp_path / "run"))
+    first = Trainer(cfg)
+    assert first.precision == "bf16" and "faster in bf16" in first.precision_reason
+    first.run()
+    monkeypatch.setattr(runtime, "BF16_MIN_SPEEDUP", float("inf"))  # a new timing would now say fp32
+    resumed = Trainer(cfg.replace(steps=4), resume="auto")
+    assert resumed.precision == "bf16" and "as this run started" in resumed.precision_reason
+    assert resumed.bf16_speedup is None  # kept from runtime.json, not timed again
 
 
 def test_flow_loss_weightings_are_the_mse_of_x0_and_epsilon():

@@ -1,12 +1,13 @@
-"""Where and how tensors run: device choice, precision (bf16 autocast and TF32 on CUDA, fp32 on CPU),
-CPU thread count, and the machine's measured matmul peak for MFU.
+"""Where and how tensors run: device choice, precision (bf16 autocast and TF32 on CUDA; on CPU bf16 where it
+is native and measured faster, else fp32), CPU thread count, and the machine's measured matmul peak for MFU.
 
 On CPUs without AMX/avx512_bf16 bf16 matmuls are several times slower than fp32 (and 1.5-3x faster with
 them, benchmarks/RESULTS.md). `native_bf16()` detects the support at start-up (/proc/cpuinfo flags
-avx512_bf16 / amx_bf16 on x86, bf16 on Arm, and oneDNN's own bf16 check); "auto" still means fp32 on every
-CPU (CPU_AUTO_BF16 below): `benchmarks/precision.md` shows bf16 keeping the quality at equal wall-clock on
-an AMX CPU, but not yet a rule for when bf16 is also faster (it is not for the demo's tiny model).
-`precision_decision` says which was chosen and why; a run records it in runtime.json.
+avx512_bf16 / amx_bf16 on x86, bf16 on Arm, and oneDNN's own bf16 check). Native is not enough: a small
+model's step is dominated by work bf16 does not speed up (the demo's is no faster), so "auto" on such a CPU
+times one training step of the run's own model both ways at start-up (`bf16_speedup`) and takes bf16 only at
+BF16_MIN_SPEEDUP or more; bf16 keeps the quality at equal wall-clock (benchmarks/precision.md).
+`precision_decision` says which was chosen and why; a run records both in runtime.json.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import functools
 import os
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -34,9 +36,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-# Whether "auto" picks bf16 on a CPU with native bf16. The quality at equal wall-clock holds
-# (benchmarks/precision.md); False until there is also a rule for when bf16 is the faster of the two.
-CPU_AUTO_BF16 = False
+# "auto" takes bf16 on a CPU with native bf16 when a training step of the run's model runs at least this many
+# times faster under bf16 autocast than in fp32 (timed at start-up): a margin above the timing's noise, so a
+# model near parity is not flipped from run to run. The Fashion-MNIST recipe's model is 1.3x faster on an AMX
+# CPU (benchmarks/precision.md); the demo's tiny one is not.
+BF16_MIN_SPEEDUP = 1.15
 X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 ARM_BF16_FEATURES = ("bf16",)
 
@@ -69,8 +73,34 @@ def native_bf16(cpuinfo: str | None = None) -> dict:
     return {"native": bool(found) and onednn, "flags": found, "onednn_bf16": onednn, "capability": capability}
 
 
-def precision_decision(precision: str, device: torch.device, bf16: dict | None = None) -> tuple[str, str]:
-    """(fp32 | bf16, why): the precision a run uses for `precision` on `device`, and the reason in words."""
+def step_timing_decides(precision: str, device: torch.device, bf16: dict | None = None) -> bool:
+    """Whether `precision` on `device` is settled by timing a training step (`bf16_speedup`): "auto" on a CPU
+    with native bf16."""
+    if precision != "auto" or device.type != "cpu":
+        return False
+    return (native_bf16() if bf16 is None else bf16)["native"]
+
+
+def bf16_speedup(step: Callable[[str], None], repeats: int = 3) -> float:
+    """How many times faster `step(precision)` (one forward and backward of the model, under `autocast` for
+    the precision) runs in bf16 than in fp32: the best of `repeats` timings of each, interleaved so a change
+    in the machine's load hits both, after one untimed run of each (first-call allocations, oneDNN's choice
+    of kernels). Costs 2 * (repeats + 1) steps, once per run."""
+    best = {"fp32": float("inf"), "bf16": float("inf")}
+    for i in range(repeats + 1):
+        for precision in best:
+            start = time.perf_counter()
+            step(precision)
+            if i:
+                best[precision] = min(best[precision], time.perf_counter() - start)
+    return best["fp32"] / best["bf16"]
+
+
+def precision_decision(
+    precision: str, device: torch.device, bf16: dict | None = None, speedup: float | None = None
+) -> tuple[str, str]:
+    """(fp32 | bf16, why): the precision a run uses for `precision` on `device`, and the reason in words.
+    `speedup`: `bf16_speedup` of the run's training step, where `step_timing_decides` (else fp32 there)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision != "auto":
@@ -80,12 +110,17 @@ def precision_decision(precision: str, device: torch.device, bf16: dict | None =
     bf16 = native_bf16() if bf16 is None else bf16
     if not bf16["native"]:
         return "fp32", "auto: fp32 on a CPU without native bf16 (bf16 would be several times slower)"
-    if CPU_AUTO_BF16:
-        return "bf16", f"auto: bf16 on a CPU with native bf16 ({', '.join(bf16['flags'])})"
+    native = f"this CPU has native bf16 ({', '.join(bf16['flags'])})"
+    if speedup is None:
+        return "fp32", f"auto: fp32; {native}, but no training step was timed to show bf16 is faster here"
+    if speedup >= BF16_MIN_SPEEDUP:
+        return "bf16", (
+            f"auto: bf16; {native} and a training step of this model ran {speedup:.2f}x faster in bf16 than "
+            "in fp32 when timed at start-up (bf16 keeps the quality at equal wall-clock: benchmarks/precision.md)"
+        )
     return "fp32", (
-        f"auto: fp32 on CPU; this CPU has native bf16 ({', '.join(bf16['flags'])}): benchmarks/precision.py "
-        "found bf16 keeps the quality at equal wall-clock, but auto has no rule yet for when it is also faster "
-        "(pass --precision bf16 to try)"
+        f"auto: fp32; {native}, but a training step of this model ran only {speedup:.2f}x as fast in bf16 when "
+        f"timed at start-up (auto takes bf16 from {BF16_MIN_SPEEDUP}x; pass --precision bf16 to use it anyway)"
     )
 
 

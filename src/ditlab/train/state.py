@@ -18,6 +18,7 @@ and resumable on any number of processes, like a `.pt` file.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -163,6 +164,16 @@ def resume_step_guess(out: str | Path, resume: str | os.PathLike | None) -> int:
         return found[-1][0] if found else 0
     m = CKPT_NAME.match(Path(resume).name) or DCP_NAME.match(Path(resume).name)
     return int(m.group(1)) if m else 0
+
+
+def started_precision(out: str | Path) -> str | None:
+    """The precision (fp32 | bf16) the run in `out` started with, from its runtime.json; None without one."""
+    try:
+        record = json.loads((Path(out) / "runtime.json").read_text())
+    except (OSError, ValueError):  # no record (a new folder) or a damaged one: nothing to keep
+        return None
+    precision = record.get("precision") if isinstance(record, dict) else None
+    return precision if precision in ("fp32", "bf16") else None
 
 
 def resume_checkpoint(out: str | Path, resume: str | os.PathLike | None) -> tuple[Path, dict] | None:

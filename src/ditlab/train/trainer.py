@@ -22,6 +22,7 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,12 +45,14 @@ from ditlab.models.text_inputs import takes_text, text_model_kwargs
 from ditlab.models.zoo import create_model, text_widths
 from ditlab.runtime import (
     autocast,
+    bf16_speedup,
     configure_backends,
     configure_threads,
     matmul_peak_gflops,
     native_bf16,
     precision_decision,
     resolve_device,
+    step_timing_decides,
 )
 from ditlab.sampling import generate
 from ditlab.text import CaptionEmbeddings, drop_embeddings, embed_captions, load_text_encoder
@@ -76,6 +79,7 @@ from ditlab.train.state import (
     resume_step_guess,
     save_distributed_state,
     save_training_state,
+    started_precision,
 )
 
 
@@ -125,7 +129,8 @@ class Trainer:
             self.data, cfg.batch_size, cfg.seed, self.total_steps, self.part, num_workers=cfg.num_workers
         )
         # streamed data: workers forked before the model exists share none of its pages (see `start`)
-        self.batches.start(resume_step_guess(self.out, resume))
+        self.batches_from = resume_step_guess(self.out, resume)
+        self.batches.start(self.batches_from)
 
         # model, objective, optimizer, EMA
         self.spec = ObjectiveSpec(
@@ -168,6 +173,8 @@ class Trainer:
             )
         # after the EMA copies: its hook and projector belong to the trained model only, never the EMA's
         self.repa = build_repa(cfg, self.model, self.device, cache=isinstance(self.data, ImageDataset))
+        # --precision auto on a CPU with native bf16: time this model's step both ways (before sharding)
+        self.settle_precision(self._timed_step, min(self.batches_from, self.total_steps - 1))
         self.step = 0
         # DDP / FSDP2 / HSDP (ditlab.train.parallel); sharded modes shard model and EMA in place, so the
         # optimizer is built after, on the sharded parameters, and checkpoints load after that
@@ -256,6 +263,46 @@ class Trainer:
             )
         torch.manual_seed(cfg.seed * self.dist.world_size + self.dist.rank)  # per-rank seed, as the official
         self.out = Path(cfg.out)
+
+    def settle_precision(self, step: Callable[[str, int], None], at: int) -> None:
+        """--precision auto on a CPU with native bf16 (`step_timing_decides`): bf16 if `step(precision, at)`,
+        one forward and backward of the run's model on step `at`'s batch, runs BF16_MIN_SPEEDUP times faster
+        in it (`bf16_speedup`), else fp32 (and fp32 in multi-process CPU runs, which time nothing); a resumed run
+        keeps the precision it started with (its runtime.json), so it continues exactly as it would have. The
+        timing leaves no trace: random state and the model's state are as they were."""
+        cfg = self.cfg
+        self.bf16_speedup: float | None = None
+        if not step_timing_decides(cfg.precision, self.device):
+            return
+        started = started_precision(self.out) if self.resume else None
+        if started is not None:
+            self.precision = started
+            self.precision_reason = f"auto: {started}, as this run started ({self.out}/runtime.json)"
+            return
+        if self.dist.enabled:  # ranks timing apart could disagree, and agreeing would take a collective here
+            self.precision, self.precision_reason = (
+                "fp32",
+                ("auto: fp32; a multi-process CPU run does not time bf16 (pass --precision bf16 to use it)"),
+            )
+            return
+        kept = {k: v.clone() for k, v in self.model.state_dict().items()}  # buffers a forward may update
+        with torch.random.fork_rng(devices=[]):  # the timing takes none of the random numbers the run draws
+            self.bf16_speedup = bf16_speedup(lambda precision: step(precision, at))
+        self.model.load_state_dict(kept)
+        self.precision, self.precision_reason = precision_decision(
+            cfg.precision, self.device, speedup=self.bf16_speedup
+        )
+
+    def _timed_step(self, precision: str, step: int) -> None:
+        """One forward and backward of the model on step `step`'s batch under `precision`, gradients dropped
+        (what `bf16_speedup` times: the objective's loss, as every trainer's loss holds it)."""
+        x0, y, t, noise, drop = self.batch_for_step(step)
+        kwargs = self.conditioning(step, y, drop)
+        kwargs.update(self.layout_kwargs(step), **self.reference_kwargs(step, x0))
+        with autocast(self.device, precision):
+            terms = self.objective.loss(self.model, x0, model_kwargs=kwargs, t=t, noise=noise)
+        terms["loss"].float().mean().backward()
+        self.model.zero_grad(set_to_none=True)
 
     def final_model(self):
         """The model a run exports: the EMA, gathered whole on rank 0 whatever the sharding."""
@@ -467,6 +514,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "precision": self.precision,
             "precision_reason": self.precision_reason,
+            "bf16_speedup": self.bf16_speedup,  # measured at start-up when it decided the precision, else None
             "native_bf16": native_bf16() if self.device.type == "cpu" else None,
             "torch": torch.__version__,
         }

@@ -190,6 +190,7 @@ class VAETrainer(Trainer):
         if found is not None:
             self._load(*found)
         self.net = _Reconstruct(self.model)
+        self.settle_precision(self._timed_step, self.step)  # --precision auto on a native-bf16 CPU
         self.disc_net = self.disc
         self.parallel = Parallel.create("ddp", self.dist, self.device, self.precision)  # DDP under torchrun
         self.net = self.parallel.wrap(self.net)
@@ -306,6 +307,17 @@ class VAETrainer(Trainer):
                 loss = loss + weight * g_loss
             out.update(g_loss=g_loss.detach(), d_weight=weight)
         return loss, out
+
+    def _timed_step(self, precision: str, step: int) -> None:
+        """One forward and backward of the autoencoder's loss on step `step`'s images under `precision`
+        (what `settle_precision` times), gradients dropped."""
+        x, noise, g = self.images_for_step(step)
+        self.model.train()
+        with autocast(self.device, precision):
+            recon, terms = self.net(x, g, noise)
+            loss, _ = self._generator_loss(x, recon.float(), terms, adversarial=False)
+        loss.backward()
+        self.model.zero_grad(set_to_none=True)
 
     def train_step(self) -> dict:
         cfg = self.cfg
