@@ -67,10 +67,5 @@ def barrier(info: DistInfo) -> None:
 
 
 def shutdown(info: DistInfo) -> None:
-    """Leave the process group together: a barrier first, so no rank tears its gloo connections down while
-    another is still using them (rank 0 writing the run's outputs, say). A rank that left early could abort
-    in the teardown ("terminate called without an active exception", SIGABRT) and torchrun then fails the
-    whole run, finished work and all."""
     if info.enabled and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
