@@ -18,6 +18,7 @@ model records the encoder's spec (`text_spec`), which `ditlab sample RUN --promp
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
@@ -807,8 +808,23 @@ class Trainer:
         if main:
             summary.update(checkpoint=str(ckpt), **self.write_outputs(final))
             log.close()
-        D.shutdown(self.dist)
+        self.leave_process_group()
         return summary
+
+    def leave_process_group(self) -> None:
+        """The end of a multi-process run: drop what holds the process group (the DDP wrapper's Reducer, the
+        parallel layout's mesh) while the group is still registered, then destroy it. Left to the garbage
+        collector, the Reducer would free the last reference of gloo's process group while holding the GIL,
+        and its destructor joins worker threads that may need the GIL to free a finished collective's tensors:
+        a hang, or a SIGABRT at exit (pytorch/pytorch#56297). Destroyed through its own binding it releases
+        the GIL first."""
+        if not self.dist.enabled:
+            return
+        for name in ("net", "disc_net", "parallel"):  # disc_net: the VAE trainer's discriminator under DDP
+            if hasattr(self, name):
+                setattr(self, name, None)
+        gc.collect()  # the wrappers' reference cycles go now, not at some later collection
+        D.shutdown(self.dist)
 
     def write_outputs(self, final) -> dict:
         """The end of a run (main process): the final EMA model `final` (gathered whole), loss curves and
