@@ -105,6 +105,10 @@ class Trainer:
     `run()` runs it holds the folder's lock (ditlab.train.lock); `force` takes over a lock this machine
     cannot check (one from another host)."""
 
+    # the attributes that hold the process group (wrappers, the parallel layout): dropped before it is
+    # destroyed (`leave_process_group`); a subclass with more wrapped networks names them too
+    process_group_holders: tuple[str, ...] = ("net", "parallel")
+
     def __init__(
         self, cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False, force: bool = False
     ):
@@ -820,7 +824,7 @@ class Trainer:
         the GIL first."""
         if not self.dist.enabled:
             return
-        for name in ("net", "disc_net", "parallel"):  # disc_net: the VAE trainer's discriminator under DDP
+        for name in self.process_group_holders:
             if hasattr(self, name):
                 setattr(self, name, None)
         gc.collect()  # the wrappers' reference cycles go now, not at some later collection

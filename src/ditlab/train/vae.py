@@ -163,6 +163,8 @@ class VAETrainer(Trainer):
     """One autoencoder training run into ``cfg.out`` (see the module docstring; ``resume`` and
     ``overwrite`` as for :class:`ditlab.train.Trainer`)."""
 
+    process_group_holders = (*Trainer.process_group_holders, "disc_net")  # the discriminator's DDP wrapper
+
     def __init__(
         self,
         cfg: VAETrainConfig,
