@@ -8,12 +8,13 @@ per-parameter gradient sums), and DyDiT's masked training forward (with and with
 its masked inference reference, and its deployed path (sliced weights, kept-token gather/scatter, per-sample
 widths of a mixed-timestep batch). Only the public API is used, so the same cases run on any later code.
 
-The file also records the torch version and CPU capability that produced it: tests/test_block_fixtures.py
+The file also records the torch version, CPU capability and CPU model that produced it: tests/test_block_fixtures.py
 compares bit-exactly where those match and within a stated tolerance elsewhere.
 """
 
 from __future__ import annotations
 
+import platform
 import sys
 from pathlib import Path
 
@@ -29,9 +30,26 @@ DENSE_VARIANTS = ("adaln-zero", "adaln", "adaln-single", "adaln-tanh-rms", "in-c
 DYDIT_VARIANTS = ("adaln-zero", "adaln-single", "adaln-tanh-rms")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; platform.processor() elsewhere): two CPUs of one instruction set
+    still pick different kernels (MKL and oneDNN dispatch by vendor and by extensions such as AMX)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def environment() -> dict[str, str]:
-    """What decides the exact floats of a CPU forward: the torch build and the kernels' instruction set."""
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    """What decides the exact floats of a CPU forward: the torch build, the kernels' instruction set and the
+    CPU model."""
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model(),
+    }
 
 
 def random_dit(variant: str, seed: int = 0):
